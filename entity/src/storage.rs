@@ -1,0 +1,58 @@
+//! Object-storage credentials of a project environment; unique by (project_id, environment_id, name).
+
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, Serialize, Deserialize)]
+#[sea_orm(table_name = "storage")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    #[sea_orm(unique_key = "project_environment_name")]
+    pub project_id: Uuid,
+    #[sea_orm(unique_key = "project_environment_name", indexed)]
+    pub environment_id: Uuid,
+    #[sea_orm(unique_key = "project_environment_name")]
+    pub name: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub access_key_id: String,
+    #[sea_orm(column_type = "Text")]
+    pub secret_ciphertext: String,
+    pub public_url: String,
+    pub revoked_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(
+        belongs_to = "super::projects::Entity",
+        from = "Column::ProjectId",
+        to = "super::projects::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Projects,
+    #[sea_orm(
+        belongs_to = "super::environments::Entity",
+        from = "Column::EnvironmentId",
+        to = "super::environments::Column::Id",
+        on_delete = "Cascade"
+    )]
+    Environments,
+}
+
+impl Related<super::projects::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Projects.def()
+    }
+}
+
+impl Related<super::environments::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Environments.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,116 @@
+//! `slx_cli_…` API tokens: 256 random bits, stored only as a SHA-256 hash.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use chrono::Duration;
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, sea_query::Expr};
+
+use super::{Actor, Principal, Role};
+use crate::domain::now;
+use crate::error::{Error, Result};
+use crate::secrets::{SecretString, random_hex, sha256_hex};
+use entity::api_keys;
+
+/// The prefix every API token starts with.
+pub const TOKEN_PREFIX: &str = "slx_cli_";
+
+/// How stale `last_used_at` may get before a request refreshes it.
+const LAST_USED_GRANULARITY: i64 = 60;
+
+/// A freshly minted token: the plaintext (shown once) and what is stored.
+pub struct NewToken {
+    pub plaintext: SecretString,
+    pub hash: String,
+    pub display_prefix: String,
+}
+
+/// Mints a new token.
+pub fn mint() -> NewToken {
+    let plaintext = format!("{TOKEN_PREFIX}{}", random_hex(32));
+    NewToken {
+        hash: sha256_hex(plaintext.as_bytes()),
+        display_prefix: plaintext[..TOKEN_PREFIX.len() + 6].to_string(),
+        plaintext: SecretString::new(plaintext),
+    }
+}
+
+/// Resolves bearer tokens to principals and keeps `last_used_at` roughly
+/// current without writing on every request.
+#[derive(Clone, Default)]
+pub struct TokenAuthenticator {
+    refreshing: Arc<Mutex<HashSet<uuid::Uuid>>>,
+}
+
+impl TokenAuthenticator {
+    pub async fn authenticate(&self, db: &DatabaseConnection, token: &str) -> Result<Principal> {
+        let well_formed = token.len() == TOKEN_PREFIX.len() + 64
+            && token.starts_with(TOKEN_PREFIX)
+            && token[TOKEN_PREFIX.len()..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit());
+        if !well_formed {
+            return Err(Error::Unauthenticated("malformed API token".into()));
+        }
+        let key = api_keys::Entity::find()
+            .filter(api_keys::Column::TokenHash.eq(sha256_hex(token.as_bytes())))
+            .one(db)
+            .await?
+            .ok_or_else(|| Error::Unauthenticated("invalid API token".into()))?;
+        let now = now();
+        if key.revoked_at.is_some() {
+            return Err(Error::Unauthenticated("this API token was revoked".into()));
+        }
+        if key.expires_at.is_some_and(|t| t <= now) {
+            return Err(Error::Unauthenticated("this API token has expired".into()));
+        }
+        let role = Role::parse(&key.role)
+            .ok_or_else(|| Error::internal(format!("api key {} has role {}", key.id, key.role)))?;
+        let stale = key
+            .last_used_at
+            .is_none_or(|t| now - t > Duration::seconds(LAST_USED_GRANULARITY));
+        if stale {
+            self.refresh_last_used(db.clone(), key.id);
+        }
+        Ok(Principal {
+            org_id: key.organization_id,
+            role,
+            actor: Actor::Token(key.id),
+        })
+    }
+
+    /// Records use in the background, once per key at a time.
+    fn refresh_last_used(&self, db: DatabaseConnection, id: uuid::Uuid) {
+        if !self.refreshing.lock().expect("lock").insert(id) {
+            return;
+        }
+        let refreshing = self.refreshing.clone();
+        tokio::spawn(async move {
+            let res = api_keys::Entity::update_many()
+                .col_expr(api_keys::Column::LastUsedAt, Expr::value(now()))
+                .filter(api_keys::Column::Id.eq(id))
+                .exec(&db)
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(error = %e, "could not record API key use");
+            }
+            refreshing.lock().expect("lock").remove(&id);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_tokens_are_long_random_and_hashed() {
+        let a = mint();
+        let b = mint();
+        assert!(a.plaintext.expose().starts_with(TOKEN_PREFIX));
+        assert_eq!(a.plaintext.expose().len(), TOKEN_PREFIX.len() + 64);
+        assert_ne!(a.plaintext, b.plaintext);
+        assert_eq!(a.hash, sha256_hex(a.plaintext.expose().as_bytes()));
+        assert!(!a.hash.contains(&a.plaintext.expose()[TOKEN_PREFIX.len()..]));
+    }
+}

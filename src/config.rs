@@ -1,0 +1,196 @@
+//! Layered settings: defaults, then the config file, then `SYLPHX_*`
+//! environment variables and command-line flags (clap merges those two).
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::secrets::SecretString;
+
+/// Where the state lives and how to reach it; shared by every subcommand.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct StoreArgs {
+    /// Directory for the embedded database, keys and the admin token.
+    #[arg(long, env = "SYLPHX_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `sqlite://…` or `postgres://…`; defaults to a SQLite file in the data dir.
+    #[arg(long, env = "SYLPHX_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// TOML configuration file.
+    #[arg(long, env = "SYLPHX_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// Flags of `sylphx serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the API server.
+    #[arg(long, env = "SYLPHX_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// The config file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    session_secret_file: Option<PathBuf>,
+    master_key_file: Option<PathBuf>,
+    max_request_bytes: Option<usize>,
+}
+
+/// The resolved configuration of one process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    /// HS256 secret for `slx_session` cookies; generated into the data dir when absent.
+    pub session_secret: Option<SecretString>,
+    /// Master key for encryption at rest; generated into the data dir when absent.
+    pub master_key: Option<SecretString>,
+    /// Older master keys still accepted for decryption (rotation).
+    pub previous_master_keys: Vec<SecretString>,
+    pub max_request_bytes: usize,
+}
+
+/// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
+fn env_secret(name: &str) -> Result<Option<SecretString>> {
+    if let Ok(v) = std::env::var(name) {
+        if !v.is_empty() {
+            return Ok(Some(SecretString::new(v)));
+        }
+    }
+    if let Ok(path) = std::env::var(format!("{name}_FILE")) {
+        return read_secret_file(Path::new(&path)).map(Some);
+    }
+    Ok(None)
+}
+
+fn read_secret_file(path: &Path) -> Result<SecretString> {
+    fs::read_to_string(path)
+        .map(|s| SecretString::new(s.trim().to_string()))
+        .map_err(|e| Error::bad_request(format!("cannot read {}: {e}", path.display())))
+}
+
+impl Config {
+    /// Resolves the configuration for `serve` (or any command via `ServeArgs::default()`).
+    pub fn load(args: &ServeArgs) -> Result<Self> {
+        let file: FileConfig = match &args.store.config {
+            Some(path) => {
+                let text = fs::read_to_string(path).map_err(|e| {
+                    Error::bad_request(format!("cannot read config {}: {e}", path.display()))
+                })?;
+                toml::from_str(&text)
+                    .map_err(|e| Error::bad_request(format!("config {}: {e}", path.display())))?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .store
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let database_url = args
+            .store
+            .database_url
+            .clone()
+            .or(file.database_url)
+            .unwrap_or_else(|| {
+                format!("sqlite://{}?mode=rwc", data_dir.join("sylphx.db").display())
+            });
+        let session_secret = match env_secret("SYLPHX_SESSION_SECRET")? {
+            Some(s) => Some(s),
+            None => file
+                .session_secret_file
+                .as_deref()
+                .map(read_secret_file)
+                .transpose()?,
+        };
+        let master_key = match env_secret("SYLPHX_MASTER_KEY")? {
+            Some(s) => Some(s),
+            None => file
+                .master_key_file
+                .as_deref()
+                .map(read_secret_file)
+                .transpose()?,
+        };
+        let previous_master_keys = std::env::var("SYLPHX_PREVIOUS_MASTER_KEYS")
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| SecretString::new(s.trim()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Config {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            data_dir,
+            database_url,
+            session_secret,
+            master_key,
+            previous_master_keys,
+            max_request_bytes: file.max_request_bytes.unwrap_or(2 * 1024 * 1024),
+        })
+    }
+
+    /// Creates the data dir (mode 0700) if needed.
+    pub fn ensure_data_dir(&self) -> Result<()> {
+        fs::create_dir_all(&self.data_dir).map_err(|e| {
+            Error::internal(format!("cannot create {}: {e}", self.data_dir.display()))
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&self.data_dir, fs::Permissions::from_mode(0o700));
+        }
+        Ok(())
+    }
+}
+
+/// Writes `contents` to a new file readable only by its owner; fails if it exists.
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Reads a secret file, creating it with `make()` (mode 0600) on first use.
+pub fn read_or_create_secret_file(path: &Path, make: impl FnOnce() -> String) -> Result<String> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    match write_private_file(path, &make()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
+        }
+    }
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| Error::internal(format!("cannot read {}: {e}", path.display())))
+}

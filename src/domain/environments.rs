@@ -1,0 +1,218 @@
+//! Environments of a project (production, staging, previews): each has its
+//! own domain, replica count and env vars.
+
+use async_graphql::{InputObject, MaybeUndefined};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, Set, TransactionTrait,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{self, Target};
+use super::{Ctx, new_id, now, parse_id, projects, validate};
+use crate::auth::Role;
+use crate::error::{Error, Result};
+use entity::environments;
+
+/// The environment every project starts with.
+pub const PRODUCTION: &str = "production";
+
+#[derive(Debug, Clone, InputObject)]
+pub struct CreateEnvironmentInput {
+    pub name: String,
+    pub domain: Option<String>,
+    pub replicas: Option<i32>,
+}
+
+#[derive(Debug, Clone, Default, InputObject)]
+pub struct UpdateEnvironmentInput {
+    pub domain: MaybeUndefined<String>,
+    pub replicas: Option<i32>,
+}
+
+/// Inserts an environment row (callers validate and audit).
+pub async fn insert<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+    name: &str,
+    domain: Option<String>,
+    replicas: i32,
+) -> Result<environments::Model> {
+    let now = now();
+    Ok(environments::ActiveModel {
+        id: Set(new_id()),
+        project_id: Set(project_id),
+        name: Set(name.to_string()),
+        domain: Set(domain),
+        replicas: Set(replicas),
+        provisioned_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(conn)
+    .await?)
+}
+
+/// Refuses a hostname already served by another environment.
+pub async fn ensure_domain_free<C: ConnectionTrait>(
+    conn: &C,
+    domain: &str,
+    except: Option<Uuid>,
+) -> Result<()> {
+    let mut q = environments::Entity::find().filter(environments::Column::Domain.eq(domain));
+    if let Some(id) = except {
+        q = q.filter(environments::Column::Id.ne(id));
+    }
+    if q.one(conn).await?.is_some() {
+        Err(Error::Conflict(format!(
+            "domain '{domain}' is already in use"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+pub async fn by_name<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+    name: &str,
+) -> Result<Option<environments::Model>> {
+    Ok(environments::Entity::find()
+        .filter(environments::Column::ProjectId.eq(project_id))
+        .filter(environments::Column::Name.eq(name))
+        .one(conn)
+        .await?)
+}
+
+/// An environment of `project_id` by id.
+pub async fn get<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+    env_id: &str,
+) -> Result<environments::Model> {
+    let id = parse_id("envId", env_id)?;
+    environments::Entity::find_by_id(id)
+        .filter(environments::Column::ProjectId.eq(project_id))
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("environment", id))
+}
+
+/// Picks an environment by id or by name (`envType`), production by default.
+pub async fn select<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+    env_type: Option<&str>,
+    env_id: Option<&str>,
+) -> Result<environments::Model> {
+    if let Some(id) = env_id {
+        return get(conn, project_id, id).await;
+    }
+    let name = env_type.unwrap_or(PRODUCTION);
+    validate::dns_label("envType", name)?;
+    by_name(conn, project_id, name)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("environment '{name}' not found in this project")))
+}
+
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+) -> Result<Vec<environments::Model>> {
+    Ok(environments::Entity::find()
+        .filter(environments::Column::ProjectId.eq(project_id))
+        .order_by_asc(environments::Column::Id)
+        .all(conn)
+        .await?)
+}
+
+pub async fn create(
+    db: &DatabaseConnection,
+    ctx: &Ctx,
+    project: &str,
+    input: CreateEnvironmentInput,
+) -> Result<environments::Model> {
+    ctx.require(Role::Write)?;
+    validate::dns_label("name", &input.name)?;
+    let domain = input
+        .domain
+        .as_deref()
+        .map(|d| validate::hostname("domain", d))
+        .transpose()?;
+    let replicas = input.replicas.unwrap_or(1);
+    validate::replicas("replicas", replicas)?;
+    let txn = db.begin().await?;
+    let project = projects::resolve(&txn, ctx, project).await?;
+    if by_name(&txn, project.id, &input.name).await?.is_some() {
+        return Err(Error::Conflict(format!(
+            "environment '{}' already exists in this project",
+            input.name
+        )));
+    }
+    if let Some(d) = &domain {
+        ensure_domain_free(&txn, d, None).await?;
+    }
+    let env = insert(&txn, project.id, &input.name, domain, replicas).await?;
+    audit::record(
+        &txn,
+        ctx,
+        "environment.create",
+        Target::new("environment", env.id).in_project(project.id),
+        Some(json!({ "name": env.name })),
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(env)
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    ctx: &Ctx,
+    project: &str,
+    env_id: &str,
+    input: UpdateEnvironmentInput,
+) -> Result<environments::Model> {
+    ctx.require(Role::Write)?;
+    if let Some(r) = input.replicas {
+        validate::replicas("replicas", r)?;
+    }
+    let domain = match &input.domain {
+        MaybeUndefined::Value(d) => Some(Some(validate::hostname("domain", d)?)),
+        MaybeUndefined::Null => Some(None),
+        MaybeUndefined::Undefined => None,
+    };
+    let txn = db.begin().await?;
+    let project = projects::resolve(&txn, ctx, project).await?;
+    let env = get(&txn, project.id, env_id).await?;
+    let is_production = env.name == PRODUCTION;
+    let mut active = env.into_active_model();
+    if let Some(r) = input.replicas {
+        active.replicas = Set(r);
+    }
+    if let Some(d) = &domain {
+        if let Some(host) = d {
+            ensure_domain_free(&txn, host, Some(*active.id.as_ref())).await?;
+        }
+        active.domain = Set(d.clone());
+        if is_production {
+            // The project's domain is its production environment's domain.
+            let mut p = project.clone().into_active_model();
+            p.domain = Set(d.clone());
+            p.updated_at = Set(now());
+            p.update(&txn).await?;
+        }
+    }
+    active.updated_at = Set(now());
+    let env = active.update(&txn).await?;
+    audit::record(
+        &txn,
+        ctx,
+        "environment.update",
+        Target::new("environment", env.id).in_project(project.id),
+        None,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(env)
+}

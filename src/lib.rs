@@ -1,0 +1,15 @@
+//! The Sylphx control plane: a GraphQL core over a sea-orm store, with a
+//! REST layer generated from a declarative route table.
+
+pub mod auth;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod graphql;
+pub mod idempotency;
+pub mod rest;
+pub mod secrets;
+pub mod server;
+pub mod store;
+
+pub use error::{Error, Result};

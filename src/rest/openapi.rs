@@ -1,0 +1,337 @@
+//! OpenAPI 3.1, generated from the route table and the schema: parameters
+//! and bodies from the operations' variables, responses from their
+//! selection sets.
+
+use std::collections::BTreeMap;
+
+use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
+use serde_json::{Map, Value, json};
+
+use super::model::{SchemaModel, TypeRef};
+use super::table::{Route, RouteTable, VarSource};
+
+struct Gen<'a> {
+    model: &'a SchemaModel,
+    components: BTreeMap<String, Value>,
+}
+
+fn nullable(schema: Value) -> Value {
+    json!({ "oneOf": [schema, { "type": "null" }] })
+}
+
+impl Gen<'_> {
+    fn scalar(&self, name: &str) -> Value {
+        match name {
+            "String" | "ID" => json!({ "type": "string" }),
+            "Int" => json!({ "type": "integer", "format": "int32" }),
+            "Float" => json!({ "type": "number" }),
+            "Boolean" => json!({ "type": "boolean" }),
+            "DateTime" => json!({ "type": "string", "format": "date-time" }),
+            "JSON" => json!({}),
+            _ => match self.model.get(name) {
+                Some(t) if t.kind == "ENUM" => json!({ "type": "string", "enum": t.enum_values }),
+                _ => json!({ "type": "string" }),
+            },
+        }
+    }
+
+    /// Schema of an input type; input objects become components.
+    fn input(&mut self, ty: &TypeRef) -> Value {
+        match ty {
+            TypeRef::NonNull(inner) => self.input_inner(inner),
+            other => nullable(self.input_inner(other)),
+        }
+    }
+
+    fn input_inner(&mut self, ty: &TypeRef) -> Value {
+        match ty {
+            TypeRef::NonNull(inner) => self.input_inner(inner),
+            TypeRef::List(inner) => json!({ "type": "array", "items": self.input(inner) }),
+            TypeRef::Named(name) => {
+                let Some(info) = self.model.get(name).cloned() else {
+                    return json!({});
+                };
+                if info.kind != "INPUT_OBJECT" {
+                    return self.scalar(name);
+                }
+                if !self.components.contains_key(name) {
+                    self.components.insert(name.clone(), json!({}));
+                    let mut props = Map::new();
+                    let mut required = Vec::new();
+                    for f in &info.input_fields {
+                        props.insert(f.name.clone(), self.input(&f.ty));
+                        if f.ty.is_non_null() && !f.has_default {
+                            required.push(f.name.clone());
+                        }
+                    }
+                    let schema = json!({
+                        "type": "object",
+                        "properties": props,
+                        "required": required,
+                        "additionalProperties": false,
+                    });
+                    self.components.insert(name.clone(), schema);
+                }
+                json!({ "$ref": format!("#/components/schemas/{name}") })
+            }
+        }
+    }
+
+    /// Schema of a selection on an output type.
+    fn output(
+        &self,
+        doc: &DocumentOperations,
+        route: &Route,
+        ty: &TypeRef,
+        set: &SelectionSet,
+    ) -> Value {
+        match ty {
+            TypeRef::NonNull(inner) => self.output_inner(doc, route, inner, set),
+            other => nullable(self.output_inner(doc, route, other, set)),
+        }
+    }
+
+    fn output_inner(
+        &self,
+        doc: &DocumentOperations,
+        route: &Route,
+        ty: &TypeRef,
+        set: &SelectionSet,
+    ) -> Value {
+        match ty {
+            TypeRef::NonNull(inner) => self.output_inner(doc, route, inner, set),
+            TypeRef::List(inner) => {
+                json!({ "type": "array", "items": self.output(doc, route, inner, set) })
+            }
+            TypeRef::Named(name) if set.items.is_empty() => self.scalar(name),
+            TypeRef::Named(name) => {
+                let mut props = Map::new();
+                let mut required = Vec::new();
+                self.collect(doc, route, name, set, &mut props, &mut required);
+                json!({ "type": "object", "properties": props, "required": required })
+            }
+        }
+    }
+
+    fn collect(
+        &self,
+        doc: &DocumentOperations,
+        route: &Route,
+        type_name: &str,
+        set: &SelectionSet,
+        props: &mut Map<String, Value>,
+        required: &mut Vec<String>,
+    ) {
+        let Some(info) = self.model.get(type_name) else {
+            return;
+        };
+        for item in &set.items {
+            match &item.node {
+                Selection::Field(f) => {
+                    let name = f.node.name.node.as_str();
+                    let Some(field) = info.field(name) else {
+                        continue;
+                    };
+                    let key = f
+                        .node
+                        .alias
+                        .as_ref()
+                        .map(|a| a.node.to_string())
+                        .unwrap_or_else(|| name.to_string());
+                    let mut schema = self.output(doc, route, &field.ty, &f.node.selection_set.node);
+                    if let (Some(d), Some(obj)) = (&field.description, schema.as_object_mut()) {
+                        obj.insert("description".into(), json!(d));
+                    }
+                    props.insert(key.clone(), schema);
+                    required.push(key);
+                }
+                Selection::FragmentSpread(s) => {
+                    if let Some(frag) = route.document.fragments.get(&s.node.fragment_name.node) {
+                        self.collect(
+                            doc,
+                            route,
+                            type_name,
+                            &frag.node.selection_set.node,
+                            props,
+                            required,
+                        );
+                    }
+                }
+                Selection::InlineFragment(_) => {}
+            }
+        }
+    }
+
+    fn response(&self, route: &Route) -> Value {
+        let DocumentOperations::Single(op) = &route.document.operations else {
+            return json!({});
+        };
+        let root_type = if route.is_mutation {
+            &self.model.mutation_type
+        } else {
+            &self.model.query_type
+        };
+        let Some(Selection::Field(root)) =
+            op.node.selection_set.node.items.first().map(|i| &i.node)
+        else {
+            return json!({});
+        };
+        let Some(field) = self
+            .model
+            .get(root_type)
+            .and_then(|t| t.field(&route.root_field))
+        else {
+            return json!({});
+        };
+        let schema = self.output(
+            &route.document.operations,
+            route,
+            &field.ty,
+            &root.node.selection_set.node,
+        );
+        if route.spec.paginate {
+            // The adapter returns every node as a bare array.
+            return schema["properties"]["nodes"].clone();
+        }
+        schema
+    }
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } }
+    })
+}
+
+fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
+    let mut params = Vec::new();
+    let mut body_props = Map::new();
+    let mut body_required = Vec::new();
+    let mut body_schema = None;
+    for v in &route.variables {
+        match v.source {
+            VarSource::Path => params.push(json!({
+                "name": v.name, "in": "path", "required": true, "schema": gen_.input_inner(&v.ty)
+            })),
+            VarSource::Query
+                if !(route.spec.paginate && (v.name == "first" || v.name == "after")) =>
+            {
+                params.push(json!({
+                    "name": v.name, "in": "query",
+                    "required": v.ty.is_non_null() && !v.has_default,
+                    "schema": gen_.input_inner(&v.ty)
+                }))
+            }
+            VarSource::Query => {}
+            VarSource::Body => body_schema = Some(gen_.input_inner(&v.ty)),
+            VarSource::BodyField => {
+                body_props.insert(v.name.clone(), gen_.input(&v.ty));
+                if v.ty.is_non_null() && !v.has_default {
+                    body_required.push(v.name.clone());
+                }
+            }
+        }
+    }
+    if body_schema.is_none() && !body_props.is_empty() {
+        body_schema = Some(json!({
+            "type": "object", "properties": body_props, "required": body_required,
+            "additionalProperties": false
+        }));
+    }
+    let op_id = if route.spec.methods.len() > 1 && method != route.spec.methods[0] {
+        format!(
+            "{}{}",
+            route.root_field,
+            method[..1].to_string() + &method[1..].to_lowercase()
+        )
+    } else {
+        route.root_field.clone()
+    };
+    let mut op = json!({
+        "operationId": op_id,
+        "summary": route.spec.summary,
+        "tags": [route.spec.tag],
+        "x-contract-endpoint": route.spec.n,
+        "x-graphql-operation": route.text,
+        "parameters": params,
+        "responses": {
+            route.spec.status.to_string(): {
+                "description": "Success",
+                "content": { "application/json": { "schema": gen_.response(route) } }
+            },
+            "400": error_response("Invalid input; the message names the field"),
+            "401": error_response("Missing, malformed, expired or revoked credentials"),
+            "403": error_response("Another organisation's resource, or a role that may not do this"),
+            "404": error_response("Not found"),
+        }
+    });
+    if route.is_mutation {
+        let responses = op["responses"].as_object_mut().expect("object");
+        responses.insert(
+            "409".into(),
+            error_response("Conflict, e.g. a slug already taken"),
+        );
+        responses.insert(
+            "422".into(),
+            error_response("Idempotency-Key reused with a different request"),
+        );
+        op["parameters"].as_array_mut().expect("array").push(json!({
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Replays the first response for 24 hours instead of repeating the work",
+            "schema": { "type": "string", "maxLength": 255 }
+        }));
+    }
+    if let (Some(schema), true) = (body_schema, route.has_body(method)) {
+        op["requestBody"] = json!({
+            "required": true,
+            "content": { "application/json": { "schema": schema } }
+        });
+    }
+    op
+}
+
+/// The OpenAPI document for the table.
+pub fn document(table: &RouteTable, model: &SchemaModel) -> Value {
+    let mut gen_ = Gen {
+        model,
+        components: BTreeMap::new(),
+    };
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for route in &table.routes {
+        for method in &route.spec.methods {
+            let op = operation(&mut gen_, route, method);
+            paths
+                .entry(route.axum_path.clone())
+                .or_default()
+                .insert(method.to_lowercase(), op);
+        }
+    }
+    let mut schemas: Map<String, Value> = gen_.components.into_iter().collect();
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "properties": { "error": { "type": "string" }, "details": {} },
+            "required": ["error"]
+        }),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Sylphx Management API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Deploy apps, manage environments, services, env vars and config. Every route is a GraphQL operation of the same server."
+        },
+        "servers": [{ "url": "/api/v1" }],
+        "security": [{ "bearerAuth": [] }, { "sessionCookie": [] }],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearerAuth": { "type": "http", "scheme": "bearer", "description": "slx_cli_… API token" },
+                "sessionCookie": { "type": "apiKey", "in": "cookie", "name": "slx_session" }
+            }
+        }
+    })
+}

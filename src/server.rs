@@ -1,0 +1,377 @@
+//! Assembles the application: state, middleware and routes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::{Request, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::session::{self, SessionKeys};
+use crate::auth::tokens::TokenAuthenticator;
+use crate::auth::{Actor, Principal, Role};
+use crate::config::{Config, read_or_create_secret_file};
+use crate::domain::{self, Ctx};
+use crate::error::{Error, Result};
+use crate::graphql::{self, AppSchema};
+use crate::rest::{self, Rest};
+use crate::secrets::{Keyring, SecretString, random_hex};
+use crate::store::{self, StatementCounter};
+
+struct Inner {
+    config: Config,
+    db: DatabaseConnection,
+    schema: AppSchema,
+    rest: Arc<Rest>,
+    tokens: TokenAuthenticator,
+    sessions: SessionKeys,
+    statements: StatementCounter,
+}
+
+/// Everything a request handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// Opens the store, loads keys and compiles the schema and route table.
+    pub async fn new(config: Config) -> Result<AppState> {
+        config.ensure_data_dir()?;
+        let (db, statements) = store::connect(&config.database_url).await?;
+        let keyring = Arc::new(Keyring::load(
+            config.master_key.as_ref(),
+            &config.previous_master_keys,
+            &config.data_dir,
+        )?);
+        let session_secret = match &config.session_secret {
+            Some(s) => s.clone(),
+            None => SecretString::new(read_or_create_secret_file(
+                &config.data_dir.join("session.key"),
+                || random_hex(32),
+            )?),
+        };
+        let schema = graphql::build(db.clone(), keyring);
+        let rest = Rest::load(&schema).await?;
+        Ok(AppState(Arc::new(Inner {
+            config,
+            db,
+            schema,
+            rest,
+            tokens: TokenAuthenticator::default(),
+            sessions: SessionKeys::new(&session_secret)?,
+            statements,
+        })))
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.0.db
+    }
+    pub fn schema(&self) -> &AppSchema {
+        &self.0.schema
+    }
+    pub fn rest(&self) -> &Rest {
+        &self.0.rest
+    }
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    /// SQL statements sent so far (for tests and diagnostics).
+    pub fn statements(&self) -> u64 {
+        self.0.statements.get()
+    }
+    /// Signs dashboard sessions.
+    pub fn sessions(&self) -> &SessionKeys {
+        &self.0.sessions
+    }
+
+    /// Resolves the caller from `Authorization: Bearer …` or the session cookie.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .ok_or_else(|| {
+                    Error::Unauthenticated("malformed Authorization header: expected Bearer".into())
+                })?;
+            return self.authenticate_token(token).await;
+        }
+        if let Some(jwt) = session_cookie(headers) {
+            let principal = self.0.sessions.verify(&jwt)?;
+            domain::organizations::get(self.db(), principal.org_id)
+                .await
+                .map_err(|_| Error::Unauthenticated("invalid session".into()))?;
+            return Ok(principal);
+        }
+        Err(Error::Unauthenticated(
+            "missing credentials: send Authorization: Bearer slx_cli_…".into(),
+        ))
+    }
+
+    pub async fn authenticate_token(&self, token: &str) -> Result<Principal> {
+        self.0.tokens.authenticate(self.db(), token).await
+    }
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(|c| c.ok())
+        .find(|c| c.name() == session::COOKIE)
+        .map(|c| c.value().to_string())
+}
+
+fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// A GraphQL-shaped error body for the GraphQL endpoints.
+fn graphql_error(err: &Error) -> serde_json::Value {
+    json!({ "errors": [{ "message": err.public_message(), "extensions": { "code": err.code() } }] })
+}
+
+async fn require_auth(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    match app.authenticate(req.headers()).await {
+        Ok(principal) => {
+            let ctx = Ctx {
+                principal,
+                request_id: request_id(req.headers()),
+            };
+            req.extensions_mut().insert(ctx);
+            next.run(req).await
+        }
+        Err(err) => {
+            let mut resp = if req.uri().path().starts_with("/graphql") {
+                (err.status(), Json(graphql_error(&err))).into_response()
+            } else {
+                err.into_response()
+            };
+            if resp.status() == StatusCode::UNAUTHORIZED {
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            resp
+        }
+    }
+}
+
+async fn graphql_http(
+    State(app): State<AppState>,
+    Extension(ctx): Extension<Ctx>,
+    method: Method,
+    req: GraphQLRequest,
+) -> Response {
+    let mut req = req.into_inner();
+    if method == Method::GET {
+        // GraphQL over HTTP: a GET must never change anything.
+        let op_name = req.operation_name.clone();
+        if let Ok(doc) = req.parsed_query() {
+            let mutation = doc.operations.iter().any(|(name, op)| {
+                op.node.ty == async_graphql::parser::types::OperationType::Mutation
+                    && (op_name.is_none() || name.map(|n| n.as_str()) == op_name.as_deref())
+            });
+            if mutation {
+                let err = Error::bad_request("mutations must be sent with POST");
+                return (StatusCode::METHOD_NOT_ALLOWED, Json(graphql_error(&err))).into_response();
+            }
+        }
+    }
+    let req = graphql::with_request_data(req, app.db(), ctx);
+    GraphQLResponse::from(app.schema().execute(req).await).into_response()
+}
+
+/// Reads a token from the `connection_init` payload: `{"authorization": "Bearer …"}` or `{"token": "…"}`.
+fn token_from_payload(payload: &serde_json::Value) -> Option<String> {
+    let obj = payload.as_object()?;
+    for (k, v) in obj {
+        let Some(s) = v.as_str() else { continue };
+        match k.to_ascii_lowercase().as_str() {
+            "authorization" => {
+                return Some(s.strip_prefix("Bearer ").unwrap_or(s).trim().to_string());
+            }
+            "token" => return Some(s.trim().to_string()),
+            _ => {}
+        }
+    }
+    None
+}
+
+async fn graphql_ws(
+    State(app): State<AppState>,
+    protocol: GraphQLProtocol,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // Browsers cannot set headers on a websocket: the token normally comes in
+    // `connection_init`; a session cookie or header on the upgrade also works.
+    let from_headers = app.authenticate(&headers).await.ok();
+    let request_id = request_id(&headers);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            let schema = app.schema().clone();
+            GraphQLWebSocket::new(stream, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let principal = match token_from_payload(&payload) {
+                        Some(token) => app.authenticate_token(&token).await?,
+                        None => from_headers.ok_or_else(|| {
+                            Error::Unauthenticated("missing credentials in connection_init".into())
+                        })?,
+                    };
+                    let ctx = Ctx {
+                        principal,
+                        request_id,
+                    };
+                    Ok(graphql::connection_data(app.db(), ctx))
+                })
+                .keepalive_timeout(Duration::from_secs(30))
+                .serve()
+        })
+}
+
+async fn playground() -> Html<&'static str> {
+    Html(include_str!("../playground/index.html"))
+}
+
+async fn openapi(State(app): State<AppState>) -> Json<serde_json::Value> {
+    Json(app.rest().openapi.clone())
+}
+
+async fn health(State(app): State<AppState>) -> Response {
+    let db_ok = app.db().execute_unprepared("SELECT 1").await.is_ok();
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if db_ok { "healthy" } else { "unhealthy" },
+        "services": { "database": if db_ok { "ok" } else { "down" } },
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    Error::NotFound("no such endpoint".into()).into_response()
+}
+
+/// The whole HTTP application.
+pub fn router(app: AppState) -> Router {
+    let authed_api = rest::router(&app.rest().table)
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::idempotency::layer,
+        ))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
+    let api = Router::new()
+        .route("/health/status", get(health))
+        .route("/openapi.json", get(openapi))
+        .merge(authed_api)
+        .fallback(not_found);
+    let graphql = Router::new()
+        .route("/graphql", get(graphql_http).post(graphql_http))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            crate::idempotency::layer,
+        ))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(graphql)
+        .route("/graphql/ws", get(graphql_ws))
+        .route("/playground", get(playground))
+        .layer(RequestBodyLimitLayer::new(app.config().max_request_bytes))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(app)
+}
+
+/// On an empty store: creates the `default` organisation and an admin token,
+/// prints the token once and writes it to `<data-dir>/admin-token` (0600).
+pub async fn bootstrap(app: &AppState) -> Result<Option<SecretString>> {
+    if !domain::organizations::is_empty(app.db()).await? {
+        return Ok(None);
+    }
+    let org = domain::organizations::ensure(app.db(), "default").await?;
+    let ctx = Ctx {
+        principal: Principal {
+            org_id: org.id,
+            role: Role::Admin,
+            actor: Actor::System,
+        },
+        request_id: None,
+    };
+    let (_, token) = domain::api_keys::create(
+        app.db(),
+        &ctx,
+        domain::api_keys::NewKey {
+            name: "bootstrap admin".into(),
+            role: Role::Admin,
+            expires_at: None,
+        },
+    )
+    .await?;
+    let path = app.config().data_dir.join("admin-token");
+    let _ = std::fs::remove_file(&path);
+    crate::config::write_private_file(&path, &format!("{}\n", token.expose()))
+        .map_err(|e| Error::internal(format!("cannot write {}: {e}", path.display())))?;
+    Ok(Some(token))
+}
+
+/// Serves until ctrl-c / SIGTERM.
+pub async fn serve(app: AppState) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(app.config().listen)
+        .await
+        .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", app.config().listen)))?;
+    let db = app.db().clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            if let Err(e) = crate::idempotency::purge_expired(&db).await {
+                tracing::warn!(error = e.message(), "purging idempotency keys failed");
+            }
+        }
+    });
+    tracing::info!(addr = %app.config().listen, "listening");
+    axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| Error::internal(format!("server failed: {e}")))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("signal handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

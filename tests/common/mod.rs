@@ -1,0 +1,290 @@
+//! Test harness: a real server on a random port, on SQLite or on its own
+//! PostgreSQL database, driven over real HTTP.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use reqwest::{Client, Method, RequestBuilder, StatusCode};
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::Value;
+use sylphx::auth::{Actor, Principal, Role};
+use sylphx::config::{Config, ServeArgs, StoreArgs};
+use sylphx::domain::{self, Ctx};
+use sylphx::server::{self, AppState};
+use tempfile::TempDir;
+
+/// Which state store a test runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// The admin URL of a PostgreSQL server; each test gets its own database.
+    Postgres(String),
+}
+
+impl Backend {
+    /// PostgreSQL when `SYLPHX_TEST_DATABASE_URL` is set.
+    pub fn postgres() -> Option<Backend> {
+        std::env::var("SYLPHX_TEST_DATABASE_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(Backend::Postgres)
+    }
+}
+
+/// Runs each listed `async fn name(backend: Backend)` on SQLite, and on
+/// PostgreSQL when `SYLPHX_TEST_DATABASE_URL` is set.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    match $crate::common::Backend::postgres() {
+                        Some(b) => super::$name(b).await,
+                        None => eprintln!("PostgreSQL run skipped: SYLPHX_TEST_DATABASE_URL is not set"),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let prefix = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{prefix}/{db}?{q}"),
+        None => format!("{prefix}/{db}"),
+    }
+}
+
+/// A running server.
+pub struct TestServer {
+    pub base: String,
+    pub app: AppState,
+    pub admin_token: String,
+    pub dir: TempDir,
+    pub database_url: String,
+    http: Client,
+    task: tokio::task::JoinHandle<()>,
+    pg: Option<(String, String)>,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> TestServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (database_url, pg) = match &backend {
+            Backend::Sqlite => (
+                format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("sylphx.db").display()
+                ),
+                None,
+            ),
+            Backend::Postgres(admin) => {
+                let name = format!("sylphx_t_{}", uuid::Uuid::new_v4().simple());
+                let conn = Database::connect(admin.as_str())
+                    .await
+                    .expect("connect to PostgreSQL");
+                conn.execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                conn.close().await.ok();
+                (with_database(admin, &name), Some((admin.clone(), name)))
+            }
+        };
+        let config = Config::load(&ServeArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            store: StoreArgs {
+                data_dir: Some(dir.path().to_path_buf()),
+                database_url: Some(database_url.clone()),
+                config: None,
+            },
+        })
+        .expect("config");
+        let app = AppState::new(config).await.expect("app state");
+        let admin_token = server::bootstrap(&app)
+            .await
+            .expect("bootstrap")
+            .expect("fresh store")
+            .expose()
+            .to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = server::router(app.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router).await.expect("serve");
+        });
+        TestServer {
+            base,
+            app,
+            admin_token,
+            dir,
+            database_url,
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            task,
+            pg,
+        }
+    }
+
+    /// A new token in organisation `org` (created if missing).
+    pub async fn token(&self, org: &str, role: Role) -> String {
+        let org = domain::organizations::ensure(self.app.db(), org)
+            .await
+            .unwrap();
+        let ctx = Ctx {
+            principal: Principal {
+                org_id: org.id,
+                role: Role::Admin,
+                actor: Actor::System,
+            },
+            request_id: None,
+        };
+        let (_, token) = domain::api_keys::create(
+            self.app.db(),
+            &ctx,
+            domain::api_keys::NewKey {
+                name: format!("{org:?}-{role:?}").chars().take(90).collect(),
+                role,
+                expires_at: None,
+            },
+        )
+        .await
+        .unwrap();
+        token.expose().to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A request to `/api/v1{path}` with `token`.
+    pub fn api(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v1{}", self.base, path))
+            .bearer_auth(token)
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.http
+    }
+
+    /// Sends and returns status and JSON body (Null when the body is empty).
+    pub async fn send(req: RequestBuilder) -> (StatusCode, Value) {
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+        };
+        (status, body)
+    }
+
+    /// Sends a raw (possibly malformed) JSON body.
+    pub async fn send_raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        Self::send(
+            self.api(method, path, token)
+                .header("content-type", "application/json")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        Self::send(self.api(Method::GET, path, token)).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        Self::send(self.api(Method::POST, path, token).json(&body)).await
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.api(method, path, token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        Self::send(req).await
+    }
+
+    /// Runs a GraphQL operation; returns the whole response body.
+    pub async fn graphql(&self, token: &str, query: &str, variables: Value) -> Value {
+        let resp = self
+            .http
+            .post(self.url("/graphql"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("graphql request");
+        resp.json().await.expect("graphql JSON")
+    }
+
+    /// Creates a project and returns its JSON.
+    pub async fn project(&self, token: &str, slug: &str) -> Value {
+        let (status, body) = self
+            .post(
+                "/projects",
+                token,
+                serde_json::json!({ "name": slug, "slug": slug }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some((admin, name)) = self.pg.take() {
+            // Best effort: drop the per-test database from a separate runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ok()?;
+                rt.block_on(async {
+                    let conn = Database::connect(admin.as_str()).await.ok()?;
+                    conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await
+                        .ok()
+                })
+            })
+            .join();
+        }
+    }
+}
