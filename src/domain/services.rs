@@ -257,6 +257,7 @@ pub async fn set_override(
         .one(&txn)
         .await?;
     let now = now();
+    let is_new = existing.is_none();
     let mut active = match existing {
         Some(o) => o.into_active_model(),
         None => overrides::ActiveModel {
@@ -300,10 +301,11 @@ pub async fn set_override(
         MaybeUndefined::Undefined => {}
     }
     active.updated_at = Set(now);
-    let saved = active.save(&txn).await?;
-    let saved = saved
-        .try_into_model()
-        .map_err(|e| Error::internal(format!("override: {e}")))?;
+    let saved = if is_new {
+        active.insert(&txn).await?
+    } else {
+        active.update(&txn).await?
+    };
     audit::record(
         &txn,
         ctx,

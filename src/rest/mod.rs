@@ -131,7 +131,29 @@ fn variables(
             }
         }
     }
+    for v in &route.variables {
+        let missing = vars.get(&v.name).is_none_or(Value::is_null);
+        if missing && v.ty.is_non_null() && !v.has_default {
+            return Err(Error::field(&v.name, "is required"));
+        }
+    }
     Ok(vars)
+}
+
+/// Finds the field named by one of GraphQL's own input errors, such as
+/// `Invalid value for argument "input.buildPack", …` or
+/// `… field "name" of type "String!" is required but not provided`.
+fn field_of_validation_error(message: &str) -> Option<String> {
+    let quoted_after = |marker: &str| {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        rest.split('"').next().map(str::to_string)
+    };
+    let name = quoted_after("unknown field \"")
+        .or_else(|| quoted_after("field \""))
+        .or_else(|| quoted_after("argument \""))
+        .or_else(|| quoted_after("Variable \"$"))?;
+    let last = name.rsplit('.').next().unwrap_or(&name).to_string();
+    (!last.is_empty() && last != "input").then_some(last)
 }
 
 /// Maps GraphQL errors onto one REST error: the most severe status wins.
@@ -160,6 +182,7 @@ fn error_response(errors: &[async_graphql::ServerError]) -> Response {
         .as_ref()
         .and_then(|x| x.get("details"))
         .and_then(|d| d.clone().into_json().ok())
+        .or_else(|| field_of_validation_error(&err.message).map(|f| json!({ "field": f })))
         .unwrap_or(Value::Null);
     let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
         "Internal server error".to_string()
@@ -276,4 +299,36 @@ pub async fn export() -> Result<(String, String), Error> {
     let rest = Rest::load(&schema).await?;
     let openapi = serde_json::to_string_pretty(&rest.openapi).map_err(Error::internal)? + "\n";
     Ok((crate::graphql::sdl(), openapi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_of_validation_error as field;
+
+    #[test]
+    fn validation_errors_name_their_field() {
+        assert_eq!(
+            field(
+                r#"Invalid value for argument "input.buildPack", enumeration type "BuildPack" does not contain the value "x""#
+            ),
+            Some("buildPack".into())
+        );
+        assert_eq!(
+            field(
+                r#"Invalid value for argument "input", field "name" of type "String!" is required but not provided"#
+            ),
+            Some("name".into())
+        );
+        assert_eq!(
+            field(
+                r#"Invalid value for argument "input", unknown field "colour" of type "CreateProjectInput""#
+            ),
+            Some("colour".into())
+        );
+        assert_eq!(
+            field(r#"Variable "$vars" of required type "[EnvVarInput!]!" was not provided."#),
+            Some("vars".into())
+        );
+        assert_eq!(field("something else"), None);
+    }
 }
