@@ -67,3 +67,22 @@ pub fn new_id() -> Uuid {
 pub fn parse_id(field: &str, value: &str) -> Result<Uuid> {
     Uuid::parse_str(value.trim()).map_err(|_| Error::field(field, "must be a UUID"))
 }
+
+/// Applies one clearable field of a partial update: a value is checked and
+/// set, `null` clears the column, an absent field leaves it alone.
+pub fn patch<T, V>(
+    column: &mut sea_orm::ActiveValue<Option<V>>,
+    value: &async_graphql::MaybeUndefined<T>,
+    check: impl FnOnce(&T) -> Result<V>,
+) -> Result<()>
+where
+    Option<V>: Into<sea_orm::Value>,
+{
+    use async_graphql::MaybeUndefined;
+    match value {
+        MaybeUndefined::Value(v) => *column = sea_orm::Set(Some(check(v)?)),
+        MaybeUndefined::Null => *column = sea_orm::Set(None),
+        MaybeUndefined::Undefined => {}
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Target};
-use super::{Ctx, environments, new_id, now, validate};
+use super::{Ctx, environments, new_id, now, patch, validate};
 use crate::auth::Role;
 use crate::error::{Error, Result};
 use entity::{environments as envs, projects};
@@ -226,42 +226,26 @@ pub async fn update(
     if let Some(name) = &input.name {
         active.name = Set(validate::text("name", name, 100)?);
     }
-    match &input.description {
-        MaybeUndefined::Value(d) => {
-            validate::long_text("description", d, 2000)?;
-            active.description = Set(Some(d.clone()));
-        }
-        MaybeUndefined::Null => active.description = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
-    match &input.port {
-        MaybeUndefined::Value(p) => {
-            validate::port("port", *p)?;
-            active.port = Set(Some(*p));
-        }
-        MaybeUndefined::Null => active.port = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
-    for (field, value, column) in [
-        (
-            "gitRepository",
-            &input.git_repository,
-            &mut active.git_repository,
-        ),
-        ("gitBranch", &input.git_branch, &mut active.git_branch),
-        ("dockerImage", &input.docker_image, &mut active.docker_image),
-    ] {
-        match value {
-            MaybeUndefined::Value(v) => *column = Set(Some(source_text(field, v)?)),
-            MaybeUndefined::Null => *column = Set(None),
-            MaybeUndefined::Undefined => {}
-        }
-    }
-    match input.build_pack {
-        MaybeUndefined::Value(b) => active.build_pack = Set(Some(b.as_str().to_string())),
-        MaybeUndefined::Null => active.build_pack = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
+    patch(&mut active.description, &input.description, |d| {
+        validate::long_text("description", d, 2000)?;
+        Ok(d.clone())
+    })?;
+    patch(&mut active.port, &input.port, |p| {
+        validate::port("port", *p)?;
+        Ok(*p)
+    })?;
+    patch(&mut active.git_repository, &input.git_repository, |v| {
+        source_text("gitRepository", v)
+    })?;
+    patch(&mut active.git_branch, &input.git_branch, |v| {
+        source_text("gitBranch", v)
+    })?;
+    patch(&mut active.docker_image, &input.docker_image, |v| {
+        source_text("dockerImage", v)
+    })?;
+    patch(&mut active.build_pack, &input.build_pack, |b| {
+        Ok(b.as_str().to_string())
+    })?;
     if let Some(a) = input.is_active {
         active.is_active = Set(a);
     }

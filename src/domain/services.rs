@@ -4,14 +4,14 @@
 use async_graphql::{InputObject, MaybeUndefined, SimpleObject};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, Set, TransactionTrait, TryIntoModel,
+    IntoActiveModel, QueryFilter, QueryOrder, Set, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Target};
-use super::{Ctx, environments, new_id, now, projects, validate};
+use super::{Ctx, environments, new_id, now, patch, projects, validate};
 use crate::auth::Role;
 use crate::error::{Error, Result};
 use entity::{service_environment_overrides as overrides, services};
@@ -119,6 +119,11 @@ pub async fn overrides_of<C: ConnectionTrait>(
         .await?)
 }
 
+fn check_port(p: &i32) -> Result<i32> {
+    validate::port("port", *p)?;
+    Ok(*p)
+}
+
 fn dockerfile_path(value: &str) -> Result<String> {
     let v = validate::text("dockerfilePath", value, 255)?;
     if v.starts_with('/') || v.split('/').any(|p| p == "..") {
@@ -207,22 +212,13 @@ pub async fn update(
         validate::replicas("replicas", r)?;
         active.replicas = Set(r);
     }
-    match input.port {
-        MaybeUndefined::Value(p) => {
-            validate::port("port", p)?;
-            active.port = Set(Some(p));
-        }
-        MaybeUndefined::Null => active.port = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
+    patch(&mut active.port, &input.port, check_port)?;
     if let Some(d) = &input.dockerfile_path {
         active.dockerfile_path = Set(dockerfile_path(d)?);
     }
-    match &input.resources {
-        MaybeUndefined::Value(r) => active.resources = Set(Some(r.validate("resources")?)),
-        MaybeUndefined::Null => active.resources = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
+    patch(&mut active.resources, &input.resources, |r| {
+        r.validate("resources")
+    })?;
     active.updated_at = Set(now());
     let service = active.update(&txn).await?;
     audit::record(
@@ -272,34 +268,17 @@ pub async fn set_override(
             updated_at: Set(now),
         },
     };
-    match input.replicas {
-        MaybeUndefined::Value(r) => {
-            validate::replicas("replicas", r)?;
-            active.replicas = Set(Some(r));
-        }
-        MaybeUndefined::Null => active.replicas = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
-    match input.port {
-        MaybeUndefined::Value(p) => {
-            validate::port("port", p)?;
-            active.port = Set(Some(p));
-        }
-        MaybeUndefined::Null => active.port = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
-    match &input.resources {
-        MaybeUndefined::Value(r) => active.resources = Set(Some(r.validate("resources")?)),
-        MaybeUndefined::Null => active.resources = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
-    match &input.docker_image {
-        MaybeUndefined::Value(i) => {
-            active.docker_image = Set(Some(validate::text("dockerImage", i, 500)?))
-        }
-        MaybeUndefined::Null => active.docker_image = Set(None),
-        MaybeUndefined::Undefined => {}
-    }
+    patch(&mut active.replicas, &input.replicas, |r| {
+        validate::replicas("replicas", *r)?;
+        Ok(*r)
+    })?;
+    patch(&mut active.port, &input.port, check_port)?;
+    patch(&mut active.resources, &input.resources, |r| {
+        r.validate("resources")
+    })?;
+    patch(&mut active.docker_image, &input.docker_image, |i| {
+        validate::text("dockerImage", i, 500)
+    })?;
     active.updated_at = Set(now);
     let saved = if is_new {
         active.insert(&txn).await?
