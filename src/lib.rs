@@ -8,6 +8,7 @@ pub mod error;
 pub mod graphql;
 pub mod idempotency;
 pub mod rest;
+pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod store;

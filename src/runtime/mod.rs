@@ -1,0 +1,189 @@
+//! The runtime driver trait. Domain code and the reconciler know only this
+//! trait; `local` runs everything on one machine, `kubernetes` applies real
+//! cluster objects.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::services::Resources;
+use crate::error::Result;
+use crate::secrets::SecretString;
+
+/// Which project environment an action is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentRef {
+    pub project_id: Uuid,
+    pub project_slug: String,
+    pub environment_id: Uuid,
+    pub environment_name: String,
+    /// Public hostname routed to the environment's web service.
+    pub domain: Option<String>,
+}
+
+/// One service of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub service_id: Uuid,
+    /// DNS-1123 label (`web`, `worker`, …).
+    pub name: String,
+    /// Listening port; `None` for background workers.
+    pub port: Option<u16>,
+    pub replicas: u32,
+    pub resources: Option<Resources>,
+    /// Command to run (the local runtime's Procfile entry); images use their entrypoint.
+    pub command: Option<String>,
+}
+
+/// Env var values handed to a runtime. `Debug` never shows the values.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EnvVars(pub BTreeMap<String, SecretString>);
+
+impl fmt::Debug for EnvVars {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub deployment_id: Uuid,
+    pub env: EnvironmentRef,
+    /// `owner/repo`, a git URL, a local path or `file://` URL.
+    pub git_repository: String,
+    pub git_branch: String,
+    /// A specific commit; the branch head when `None`.
+    pub git_commit: Option<String>,
+    pub dockerfile_path: String,
+    pub build_pack: Option<String>,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildOutput {
+    /// Image reference (registry/name@digest or :sha), or the local release id.
+    pub image: String,
+    /// The full commit that was built.
+    pub commit: String,
+    /// Services the source declares (e.g. Procfile process types); empty if it declares none.
+    pub declared_services: Vec<ServiceSpec>,
+}
+
+/// A complete, self-contained release: applying it twice gives the same
+/// result, and rolling back re-applies an older one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Release {
+    pub deployment_id: Uuid,
+    pub env: EnvironmentRef,
+    pub image: String,
+    pub env_vars: EnvVars,
+    pub services: Vec<ServiceSpec>,
+}
+
+/// Live state of one service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub ready: u32,
+    pub desired: u32,
+    /// `running`, `deploying`, `crashed`, `stopped`, `failed`.
+    pub state: String,
+    pub restarts: u32,
+}
+
+/// Live state of an environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvironmentStatus {
+    /// `running`, `deploying`, `degraded`, `stopped`, `not_deployed`.
+    pub status: String,
+    pub services: Vec<ServiceStatus>,
+}
+
+impl EnvironmentStatus {
+    pub fn ready(&self) -> u32 {
+        self.services.iter().map(|s| s.ready).sum()
+    }
+    pub fn desired(&self) -> u32 {
+        self.services.iter().map(|s| s.desired).sum()
+    }
+}
+
+/// One captured log line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub ts: chrono::DateTime<chrono::Utc>,
+    /// Replica or pod name, or `build`.
+    pub source: String,
+    /// `info` (stdout) or `error` (stderr).
+    pub level: String,
+    pub msg: String,
+    pub deployment_id: Option<Uuid>,
+}
+
+/// Which logs to read.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub tail: usize,
+    pub deployment_id: Option<Uuid>,
+}
+
+/// A CI runner of the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Runner {
+    pub name: String,
+    /// `idle`, `busy` or `offline`.
+    pub status: String,
+    pub labels: Vec<String>,
+}
+
+/// Receives build and rollout output as it happens.
+pub type LogSink = tokio::sync::mpsc::UnboundedSender<LogLine>;
+
+/// A place that runs apps.
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// `local` or `kubernetes`.
+    fn kind(&self) -> &'static str;
+
+    /// Creates or updates an environment's infrastructure (namespace,
+    /// secrets, HTTP route). Idempotent.
+    async fn provision(&self, env: &EnvironmentRef, vars: &EnvVars) -> Result<()>;
+
+    /// Builds the source at a commit into an image or release.
+    async fn build(&self, req: &BuildRequest, logs: LogSink) -> Result<BuildOutput>;
+
+    /// Rolls out a release with zero downtime and waits until it is ready;
+    /// an error leaves the previous release serving. Rollback is `deploy`
+    /// of an older release.
+    async fn deploy(&self, release: &Release, logs: LogSink) -> Result<()>;
+
+    /// Changes the replica count of one running service.
+    async fn scale(&self, env: &EnvironmentRef, service: &str, replicas: u32) -> Result<()>;
+
+    /// Live status.
+    async fn status(&self, env: &EnvironmentRef) -> Result<EnvironmentStatus>;
+
+    /// The last `query.tail` lines.
+    async fn logs(&self, env: &EnvironmentRef, query: &LogQuery) -> Result<Vec<LogLine>>;
+
+    /// New lines as they are written, until the stream is dropped.
+    async fn follow_logs(
+        &self,
+        env: &EnvironmentRef,
+        query: &LogQuery,
+    ) -> Result<BoxStream<'static, LogLine>>;
+
+    /// Removes everything the environment runs.
+    async fn delete(&self, env: &EnvironmentRef) -> Result<()>;
+
+    /// Whether the runtime's control plane answers.
+    async fn health(&self) -> Result<()>;
+
+    /// The CI runner pool (empty where there is none).
+    async fn runners(&self) -> Result<Vec<Runner>>;
+}
