@@ -64,10 +64,10 @@ pub struct Config {
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
 fn env_secret(name: &str) -> Result<Option<SecretString>> {
-    if let Ok(v) = std::env::var(name) {
-        if !v.is_empty() {
-            return Ok(Some(SecretString::new(v)));
-        }
+    if let Ok(v) = std::env::var(name)
+        && !v.is_empty()
+    {
+        return Ok(Some(SecretString::new(v)));
     }
     if let Ok(path) = std::env::var(format!("{name}_FILE")) {
         return read_secret_file(Path::new(&path)).map(Some);

@@ -104,9 +104,7 @@ impl Error {
     /// The message for an operator at the command line, where internal
     /// detail helps and no client is listening.
     pub fn public_message_for_cli(&self) -> String {
-        match self {
-            other => other.message().to_string(),
-        }
+        self.message().to_string()
     }
 
     fn details(&self) -> Value {
@@ -149,10 +147,10 @@ impl From<Error> for async_graphql::Error {
     fn from(err: Error) -> Self {
         let mut ext = async_graphql::ErrorExtensionValues::default();
         ext.set("code", err.code());
-        if let Ok(v) = async_graphql::Value::from_json(err.details()) {
-            if v != async_graphql::Value::Null {
-                ext.set("details", v);
-            }
+        if let Ok(v) = async_graphql::Value::from_json(err.details())
+            && v != async_graphql::Value::Null
+        {
+            ext.set("details", v);
         }
         let mut out = async_graphql::Error::new(err.public_message());
         out.extensions = Some(ext);

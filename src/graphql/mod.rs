@@ -72,7 +72,7 @@ pub fn connection_data(db: &DatabaseConnection, ctx: Ctx) -> async_graphql::Data
 
 fn loader<L: Loader<Uuid>>(l: L) -> DataLoader<L> {
     // A short window: enough for sibling resolvers to join one batch.
-    DataLoader::new(l, tokio::spawn).delay(Duration::from_micros(500))
+    DataLoader::new(l, tokio::spawn).delay(Duration::from_millis(1))
 }
 
 pub(crate) fn db<'a>(ctx: &Context<'a>) -> &'a DatabaseConnection {

@@ -266,10 +266,10 @@ fn compile(
             return Err(format!("path parameter :{p} has no variable"));
         }
     }
-    if let Some(b) = &spec.body {
-        if !variables.iter().any(|v| &v.name == b) {
-            return Err(format!("body variable ${b} is not declared"));
-        }
+    if let Some(b) = &spec.body
+        && !variables.iter().any(|v| &v.name == b)
+    {
+        return Err(format!("body variable ${b} is not declared"));
     }
     if spec.paginate {
         for v in ["first", "after"] {

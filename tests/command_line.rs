@@ -1,0 +1,157 @@
+//! The `sylphx` binary: token creation, first-start bootstrap, migrate.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sylphx");
+
+fn sylphx(args: &[&str], data_dir: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("SYLPHX_DATA_DIR", data_dir)
+        .env_remove("SYLPHX_DATABASE_URL")
+        .output()
+        .expect("run sylphx")
+}
+
+fn is_token(s: &str) -> bool {
+    s.len() == 72 && s.starts_with("slx_cli_") && s[8..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `sylphx serve` and waits until it answers; returns it and its stdout.
+async fn serve(data_dir: &Path) -> (Server, String, String) {
+    let port = free_port();
+    let out = data_dir.join(format!("stdout-{port}"));
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("SYLPHX_DATA_DIR", data_dir)
+        .env_remove("SYLPHX_DATABASE_URL")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = Server(child);
+    let base = format!("http://127.0.0.1:{port}/api/v1");
+    let client = reqwest::Client::new();
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{base}/health/status")).send().await
+            && r.status().is_success()
+        {
+            return (server, base, std::fs::read_to_string(&out).unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("server did not answer");
+}
+
+async fn projects(base: &str, token: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .get(format!("{base}/projects"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.json().await.unwrap_or_default())
+}
+
+#[test]
+fn token_create_prints_only_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = sylphx(&["token", "create", "--org", "acme"], dir.path());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let stdout = String::from_utf8(first.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(is_token(stdout.trim()), "{stdout}");
+    let second = sylphx(
+        &[
+            "token", "create", "--org", "acme", "--role", "read", "--name", "ro",
+        ],
+        dir.path(),
+    );
+    assert!(second.status.success());
+    assert_ne!(String::from_utf8(second.stdout).unwrap(), stdout);
+
+    let bad = sylphx(&["token", "create", "--org", "Bad Org"], dir.path());
+    assert!(!bad.status.success());
+    assert!(bad.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("org"));
+    let bad_role = sylphx(
+        &["token", "create", "--org", "acme", "--role", "root"],
+        dir.path(),
+    );
+    assert!(!bad_role.status.success());
+}
+
+#[test]
+fn migrate_creates_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = sylphx(&["migrate"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("sylphx.db").exists());
+}
+
+#[tokio::test]
+async fn first_serve_bootstraps_an_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, base, stdout) = serve(dir.path()).await;
+    let token_file = dir.path().join("admin-token");
+    assert_eq!(mode(&token_file), 0o600);
+    assert_eq!(mode(&dir.path().join("master.key")), 0o600);
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(is_token(&token));
+    assert!(
+        stdout.lines().any(|l| l == token),
+        "serve prints the token once: {stdout}"
+    );
+    let (status, body) = projects(&base, &token).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(body, serde_json::json!([]));
+    drop(server);
+
+    // A token made offline for another organisation works after a restart,
+    // and a restart creates no new admin token.
+    let out = sylphx(&["token", "create", "--org", "acme"], dir.path());
+    let acme = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let (_server, base, stdout) = serve(dir.path()).await;
+    assert!(!stdout.contains("slx_cli_"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
+    assert_eq!(projects(&base, &token).await.0, reqwest::StatusCode::OK);
+    let (status, body) = projects(&base, &acme).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(body, serde_json::json!([]));
+}

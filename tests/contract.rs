@@ -1,0 +1,128 @@
+//! The committed schema files match the code, and the route table covers
+//! the contract's endpoints.
+
+mod common;
+
+use common::{Backend, TestServer};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const SDL: &str = include_str!("../schema/schema.graphql");
+const OPENAPI: &str = include_str!("../schema/openapi.json");
+
+/// (endpoint number, method, path, success status) served so far.
+const CONTRACT: &[(u32, &str, &str, u16)] = &[
+    (1, "GET", "/projects", 200),
+    (2, "POST", "/projects", 201),
+    (3, "GET", "/projects/{id}", 200),
+    (4, "PATCH", "/projects/{id}", 200),
+    (4, "PUT", "/projects/{id}", 200),
+    (5, "DELETE", "/projects/{id}", 200),
+    (11, "GET", "/projects/{id}/env-vars", 200),
+    (12, "POST", "/projects/{id}/env-vars", 200),
+    (13, "GET", "/projects/{id}/environments", 200),
+    (14, "POST", "/projects/{id}/environments", 201),
+    (15, "GET", "/projects/{id}/environments/{envId}", 200),
+    (16, "PATCH", "/projects/{id}/environments/{envId}", 200),
+    (16, "PUT", "/projects/{id}/environments/{envId}", 200),
+    (18, "GET", "/projects/{id}/services", 200),
+    (19, "POST", "/projects/{id}/services", 201),
+    (20, "GET", "/projects/{id}/services/{name}", 200),
+    (21, "PATCH", "/projects/{id}/services/{name}", 200),
+    (21, "PUT", "/projects/{id}/services/{name}", 200),
+    (
+        22,
+        "PATCH",
+        "/projects/{id}/services/{name}/environments/{envId}",
+        200,
+    ),
+    (
+        22,
+        "PUT",
+        "/projects/{id}/services/{name}/environments/{envId}",
+        200,
+    ),
+    (49, "GET", "/projects/{id}/config", 200),
+    (50, "POST", "/projects/{id}/config", 200),
+    (50, "PUT", "/projects/{id}/config", 200),
+    (51, "GET", "/projects/{id}/config/{key}", 200),
+    (52, "PUT", "/projects/{id}/config/{key}", 200),
+    (53, "DELETE", "/projects/{id}/config/{key}", 200),
+];
+
+#[tokio::test]
+async fn committed_schema_matches_export() {
+    let (sdl, openapi) = sylphx::rest::export().await.expect("export");
+    assert!(
+        sdl == SDL,
+        "schema/schema.graphql is stale: run `cargo run -- schema export` and commit the result"
+    );
+    assert!(
+        openapi == OPENAPI,
+        "schema/openapi.json is stale: run `cargo run -- schema export` and commit the result"
+    );
+}
+
+#[tokio::test]
+async fn served_openapi_matches_committed() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let resp = s
+        .client()
+        .get(s.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let served: Value = resp.json().await.unwrap();
+    let committed: Value = serde_json::from_str(OPENAPI).unwrap();
+    assert_eq!(served, committed);
+}
+
+#[tokio::test]
+async fn route_table_covers_the_contract() {
+    let openapi: Value = serde_json::from_str(OPENAPI).unwrap();
+    let paths = openapi["paths"].as_object().unwrap();
+    for &(n, method, path, status) in CONTRACT {
+        let op = &paths
+            .get(path)
+            .unwrap_or_else(|| panic!("endpoint {n}: {path} is not served"))[method.to_lowercase()];
+        assert!(
+            op.is_object(),
+            "endpoint {n}: {method} {path} is not served"
+        );
+        assert_eq!(op["x-contract-endpoint"], n, "{method} {path}");
+        assert!(
+            op["responses"][status.to_string()].is_object(),
+            "endpoint {n}: {method} {path} should answer {status}"
+        );
+    }
+    // Nothing is served that the contract does not name.
+    let served: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(served, CONTRACT.len());
+
+    // And the live router answers each one (not 404/405).
+    let s = TestServer::start(Backend::Sqlite).await;
+    let p = s.project(&s.admin_token, "cover").await;
+    let id = p["id"].as_str().unwrap();
+    let env = p["environments"][0]["id"].as_str().unwrap();
+    for &(n, method, path, _) in CONTRACT {
+        let url = path
+            .replace("{id}", id)
+            .replace("{envId}", env)
+            .replace("{name}", "web")
+            .replace("{key}", "k");
+        let resp = s
+            .api(method.parse().unwrap(), &url, &s.admin_token)
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "endpoint {n}");
+        assert!(
+            status != StatusCode::NOT_FOUND || body["error"] != "no such endpoint",
+            "endpoint {n}: {method} {url} is not routed"
+        );
+    }
+}
