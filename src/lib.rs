@@ -7,10 +7,12 @@ pub mod domain;
 pub mod error;
 pub mod graphql;
 pub mod idempotency;
+pub mod reconcile;
 pub mod rest;
 pub mod runtime;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod streams;
 
 pub use error::{Error, Result};

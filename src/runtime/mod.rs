@@ -14,6 +14,8 @@ use crate::domain::services::Resources;
 use crate::error::Result;
 use crate::secrets::SecretString;
 
+pub mod local;
+
 /// Which project environment an action is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvironmentRef {
