@@ -25,12 +25,29 @@ pub struct StoreArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Where apps run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    /// Everything on this machine (the embedded default).
+    #[default]
+    Local,
+    /// A Kubernetes cluster (production).
+    Kubernetes,
+}
+
 /// Flags of `sylphx serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServeArgs {
     /// Address of the API server.
     #[arg(long, env = "SYLPHX_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Where apps run.
+    #[arg(long, env = "SYLPHX_RUNTIME", value_enum)]
+    pub runtime: Option<RuntimeKind>,
+    /// Address of the local runtime's app router (routes by Host).
+    #[arg(long, env = "SYLPHX_APPS_LISTEN")]
+    pub apps_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -45,6 +62,11 @@ struct FileConfig {
     session_secret_file: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     max_request_bytes: Option<usize>,
+    runtime: Option<RuntimeKind>,
+    apps_listen: Option<SocketAddr>,
+    ready_timeout_secs: Option<u64>,
+    job_lease_secs: Option<u64>,
+    github_webhook_secret_file: Option<PathBuf>,
 }
 
 /// The resolved configuration of one process.
@@ -60,6 +82,15 @@ pub struct Config {
     /// Older master keys still accepted for decryption (rotation).
     pub previous_master_keys: Vec<SecretString>,
     pub max_request_bytes: usize,
+    pub runtime: RuntimeKind,
+    /// The local runtime's app router.
+    pub apps_listen: SocketAddr,
+    /// How long new replicas get to become ready.
+    pub ready_timeout: std::time::Duration,
+    /// How long a job claim lasts without renewal (crash recovery delay).
+    pub job_lease: std::time::Duration,
+    /// HMAC secret of GitHub push webhooks; the webhook is refused without one.
+    pub github_webhook_secret: Option<SecretString>,
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
@@ -73,6 +104,16 @@ fn env_secret(name: &str) -> Result<Option<SecretString>> {
         return read_secret_file(Path::new(&path)).map(Some);
     }
     Ok(None)
+}
+
+fn env_u64(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::bad_request(format!("{name} must be a whole number"))),
+        _ => Ok(None),
+    }
 }
 
 fn read_secret_file(path: &Path) -> Result<SecretString> {
@@ -124,6 +165,14 @@ impl Config {
                 .map(read_secret_file)
                 .transpose()?,
         };
+        let github_webhook_secret = match env_secret("SYLPHX_GITHUB_WEBHOOK_SECRET")? {
+            Some(s) => Some(s),
+            None => file
+                .github_webhook_secret_file
+                .as_deref()
+                .map(read_secret_file)
+                .transpose()?,
+        };
         let previous_master_keys = std::env::var("SYLPHX_PREVIOUS_MASTER_KEYS")
             .map(|v| {
                 v.split(',')
@@ -143,6 +192,23 @@ impl Config {
             master_key,
             previous_master_keys,
             max_request_bytes: file.max_request_bytes.unwrap_or(2 * 1024 * 1024),
+            runtime: args.runtime.or(file.runtime).unwrap_or_default(),
+            apps_listen: args
+                .apps_listen
+                .or(file.apps_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8090))),
+            ready_timeout: std::time::Duration::from_secs(
+                env_u64("SYLPHX_READY_TIMEOUT_SECS")?
+                    .or(file.ready_timeout_secs)
+                    .unwrap_or(60),
+            ),
+            job_lease: std::time::Duration::from_secs(
+                env_u64("SYLPHX_JOB_LEASE_SECS")?
+                    .or(file.job_lease_secs)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
+            github_webhook_secret,
         })
     }
 

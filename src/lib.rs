@@ -14,5 +14,6 @@ pub mod secrets;
 pub mod server;
 pub mod store;
 pub mod streams;
+pub mod webhooks;
 
 pub use error::{Error, Result};

@@ -70,8 +70,8 @@ enum SchemaCommand {
 
 fn store_config(store: StoreArgs) -> sylphx::Result<Config> {
     Config::load(&ServeArgs {
-        listen: None,
         store,
+        ..ServeArgs::default()
     })
 }
 
@@ -79,6 +79,7 @@ async fn run(cli: Cli) -> sylphx::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let app = AppState::new(Config::load(&args)?).await?;
+            let apps = app.start_background().await?;
             if let Some(token) = server::bootstrap(&app).await? {
                 let path = app.config().data_dir.join("admin-token");
                 println!(
@@ -88,8 +89,11 @@ async fn run(cli: Cli) -> sylphx::Result<()> {
                 println!("{}", token.expose());
             }
             println!(
-                "Sylphx listening on http://{} (REST /api/v1, GraphQL /graphql, playground /playground)",
-                app.config().listen
+                "Sylphx listening on http://{} (REST /api/v1, GraphQL /graphql, playground /playground); {} runtime{}",
+                app.config().listen,
+                app.deployer().runtime.kind(),
+                apps.map(|a| format!(", apps routed by Host at http://{a}"))
+                    .unwrap_or_default()
             );
             server::serve(app).await
         }

@@ -20,16 +20,22 @@ use tower_http::trace::TraceLayer;
 use crate::auth::session::{self, SessionKeys};
 use crate::auth::tokens::TokenAuthenticator;
 use crate::auth::{Actor, Principal, Role};
-use crate::config::{Config, read_or_create_secret_file};
+use crate::config::{Config, RuntimeKind, read_or_create_secret_file};
+use crate::domain::deployments::Deployer;
 use crate::domain::{self, Ctx};
 use crate::error::{Error, Result};
 use crate::graphql::{self, AppSchema};
+use crate::reconcile::{Queue, QueueConfig};
 use crate::rest::{self, Rest};
+use crate::runtime::Runtime;
+use crate::runtime::local::{LocalConfig, LocalRuntime};
 use crate::secrets::{Keyring, SecretString, random_hex};
 use crate::store::{self, StatementCounter};
+use crate::streams::LogStore;
 
 struct Inner {
     config: Config,
+    deployer: Deployer,
     db: DatabaseConnection,
     schema: AppSchema,
     rest: Arc<Rest>,
@@ -59,10 +65,36 @@ impl AppState {
                 || random_hex(32),
             )?),
         };
-        let schema = graphql::build(db.clone(), keyring);
+        let logs = LogStore::default();
+        let runtime: Arc<dyn Runtime> = match config.runtime {
+            RuntimeKind::Local => Arc::new(LocalRuntime::new(
+                LocalConfig {
+                    releases_dir: config.data_dir.join("releases"),
+                    ready_timeout: config.ready_timeout,
+                },
+                logs.clone(),
+            )),
+            RuntimeKind::Kubernetes => crate::runtime::connect_kubernetes(&config).await?,
+        };
+        let queue = Queue::new(
+            db.clone(),
+            QueueConfig {
+                lease: config.job_lease,
+                ..QueueConfig::default()
+            },
+        );
+        let deployer = Deployer {
+            db: db.clone(),
+            keyring: keyring.clone(),
+            runtime,
+            queue,
+            logs,
+        };
+        let schema = graphql::build(db.clone(), keyring, deployer.clone());
         let rest = Rest::load(&schema).await?;
         Ok(AppState(Arc::new(Inner {
             config,
+            deployer,
             db,
             schema,
             rest,
@@ -70,6 +102,32 @@ impl AppState {
             sessions: SessionKeys::new(&session_secret)?,
             statements,
         })))
+    }
+
+    /// Starts what runs beside the API: the job worker, the local app
+    /// router, and the restore of releases that ran before a restart.
+    /// Returns the app router's address on the local runtime.
+    pub async fn start_background(&self) -> Result<Option<std::net::SocketAddr>> {
+        let deployer = self.deployer().clone();
+        let apps = match deployer.runtime.as_any().downcast_ref::<LocalRuntime>() {
+            Some(local) => Some(local.serve_router(self.config().apps_listen).await?),
+            None => None,
+        };
+        let restorer = deployer.clone();
+        let queue = deployer.queue.clone();
+        tokio::spawn(async move {
+            // Releases come back before queued work resumes.
+            if let Err(e) = restorer.restore().await {
+                tracing::warn!(error = e.message(), "restoring releases failed");
+            }
+            queue.spawn_worker(Arc::new(restorer));
+        });
+        Ok(apps)
+    }
+
+    /// Deployments, runtime and job queue.
+    pub fn deployer(&self) -> &Deployer {
+        &self.0.deployer
     }
 
     pub fn db(&self) -> &DatabaseConnection {
@@ -286,6 +344,10 @@ pub fn router(app: AppState) -> Router {
     let api = Router::new()
         .route("/health/status", get(health))
         .route("/openapi.json", get(openapi))
+        .route(
+            "/webhooks/github",
+            axum::routing::post(crate::webhooks::github),
+        )
         .merge(authed_api)
         .fallback(not_found);
     let graphql = Router::new()

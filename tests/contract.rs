@@ -18,6 +18,11 @@ const CONTRACT: &[(u32, &str, &str, u16)] = &[
     (4, "PATCH", "/projects/{id}", 200),
     (4, "PUT", "/projects/{id}", 200),
     (5, "DELETE", "/projects/{id}", 200),
+    (6, "GET", "/projects/{id}/status", 200),
+    (7, "GET", "/projects/{id}/logs", 200),
+    (8, "POST", "/projects/{id}/deploy", 202),
+    (9, "POST", "/projects/{id}/rollback", 202),
+    (10, "GET", "/projects/{id}/deployments", 200),
     (11, "GET", "/projects/{id}/env-vars", 200),
     (12, "POST", "/projects/{id}/env-vars", 200),
     (13, "GET", "/projects/{id}/environments", 200),
@@ -25,6 +30,12 @@ const CONTRACT: &[(u32, &str, &str, u16)] = &[
     (15, "GET", "/projects/{id}/environments/{envId}", 200),
     (16, "PATCH", "/projects/{id}/environments/{envId}", 200),
     (16, "PUT", "/projects/{id}/environments/{envId}", 200),
+    (
+        17,
+        "POST",
+        "/projects/{id}/environments/{envId}/provision",
+        202,
+    ),
     (18, "GET", "/projects/{id}/services", 200),
     (19, "POST", "/projects/{id}/services", 201),
     (20, "GET", "/projects/{id}/services/{name}", 200),
@@ -110,7 +121,8 @@ async fn route_table_covers_the_contract() {
             .replace("{id}", id)
             .replace("{envId}", env)
             .replace("{name}", "web")
-            .replace("{key}", "k");
+            .replace("{key}", "k")
+            .replace("{serviceId}", &uuid::Uuid::now_v7().to_string());
         let resp = s
             .api(method.parse().unwrap(), &url, &s.admin_token)
             .json(&serde_json::json!({}))

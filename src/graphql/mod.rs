@@ -1,6 +1,7 @@
 //! The GraphQL core: schema assembly, per-request data and the helpers
 //! resolvers use to reach the domain.
 
+pub mod deployments;
 pub mod loaders;
 pub mod mutation;
 pub mod query;
@@ -22,8 +23,18 @@ use loaders::{EnvironmentsByProject, OverridesByService, ServicesByProject};
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
+/// Every query field: each resource group contributes its own object.
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Query")]
+pub struct Query(QueryRoot, deployments::DeploymentQuery);
+
+/// Every mutation field.
+#[derive(async_graphql::MergedObject, Default)]
+#[graphql(name = "Mutation")]
+pub struct Mutation(MutationRoot, deployments::DeploymentMutation);
+
 /// The executable schema.
-pub type AppSchema = Schema<QueryRoot, MutationRoot, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
 
 /// Deepest selection accepted (GraphiQL's introspection query needs 13).
 pub const MAX_DEPTH: usize = 16;
@@ -31,10 +42,15 @@ pub const MAX_DEPTH: usize = 16;
 pub const MAX_COMPLEXITY: usize = 50_000;
 
 /// Builds the schema with its shared data.
-pub fn build(db: DatabaseConnection, keyring: Arc<Keyring>) -> AppSchema {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
+pub fn build(
+    db: DatabaseConnection,
+    keyring: Arc<Keyring>,
+    deployer: crate::domain::deployments::Deployer,
+) -> AppSchema {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(db)
         .data(keyring)
+        .data(deployer)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()
@@ -42,9 +58,12 @@ pub fn build(db: DatabaseConnection, keyring: Arc<Keyring>) -> AppSchema {
 
 /// The schema without data, for exporting its SDL.
 pub fn sdl() -> String {
-    Schema::build(QueryRoot, MutationRoot, EmptySubscription)
-        .finish()
-        .sdl()
+    bare().sdl()
+}
+
+/// The schema without data (for export and introspection).
+pub fn bare() -> AppSchema {
+    Schema::build(Query::default(), Mutation::default(), EmptySubscription).finish()
 }
 
 /// Attaches what one request needs: the caller and fresh DataLoaders, so

@@ -18,6 +18,7 @@ pub struct CreateApiKeyInput {
     pub expires_at: Option<Timestamp>,
 }
 
+#[derive(Default)]
 pub struct MutationRoot;
 
 #[Object]

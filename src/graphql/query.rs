@@ -44,6 +44,7 @@ fn connection<M, T: OutputType>(
     conn
 }
 
+#[derive(Default)]
 pub struct QueryRoot;
 
 #[Object]

@@ -156,6 +156,21 @@ fn field_of_validation_error(message: &str) -> Option<String> {
     (!last.is_empty() && last != "input").then_some(last)
 }
 
+/// `2026-03-09T11:00:00Z [web] message` per entry, newline-terminated.
+fn log_lines(result: &Value) -> String {
+    let mut out = String::new();
+    for line in result.as_array().into_iter().flatten() {
+        let field = |k: &str| line[k].as_str().unwrap_or_default().to_string();
+        out.push_str(&format!(
+            "{} [{}] {}\n",
+            field("ts"),
+            field("source"),
+            field("msg")
+        ));
+    }
+    out
+}
+
 /// Maps GraphQL errors onto one REST error: the most severe status wins.
 fn error_response(errors: &[async_graphql::ServerError]) -> Response {
     let ranked = errors.iter().map(|e| {
@@ -236,6 +251,15 @@ async fn handle(
     let status = StatusCode::from_u16(route.spec.status).unwrap_or(StatusCode::OK);
     if !route.spec.paginate {
         return match execute(&app, route, &ctx, vars).await {
+            Ok(result) if route.spec.render.is_some() => (
+                status,
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; charset=utf-8",
+                )],
+                log_lines(&result),
+            )
+                .into_response(),
             Ok(result) => (status, axum::Json(result)).into_response(),
             Err(resp) => resp,
         };
@@ -290,12 +314,7 @@ impl Rest {
 
 /// The exported schema files: the SDL and the pretty-printed OpenAPI document.
 pub async fn export() -> Result<(String, String), Error> {
-    let schema = crate::graphql::AppSchema::build(
-        crate::graphql::QueryRoot,
-        crate::graphql::MutationRoot,
-        async_graphql::EmptySubscription,
-    )
-    .finish();
+    let schema = crate::graphql::bare();
     let rest = Rest::load(&schema).await?;
     let openapi = serde_json::to_string_pretty(&rest.openapi).map_err(Error::internal)? + "\n";
     Ok((crate::graphql::sdl(), openapi))

@@ -256,9 +256,16 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
         "x-graphql-operation": route.text,
         "parameters": params,
         "responses": {
-            route.spec.status.to_string(): {
-                "description": "Success",
-                "content": { "application/json": { "schema": gen_.response(route) } }
+            route.spec.status.to_string(): if route.spec.render.is_some() {
+                json!({
+                    "description": "Success: one `<timestamp> [<source>] <message>` line per entry",
+                    "content": { "text/plain": { "schema": { "type": "string" } } }
+                })
+            } else {
+                json!({
+                    "description": "Success",
+                    "content": { "application/json": { "schema": gen_.response(route) } }
+                })
             },
             "400": error_response("Invalid input; the message names the field"),
             "401": error_response("Missing, malformed, expired or revoked credentials"),

@@ -42,6 +42,8 @@ pub struct RouteSpec {
     /// The result is a connection: follow its pages and return all nodes.
     #[serde(default)]
     pub paginate: bool,
+    /// `log-lines`: answer `text/plain`, one `<ts> [<source>] <msg>` line per item.
+    pub render: Option<String>,
 }
 
 /// A variable of an operation and where it comes from.
@@ -270,6 +272,11 @@ fn compile(
         && !variables.iter().any(|v| &v.name == b)
     {
         return Err(format!("body variable ${b} is not declared"));
+    }
+    if let Some(r) = &spec.render
+        && r != "log-lines"
+    {
+        return Err(format!("unknown render {r}"));
     }
     if spec.paginate {
         for v in ["first", "after"] {

@@ -152,6 +152,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// `local` or `kubernetes`.
     fn kind(&self) -> &'static str;
 
+    /// For start-up wiring that only one driver needs (the local app router).
+    fn as_any(&self) -> &dyn std::any::Any;
+
     /// Creates or updates an environment's infrastructure (namespace,
     /// secrets, HTTP route). Idempotent.
     async fn provision(&self, env: &EnvironmentRef, vars: &EnvVars) -> Result<()>;
@@ -188,4 +191,14 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The CI runner pool (empty where there is none).
     async fn runners(&self) -> Result<Vec<Runner>>;
+}
+
+/// Connects the Kubernetes driver from the ambient kubeconfig or in-cluster
+/// service account.
+pub async fn connect_kubernetes(
+    _config: &crate::config::Config,
+) -> Result<std::sync::Arc<dyn Runtime>> {
+    Err(crate::error::Error::Unavailable(
+        "the kubernetes runtime is not available in this build".into(),
+    ))
 }

@@ -82,6 +82,8 @@ pub struct TestServer {
     pub admin_token: String,
     pub dir: TempDir,
     pub database_url: String,
+    /// The local runtime's app router.
+    pub apps: std::net::SocketAddr,
     http: Client,
     task: tokio::task::JoinHandle<()>,
     pg: Option<(String, String)>,
@@ -112,11 +114,13 @@ impl TestServer {
         };
         let config = Config::load(&ServeArgs {
             listen: Some("127.0.0.1:0".parse().unwrap()),
+            apps_listen: Some("127.0.0.1:0".parse().unwrap()),
             store: StoreArgs {
                 data_dir: Some(dir.path().to_path_buf()),
                 database_url: Some(database_url.clone()),
                 config: None,
             },
+            ..ServeArgs::default()
         })
         .expect("config");
         let app = AppState::new(config).await.expect("app state");
@@ -126,6 +130,11 @@ impl TestServer {
             .expect("fresh store")
             .expose()
             .to_string();
+        let apps = app
+            .start_background()
+            .await
+            .expect("background tasks")
+            .expect("local runtime");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = server::router(app.clone());
@@ -138,6 +147,7 @@ impl TestServer {
             admin_token,
             dir,
             database_url,
+            apps,
             http: Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()

@@ -246,6 +246,10 @@ impl Runtime for LocalRuntime {
         "local"
     }
 
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
     async fn provision(&self, env: &EnvironmentRef, _vars: &EnvVars) -> Result<()> {
         let mut envs = self.shared.envs.lock().expect("local runtime");
         let entry = envs

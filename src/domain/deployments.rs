@@ -1,0 +1,641 @@
+//! Deployments: recorded with a snapshot of the environment's image and env
+//! vars, carried out by the reconciler's `deploy` jobs through the runtime.
+//! `queued → building → deploying → success | failed | cancelled`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{self, Target};
+use super::{Ctx, env_vars, environments, new_id, now, parse_id, projects, services};
+use crate::auth::Role;
+use crate::error::{Error, Result};
+use crate::reconcile::{self, Handler, NewJob, Queue};
+use crate::runtime::{
+    BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LogLine, LogQuery, Release, Runtime,
+    ServiceSpec,
+};
+use crate::secrets::{Keyring, SecretString};
+use crate::streams::LogStore;
+use entity::{deployments, environments as envs, jobs, projects as proj, services as svcs};
+
+pub const QUEUED: &str = "queued";
+pub const BUILDING: &str = "building";
+pub const DEPLOYING: &str = "deploying";
+pub const SUCCESS: &str = "success";
+pub const FAILED: &str = "failed";
+
+/// Who or what started a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Api,
+    Push,
+    Rollback,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Api => "api",
+            Trigger::Push => "push",
+            Trigger::Rollback => "rollback",
+        }
+    }
+}
+
+/// What the runtime actions of the domain need.
+#[derive(Clone)]
+pub struct Deployer {
+    pub db: DatabaseConnection,
+    pub keyring: Arc<Keyring>,
+    pub runtime: Arc<dyn Runtime>,
+    pub queue: Queue,
+    pub logs: LogStore,
+}
+
+fn seal_vars(keyring: &Keyring, vars: &BTreeMap<String, SecretString>) -> Result<String> {
+    let plain: BTreeMap<&str, &str> = vars.iter().map(|(k, v)| (k.as_str(), v.expose())).collect();
+    keyring.seal(&serde_json::to_string(&plain).map_err(Error::internal)?)
+}
+
+fn open_vars(keyring: &Keyring, sealed: Option<&str>) -> Result<EnvVars> {
+    let Some(sealed) = sealed else {
+        return Ok(EnvVars::default());
+    };
+    let text = keyring.open(sealed)?;
+    let map: BTreeMap<String, String> =
+        serde_json::from_str(text.expose()).map_err(Error::internal)?;
+    Ok(EnvVars(
+        map.into_iter()
+            .map(|(k, v)| (k, SecretString::new(v)))
+            .collect(),
+    ))
+}
+
+pub fn env_ref(project: &proj::Model, env: &envs::Model) -> EnvironmentRef {
+    EnvironmentRef {
+        project_id: project.id,
+        project_slug: project.slug.clone(),
+        environment_id: env.id,
+        environment_name: env.name.clone(),
+        domain: env.domain.clone(),
+    }
+}
+
+async fn insert<C: ConnectionTrait>(
+    conn: &C,
+    ctx: &Ctx,
+    project: &proj::Model,
+    env: &envs::Model,
+    trigger: Trigger,
+    fields: (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<Uuid>,
+    ),
+) -> Result<deployments::Model> {
+    let (git_branch, git_commit, image, env_snapshot, target) = fields;
+    let now = now();
+    let d = deployments::ActiveModel {
+        id: Set(new_id()),
+        project_id: Set(project.id),
+        environment_id: Set(env.id),
+        service_id: Set(None),
+        status: Set(QUEUED.into()),
+        triggered_by: Set(trigger.as_str().into()),
+        git_branch: Set(git_branch),
+        git_commit: Set(git_commit),
+        image: Set(image),
+        env_snapshot: Set(env_snapshot),
+        rollback_target_id: Set(target),
+        error: Set(None),
+        started_at: Set(None),
+        finished_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    }
+    .insert(conn)
+    .await?;
+    reconcile::enqueue(
+        conn,
+        NewJob {
+            kind: "deploy",
+            payload: json!({ "deploymentId": d.id }),
+            organization_id: Some(ctx.org_id()),
+            deployment_id: Some(d.id),
+        },
+    )
+    .await?;
+    Ok(d)
+}
+
+impl Deployer {
+    /// Records a deployment of an environment (production by default) and its job.
+    pub async fn deploy(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        env_type: Option<&str>,
+        trigger: Trigger,
+        commit: Option<String>,
+    ) -> Result<(deployments::Model, envs::Model)> {
+        ctx.require(Role::Write)?;
+        let txn = self.db.begin().await?;
+        let project = projects::resolve(&txn, ctx, project).await?;
+        let env = environments::select(&txn, project.id, env_type, None).await?;
+        let vars = env_vars::plaintext(&txn, &self.keyring, env.id).await?;
+        let snapshot = seal_vars(&self.keyring, &vars)?;
+        let d = insert(
+            &txn,
+            ctx,
+            &project,
+            &env,
+            trigger,
+            (
+                project.git_branch.clone(),
+                commit,
+                project.docker_image.clone(),
+                Some(snapshot),
+                None,
+            ),
+        )
+        .await?;
+        audit::record(
+            &txn,
+            ctx,
+            "deployment.create",
+            Target::new("deployment", d.id).in_project(project.id),
+            Some(json!({ "environment": env.name, "triggeredBy": d.triggered_by })),
+        )
+        .await?;
+        txn.commit().await?;
+        self.queue.notify();
+        Ok((d, env))
+    }
+
+    /// A new deployment restoring an earlier successful one's image and env vars.
+    pub async fn rollback(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        target: &str,
+    ) -> Result<deployments::Model> {
+        ctx.require(Role::Write)?;
+        let target_id = parse_id("deploymentId", target)?;
+        let txn = self.db.begin().await?;
+        let project = projects::resolve(&txn, ctx, project).await?;
+        let old = deployments::Entity::find_by_id(target_id)
+            .filter(deployments::Column::ProjectId.eq(project.id))
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::not_found("deployment", target_id))?;
+        if old.status != SUCCESS || old.image.is_none() {
+            return Err(Error::field(
+                "deploymentId",
+                "only a deployment that succeeded can be rolled back to",
+            ));
+        }
+        let env = envs::Entity::find_by_id(old.environment_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::not_found("environment", old.environment_id))?;
+        let d = insert(
+            &txn,
+            ctx,
+            &project,
+            &env,
+            Trigger::Rollback,
+            (
+                old.git_branch.clone(),
+                old.git_commit.clone(),
+                old.image.clone(),
+                old.env_snapshot.clone(),
+                Some(old.id),
+            ),
+        )
+        .await?;
+        audit::record(
+            &txn,
+            ctx,
+            "deployment.rollback",
+            Target::new("deployment", d.id).in_project(project.id),
+            Some(json!({ "targetDeploymentId": old.id })),
+        )
+        .await?;
+        txn.commit().await?;
+        self.queue.notify();
+        Ok(d)
+    }
+
+    /// Records a provisioning job for an environment.
+    pub async fn provision(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        env_id: &str,
+    ) -> Result<(envs::Model, Uuid)> {
+        ctx.require(Role::Write)?;
+        let txn = self.db.begin().await?;
+        let project = projects::resolve(&txn, ctx, project).await?;
+        let env = environments::get(&txn, project.id, env_id).await?;
+        let job = reconcile::enqueue(
+            &txn,
+            NewJob {
+                kind: "provision",
+                payload: json!({ "environmentId": env.id }),
+                organization_id: Some(ctx.org_id()),
+                deployment_id: None,
+            },
+        )
+        .await?;
+        audit::record(
+            &txn,
+            ctx,
+            "environment.provision",
+            Target::new("environment", env.id).in_project(project.id),
+            None,
+        )
+        .await?;
+        txn.commit().await?;
+        self.queue.notify();
+        Ok((env, job))
+    }
+
+    /// Live status of an environment from the runtime.
+    pub async fn status(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        env_type: Option<&str>,
+    ) -> Result<(envs::Model, EnvironmentStatus)> {
+        let project = projects::resolve(&self.db, ctx, project).await?;
+        let env = environments::select(&self.db, project.id, env_type, None).await?;
+        let status = self.runtime.status(&env_ref(&project, &env)).await?;
+        Ok((env, status))
+    }
+
+    /// The last log lines of an environment, or of one deployment.
+    pub async fn logs(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        env_type: Option<&str>,
+        tail: Option<i32>,
+        deployment: Option<&str>,
+    ) -> Result<Vec<LogLine>> {
+        let tail = tail.unwrap_or(200);
+        if !(1..=1000).contains(&tail) {
+            return Err(Error::field("tail", "must be between 1 and 1000"));
+        }
+        let project = projects::resolve(&self.db, ctx, project).await?;
+        let deployment_id = deployment
+            .map(|d| parse_id("deploymentId", d))
+            .transpose()?;
+        let env = match deployment_id {
+            Some(id) => {
+                let d = deployments::Entity::find_by_id(id)
+                    .filter(deployments::Column::ProjectId.eq(project.id))
+                    .one(&self.db)
+                    .await?
+                    .ok_or_else(|| Error::not_found("deployment", id))?;
+                envs::Entity::find_by_id(d.environment_id)
+                    .one(&self.db)
+                    .await?
+                    .ok_or_else(|| Error::not_found("environment", d.environment_id))?
+            }
+            None => environments::select(&self.db, project.id, env_type, None).await?,
+        };
+        self.runtime
+            .logs(
+                &env_ref(&project, &env),
+                &LogQuery {
+                    tail: tail as usize,
+                    deployment_id,
+                },
+            )
+            .await
+    }
+}
+
+/// Deployment history of a project, newest first.
+pub async fn list<C: ConnectionTrait>(
+    conn: &C,
+    ctx: &Ctx,
+    project: &str,
+    env_type: Option<&str>,
+    limit: Option<i32>,
+) -> Result<Vec<deployments::Model>> {
+    let limit = limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(Error::field("limit", "must be between 1 and 100"));
+    }
+    let project = projects::resolve(conn, ctx, project).await?;
+    let mut q = deployments::Entity::find()
+        .filter(deployments::Column::ProjectId.eq(project.id))
+        .order_by_desc(deployments::Column::Id)
+        .limit(limit as u64);
+    if let Some(name) = env_type {
+        let env = environments::select(conn, project.id, Some(name), None).await?;
+        q = q.filter(deployments::Column::EnvironmentId.eq(env.id));
+    }
+    Ok(q.all(conn).await?)
+}
+
+/// The newest image built for a service's project.
+pub async fn latest_image<C: ConnectionTrait>(
+    conn: &C,
+    ctx: &Ctx,
+    service_id: &str,
+) -> Result<String> {
+    let id = parse_id("serviceId", service_id)?;
+    let service = svcs::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .ok_or_else(|| Error::not_found("service", id))?;
+    let project = projects::resolve(conn, ctx, &service.project_id.to_string()).await?;
+    if let Some(image) = service.latest_image {
+        return Ok(image);
+    }
+    deployments::Entity::find()
+        .filter(deployments::Column::ProjectId.eq(project.id))
+        .filter(deployments::Column::Status.eq(SUCCESS))
+        .order_by_desc(deployments::Column::Id)
+        .one(conn)
+        .await?
+        .and_then(|d| d.image)
+        .ok_or_else(|| {
+            Error::NotFound(format!("service '{}' has no built image yet", service.name))
+        })
+}
+
+async fn set_status(
+    db: &DatabaseConnection,
+    d: &deployments::Model,
+    status: &str,
+    error: Option<String>,
+) -> Result<deployments::Model> {
+    let mut a = d.clone().into_active_model();
+    let now = now();
+    a.status = Set(status.into());
+    if status == BUILDING || (status == DEPLOYING && d.started_at.is_none()) {
+        a.started_at = Set(Some(d.started_at.unwrap_or(now)));
+    }
+    if status == SUCCESS || status == FAILED {
+        a.finished_at = Set(Some(now));
+        a.error = Set(error);
+    }
+    a.updated_at = Set(now);
+    Ok(a.update(db).await?)
+}
+
+/// The services a release runs: the project's services with this
+/// environment's overrides, plus process types the source declares.
+async fn release_services(
+    db: &DatabaseConnection,
+    project: &proj::Model,
+    env: &envs::Model,
+    declared: &[ServiceSpec],
+) -> Result<Vec<ServiceSpec>> {
+    let txn = db.begin().await?;
+    let existing = services::list(&txn, project.id).await?;
+    for decl in declared {
+        if !existing.iter().any(|s| s.name == decl.name) {
+            let now = now();
+            svcs::ActiveModel {
+                id: Set(new_id()),
+                project_id: Set(project.id),
+                name: Set(decl.name.clone()),
+                port: Set(decl.port.map(|_| project.port.unwrap_or(8080))),
+                dockerfile_path: Set("Dockerfile".into()),
+                replicas: Set(if decl.name == "web" { env.replicas } else { 1 }),
+                resources: Set(None),
+                status: Set(services::STATUS_IDLE.into()),
+                latest_image: Set(None),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+        }
+    }
+    let rows = services::list(&txn, project.id).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|s| s.id).collect();
+    let overrides = services::overrides_of(&txn, &ids).await?;
+    txn.commit().await?;
+    let mut out: Vec<ServiceSpec> = rows
+        .into_iter()
+        .map(|s| {
+            let o = overrides
+                .iter()
+                .find(|o| o.service_id == s.id && o.environment_id == env.id);
+            let port = o.and_then(|o| o.port).or(s.port);
+            ServiceSpec {
+                service_id: s.id,
+                command: declared
+                    .iter()
+                    .find(|d| d.name == s.name)
+                    .and_then(|d| d.command.clone()),
+                name: s.name,
+                port: port.and_then(|p| u16::try_from(p).ok()),
+                replicas: o.and_then(|o| o.replicas).unwrap_or(s.replicas).max(0) as u32,
+                resources: services::Resources::from_json(
+                    &o.and_then(|o| o.resources.clone()).or(s.resources),
+                ),
+            }
+        })
+        .collect();
+    if out.is_empty() && project.docker_image.is_some() {
+        // An image project without named services runs one `web` service.
+        out.push(ServiceSpec {
+            service_id: Uuid::nil(),
+            name: "web".into(),
+            port: project.port.and_then(|p| u16::try_from(p).ok()),
+            replicas: env.replicas.max(0) as u32,
+            resources: None,
+            command: None,
+        });
+    }
+    Ok(out)
+}
+
+impl Deployer {
+    async fn run_deploy(&self, deployment_id: Uuid) -> Result<()> {
+        let Some(mut d) = deployments::Entity::find_by_id(deployment_id)
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(()); // The project was deleted meanwhile.
+        };
+        if matches!(d.status.as_str(), SUCCESS | FAILED | "cancelled") {
+            return Ok(()); // Already finished: a resumed job must not redo it.
+        }
+        let project = proj::Entity::find_by_id(d.project_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("project", d.project_id))?;
+        let env = envs::Entity::find_by_id(d.environment_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("environment", d.environment_id))?;
+        let env_ref = env_ref(&project, &env);
+        let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+        let forward = {
+            let (logs, env_id) = (self.logs.clone(), env.id);
+            tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    logs.push(env_id, line);
+                }
+            })
+        };
+        let mut declared = Vec::new();
+        let build_needed = d.rollback_target_id.is_none() && project.git_repository.is_some();
+        if build_needed {
+            d = set_status(&self.db, &d, BUILDING, None).await?;
+            let out = self
+                .runtime
+                .build(
+                    &BuildRequest {
+                        deployment_id: d.id,
+                        env: env_ref.clone(),
+                        git_repository: project.git_repository.clone().unwrap_or_default(),
+                        git_branch: d.git_branch.clone().unwrap_or_else(|| "main".into()),
+                        git_commit: d.git_commit.clone(),
+                        dockerfile_path: "Dockerfile".into(),
+                        build_pack: project.build_pack.clone(),
+                    },
+                    sink.clone(),
+                )
+                .await?;
+            declared = out.declared_services;
+            let mut a = d.clone().into_active_model();
+            a.image = Set(Some(out.image));
+            a.git_commit = Set(Some(out.commit));
+            d = a.update(&self.db).await?;
+        } else if d.image.is_none() {
+            return Err(Error::Unprocessable(
+                "the project has neither gitRepository nor dockerImage to deploy".into(),
+            ));
+        }
+        d = set_status(&self.db, &d, DEPLOYING, None).await?;
+        let release = Release {
+            deployment_id: d.id,
+            env: env_ref.clone(),
+            image: d.image.clone().unwrap_or_default(),
+            env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
+            services: release_services(&self.db, &project, &env, &declared).await?,
+        };
+        self.runtime.provision(&env_ref, &release.env_vars).await?;
+        self.runtime.deploy(&release, sink).await?;
+        let _ = forward.await;
+        set_status(&self.db, &d, SUCCESS, None).await?;
+        svcs::Entity::update_many()
+            .col_expr(
+                svcs::Column::Status,
+                sea_orm::sea_query::Expr::value("running"),
+            )
+            .col_expr(
+                svcs::Column::LatestImage,
+                sea_orm::sea_query::Expr::value(d.image.clone()),
+            )
+            .filter(svcs::Column::ProjectId.eq(project.id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    async fn run_provision(&self, env_id: Uuid) -> Result<()> {
+        let Some(env) = envs::Entity::find_by_id(env_id).one(&self.db).await? else {
+            return Ok(());
+        };
+        let project = proj::Entity::find_by_id(env.project_id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("project", env.project_id))?;
+        let vars = env_vars::plaintext(&self.db, &self.keyring, env.id).await?;
+        self.runtime
+            .provision(&env_ref(&project, &env), &EnvVars(vars))
+            .await?;
+        let mut a = env.into_active_model();
+        a.provisioned_at = Set(Some(now()));
+        a.update(&self.db).await?;
+        Ok(())
+    }
+
+    /// Brings back what was running before a restart: the newest successful
+    /// deployment of every environment is rolled out again.
+    pub async fn restore(&self) -> Result<()> {
+        let done = deployments::Entity::find()
+            .filter(deployments::Column::Status.eq(SUCCESS))
+            .order_by_desc(deployments::Column::Id)
+            .all(&self.db)
+            .await?;
+        let mut seen = std::collections::HashSet::new();
+        for d in done {
+            if !seen.insert(d.environment_id) {
+                continue;
+            }
+            let (Some(project), Some(env)) = (
+                proj::Entity::find_by_id(d.project_id).one(&self.db).await?,
+                envs::Entity::find_by_id(d.environment_id)
+                    .one(&self.db)
+                    .await?,
+            ) else {
+                continue;
+            };
+            let env_ref = env_ref(&project, &env);
+            let release = Release {
+                deployment_id: d.id,
+                env: env_ref.clone(),
+                image: d.image.clone().unwrap_or_default(),
+                env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
+                services: release_services(&self.db, &project, &env, &[]).await?,
+            };
+            let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+            let logs = self.logs.clone();
+            tokio::spawn(async move {
+                while let Some(line) = rx.recv().await {
+                    logs.push(env.id, line);
+                }
+            });
+            if let Err(e) = self.runtime.deploy(&release, sink).await {
+                tracing::warn!(deployment.id = %d.id, error = e.message(), "could not restore a release");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Handler for Deployer {
+    async fn run(&self, job: &jobs::Model) -> Result<()> {
+        let id = |key: &str| {
+            job.payload[key]
+                .as_str()
+                .and_then(|s| Uuid::parse_str(s).ok())
+                .ok_or_else(|| Error::bad_request(format!("job {} has no {key}", job.id)))
+        };
+        match job.kind.as_str() {
+            "deploy" => self.run_deploy(id("deploymentId")?).await,
+            "provision" => self.run_provision(id("environmentId")?).await,
+            other => Err(Error::bad_request(format!("unknown job kind {other}"))),
+        }
+    }
+
+    async fn gave_up(&self, job: &jobs::Model, error: &str) {
+        let Some(id) = job.deployment_id else { return };
+        if let Ok(Some(d)) = deployments::Entity::find_by_id(id).one(&self.db).await {
+            if let Err(e) = set_status(&self.db, &d, FAILED, Some(error.to_string())).await {
+                tracing::error!(error = e.message(), "could not record a failed deployment");
+            }
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Deployments, live status and logs in GraphQL.
+
+use async_graphql::{Context, ID, Object, Result, SimpleObject};
+
+use super::types::Timestamp;
+use super::{db, domain_ctx};
+use crate::domain::deployments::{self, Deployer, Trigger};
+use crate::error::Error;
+use entity::deployments as rows;
+
+fn deployer<'a>(ctx: &Context<'a>) -> Result<&'a Deployer, Error> {
+    ctx.data_opt::<Deployer>()
+        .ok_or_else(|| Error::Unavailable("no runtime is configured".into()))
+}
+
+pub struct Deployment(pub rows::Model);
+
+#[Object]
+impl Deployment {
+    async fn id(&self) -> ID {
+        ID(self.0.id.to_string())
+    }
+    /// `queued`, `building`, `deploying`, `success`, `failed` or `cancelled`.
+    async fn status(&self) -> &str {
+        &self.0.status
+    }
+    async fn git_commit(&self) -> Option<&str> {
+        self.0.git_commit.as_deref()
+    }
+    async fn git_branch(&self) -> Option<&str> {
+        self.0.git_branch.as_deref()
+    }
+    /// `api`, `push` or `rollback`.
+    async fn triggered_by(&self) -> &str {
+        &self.0.triggered_by
+    }
+    async fn started_at(&self) -> Option<Timestamp> {
+        self.0.started_at.map(Timestamp)
+    }
+    async fn finished_at(&self) -> Option<Timestamp> {
+        self.0.finished_at.map(Timestamp)
+    }
+    async fn image(&self) -> Option<&str> {
+        self.0.image.as_deref()
+    }
+    /// Why it failed.
+    async fn error(&self) -> Option<&str> {
+        self.0.error.as_deref()
+    }
+    async fn environment_id(&self) -> ID {
+        ID(self.0.environment_id.to_string())
+    }
+    async fn rollback_target_id(&self) -> Option<ID> {
+        self.0.rollback_target_id.map(|i| ID(i.to_string()))
+    }
+    async fn created_at(&self) -> Timestamp {
+        Timestamp(self.0.created_at)
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct Replicas {
+    pub ready: i32,
+    pub desired: i32,
+}
+
+#[derive(SimpleObject)]
+pub struct ServiceRuntimeStatus {
+    pub name: String,
+    pub state: String,
+    pub ready: i32,
+    pub desired: i32,
+    pub restarts: i32,
+}
+
+/// Live status of an environment, from the runtime.
+#[derive(SimpleObject)]
+pub struct ProjectStatus {
+    pub status: String,
+    pub environment: String,
+    pub replicas: Replicas,
+    pub services: Vec<ServiceRuntimeStatus>,
+}
+
+#[derive(SimpleObject)]
+pub struct LogEntry {
+    pub ts: Timestamp,
+    /// Replica, `build`, `release` or `deploy`.
+    pub source: String,
+    pub level: String,
+    pub msg: String,
+    pub deployment_id: Option<ID>,
+}
+
+#[derive(SimpleObject)]
+pub struct DeployResult {
+    pub deployment_id: ID,
+    /// Always `triggered`: the work happens in the background.
+    pub status: String,
+    pub environment: String,
+}
+
+#[derive(SimpleObject)]
+pub struct RollbackResult {
+    pub deployment_id: ID,
+    /// Always `rolling-back`.
+    pub status: String,
+    pub target_deployment_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct ProvisionResult {
+    pub environment_id: ID,
+    /// Always `provisioning`.
+    pub status: String,
+    pub job_id: ID,
+}
+
+#[derive(SimpleObject)]
+pub struct LatestImage {
+    pub image: String,
+}
+
+fn n(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+#[derive(Default)]
+pub struct DeploymentQuery;
+
+#[Object]
+impl DeploymentQuery {
+    /// Deployment history, newest first (`limit` 20 by default, at most 100).
+    async fn deployments(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        env_type: Option<String>,
+        limit: Option<i32>,
+    ) -> Result<Vec<Deployment>> {
+        let rows = deployments::list(
+            db(ctx),
+            domain_ctx(ctx)?,
+            &project_id,
+            env_type.as_deref(),
+            limit,
+        )
+        .await?;
+        Ok(rows.into_iter().map(Deployment).collect())
+    }
+
+    /// Live status of an environment (production by default).
+    async fn project_status(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        env_type: Option<String>,
+    ) -> Result<ProjectStatus> {
+        let (env, status) = deployer(ctx)?
+            .status(domain_ctx(ctx)?, &project_id, env_type.as_deref())
+            .await?;
+        Ok(ProjectStatus {
+            status: status.status.clone(),
+            environment: env.name,
+            replicas: Replicas {
+                ready: n(status.ready()),
+                desired: n(status.desired()),
+            },
+            services: status
+                .services
+                .into_iter()
+                .map(|s| ServiceRuntimeStatus {
+                    name: s.name,
+                    state: s.state,
+                    ready: n(s.ready),
+                    desired: n(s.desired),
+                    restarts: n(s.restarts),
+                })
+                .collect(),
+        })
+    }
+
+    /// The last log lines (`tail` 200 by default, at most 1000).
+    async fn project_logs(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        env_type: Option<String>,
+        tail: Option<i32>,
+        deployment_id: Option<ID>,
+    ) -> Result<Vec<LogEntry>> {
+        let lines = deployer(ctx)?
+            .logs(
+                domain_ctx(ctx)?,
+                &project_id,
+                env_type.as_deref(),
+                tail,
+                deployment_id.as_ref().map(|d| d.as_str()),
+            )
+            .await?;
+        Ok(lines
+            .into_iter()
+            .map(|l| LogEntry {
+                ts: Timestamp(l.ts),
+                source: l.source,
+                level: l.level,
+                msg: l.msg,
+                deployment_id: l.deployment_id.map(|d| ID(d.to_string())),
+            })
+            .collect())
+    }
+
+    /// The newest image built for a service.
+    async fn latest_image(&self, ctx: &Context<'_>, service_id: ID) -> Result<LatestImage> {
+        Ok(LatestImage {
+            image: deployments::latest_image(db(ctx), domain_ctx(ctx)?, &service_id).await?,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct DeploymentMutation;
+
+#[Object]
+impl DeploymentMutation {
+    /// Builds (git) or re-deploys (image) an environment with its current env vars.
+    async fn deploy(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        env_type: Option<String>,
+    ) -> Result<DeployResult> {
+        let (d, env) = deployer(ctx)?
+            .deploy(
+                domain_ctx(ctx)?,
+                &project_id,
+                env_type.as_deref(),
+                Trigger::Api,
+                None,
+            )
+            .await?;
+        Ok(DeployResult {
+            deployment_id: ID(d.id.to_string()),
+            status: "triggered".into(),
+            environment: env.name,
+        })
+    }
+
+    /// Restores an earlier successful deployment's image and env vars.
+    async fn rollback(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        deployment_id: ID,
+    ) -> Result<RollbackResult> {
+        let d = deployer(ctx)?
+            .rollback(domain_ctx(ctx)?, &project_id, &deployment_id)
+            .await?;
+        Ok(RollbackResult {
+            deployment_id: ID(d.id.to_string()),
+            status: "rolling-back".into(),
+            target_deployment_id: deployment_id,
+        })
+    }
+
+    /// Creates an environment's infrastructure (namespace, secrets, route).
+    async fn provision_environment(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        environment_id: ID,
+    ) -> Result<ProvisionResult> {
+        let (env, job) = deployer(ctx)?
+            .provision(domain_ctx(ctx)?, &project_id, &environment_id)
+            .await?;
+        Ok(ProvisionResult {
+            environment_id: ID(env.id.to_string()),
+            status: "provisioning".into(),
+            job_id: ID(job.to_string()),
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! `POST /api/v1/webhooks/github`: a push to a project's repository and
+//! branch deploys its production environment with the pushed commit.
+//! The `X-Hub-Signature-256` HMAC is verified before anything happens.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hmac::{Hmac, Mac};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::auth::{Actor, Principal, Role};
+use crate::domain::Ctx;
+use crate::domain::deployments::Trigger;
+use crate::error::{Error, Result};
+use crate::server::AppState;
+use entity::projects;
+
+/// Checks `sha256=<hex>` against the body in constant time.
+pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> bool {
+    let Some(hex_sig) = header.and_then(|h| h.strip_prefix("sha256=")) else {
+        return false;
+    };
+    let Ok(sig) = hex::decode(hex_sig.trim()) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&sig).is_ok()
+}
+
+/// The names a repository goes by in project settings.
+fn repository_names(repo: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for key in [
+        "full_name",
+        "clone_url",
+        "html_url",
+        "ssh_url",
+        "git_url",
+        "url",
+    ] {
+        if let Some(s) = repo[key].as_str() {
+            names.push(s.trim_end_matches(".git").to_ascii_lowercase());
+        }
+    }
+    names
+}
+
+fn normalise(repo: &str) -> String {
+    repo.trim()
+        .trim_end_matches('/')
+        .trim_end_matches(".git")
+        .to_ascii_lowercase()
+}
+
+async fn push(app: &AppState, event: &Value) -> Result<Vec<Value>> {
+    let Some(branch) = event["ref"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("refs/heads/"))
+    else {
+        return Ok(Vec::new()); // Tags and other refs deploy nothing.
+    };
+    let commit = event["after"].as_str().map(str::to_string);
+    if event["deleted"].as_bool() == Some(true) {
+        return Ok(Vec::new());
+    }
+    let names = repository_names(&event["repository"]);
+    let candidates = projects::Entity::find()
+        .filter(projects::Column::GitBranch.eq(branch))
+        .filter(projects::Column::IsActive.eq(true))
+        .all(app.db())
+        .await?;
+    let mut out = Vec::new();
+    for project in candidates {
+        let Some(repo) = project.git_repository.as_deref() else {
+            continue;
+        };
+        if !names.contains(&normalise(repo)) {
+            continue;
+        }
+        let ctx = Ctx {
+            principal: Principal {
+                org_id: project.organization_id,
+                role: Role::Write,
+                actor: Actor::User("github-webhook".into()),
+            },
+            request_id: None,
+        };
+        let (d, env) = app
+            .deployer()
+            .deploy(
+                &ctx,
+                &project.id.to_string(),
+                None,
+                Trigger::Push,
+                commit.clone(),
+            )
+            .await?;
+        out.push(json!({ "projectId": project.id, "deploymentId": d.id, "environment": env.name }));
+    }
+    Ok(out)
+}
+
+/// The webhook handler.
+pub async fn github(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = app.config().github_webhook_secret.clone() else {
+        return Error::Unavailable("the GitHub webhook secret is not configured".into())
+            .into_response();
+    };
+    let signature = headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok());
+    if !verify(secret.expose().as_bytes(), &body, signature) {
+        return Error::Unauthenticated("missing or invalid X-Hub-Signature-256".into())
+            .into_response();
+    }
+    let event: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return Error::bad_request(format!("malformed JSON body: {e}")).into_response(),
+    };
+    match headers.get("x-github-event").and_then(|v| v.to_str().ok()) {
+        Some("ping") => (StatusCode::OK, axum::Json(json!({ "ok": true }))).into_response(),
+        Some("push") => match push(&app, &event).await {
+            Ok(deployments) => (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({ "deployments": deployments })),
+            )
+                .into_response(),
+            Err(e) => e.into_response(),
+        },
+        _ => (StatusCode::OK, axum::Json(json!({ "ignored": true }))).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures() {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"s3cret").unwrap();
+        mac.update(b"{}");
+        let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert!(verify(b"s3cret", b"{}", Some(&good)));
+        assert!(!verify(b"other", b"{}", Some(&good)));
+        assert!(!verify(b"s3cret", b"{ }", Some(&good)));
+        assert!(!verify(b"s3cret", b"{}", None));
+        assert!(!verify(b"s3cret", b"{}", Some("sha1=abc")));
+    }
+}
