@@ -89,21 +89,30 @@ pub fn env_ref(project: &proj::Model, env: &envs::Model) -> EnvironmentRef {
     }
 }
 
+/// What a new deployment records: source, image, sealed env vars, target.
+struct Snapshot {
+    git_branch: Option<String>,
+    git_commit: Option<String>,
+    image: Option<String>,
+    env_snapshot: Option<String>,
+    target: Option<Uuid>,
+}
+
 async fn insert<C: ConnectionTrait>(
     conn: &C,
     ctx: &Ctx,
     project: &proj::Model,
     env: &envs::Model,
     trigger: Trigger,
-    fields: (
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<String>,
-        Option<Uuid>,
-    ),
+    fields: Snapshot,
 ) -> Result<deployments::Model> {
-    let (git_branch, git_commit, image, env_snapshot, target) = fields;
+    let Snapshot {
+        git_branch,
+        git_commit,
+        image,
+        env_snapshot,
+        target,
+    } = fields;
     let now = now();
     let d = deployments::ActiveModel {
         id: Set(new_id()),
@@ -160,13 +169,13 @@ impl Deployer {
             &project,
             &env,
             trigger,
-            (
-                project.git_branch.clone(),
-                commit,
-                project.docker_image.clone(),
-                Some(snapshot),
-                None,
-            ),
+            Snapshot {
+                git_branch: project.git_branch.clone(),
+                git_commit: commit,
+                image: project.docker_image.clone(),
+                env_snapshot: Some(snapshot),
+                target: None,
+            },
         )
         .await?;
         audit::record(
@@ -214,13 +223,13 @@ impl Deployer {
             &project,
             &env,
             Trigger::Rollback,
-            (
-                old.git_branch.clone(),
-                old.git_commit.clone(),
-                old.image.clone(),
-                old.env_snapshot.clone(),
-                Some(old.id),
-            ),
+            Snapshot {
+                git_branch: old.git_branch.clone(),
+                git_commit: old.git_commit.clone(),
+                image: old.image.clone(),
+                env_snapshot: old.env_snapshot.clone(),
+                target: Some(old.id),
+            },
         )
         .await?;
         audit::record(
@@ -632,10 +641,10 @@ impl Handler for Deployer {
 
     async fn gave_up(&self, job: &jobs::Model, error: &str) {
         let Some(id) = job.deployment_id else { return };
-        if let Ok(Some(d)) = deployments::Entity::find_by_id(id).one(&self.db).await {
-            if let Err(e) = set_status(&self.db, &d, FAILED, Some(error.to_string())).await {
-                tracing::error!(error = e.message(), "could not record a failed deployment");
-            }
+        if let Ok(Some(d)) = deployments::Entity::find_by_id(id).one(&self.db).await
+            && let Err(e) = set_status(&self.db, &d, FAILED, Some(error.to_string())).await
+        {
+            tracing::error!(error = e.message(), "could not record a failed deployment");
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::domain::services::Resources;
 use crate::error::Result;
 use crate::secrets::SecretString;
 
+pub mod kubernetes;
 pub mod local;
 
 /// Which project environment an action is about.
@@ -194,11 +195,28 @@ pub trait Runtime: Send + Sync + 'static {
 }
 
 /// Connects the Kubernetes driver from the ambient kubeconfig or in-cluster
-/// service account.
+/// service account. `SYLPHX_K8S_GATEWAY` (name, or `namespace/name`),
+/// `SYLPHX_K8S_REGISTRY` and `SYLPHX_K8S_KANIKO_IMAGE` override the defaults.
 pub async fn connect_kubernetes(
     _config: &crate::config::Config,
 ) -> Result<std::sync::Arc<dyn Runtime>> {
-    Err(crate::error::Error::Unavailable(
-        "the kubernetes runtime is not available in this build".into(),
+    let mut k8s = kubernetes::KubernetesConfig::default();
+    if let Ok(gw) = std::env::var("SYLPHX_K8S_GATEWAY") {
+        match gw.split_once('/') {
+            Some((ns, name)) => {
+                k8s.gateway_namespace = ns.to_string();
+                k8s.gateway_name = name.to_string();
+            }
+            None => k8s.gateway_name = gw,
+        }
+    }
+    if let Ok(r) = std::env::var("SYLPHX_K8S_REGISTRY") {
+        k8s.registry = r;
+    }
+    if let Ok(i) = std::env::var("SYLPHX_K8S_KANIKO_IMAGE") {
+        k8s.kaniko_image = i;
+    }
+    Ok(std::sync::Arc::new(
+        kubernetes::KubernetesRuntime::connect(k8s).await?,
     ))
 }

@@ -13,6 +13,9 @@ use sylphx::domain::{self, Ctx};
 use sylphx::server::{self, AppState};
 use tempfile::TempDir;
 
+/// The GitHub webhook secret of test servers.
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+
 /// Which state store a test runs on.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -91,6 +94,14 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(backend: Backend) -> TestServer {
+        Self::start_with_config(backend, None).await
+    }
+
+    /// Starts with a config file (`--config`).
+    pub async fn start_with_config(
+        backend: Backend,
+        config_file: Option<std::path::PathBuf>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let (database_url, pg) = match &backend {
             Backend::Sqlite => (
@@ -118,11 +129,15 @@ impl TestServer {
             store: StoreArgs {
                 data_dir: Some(dir.path().to_path_buf()),
                 database_url: Some(database_url.clone()),
-                config: None,
+                config: config_file,
             },
             ..ServeArgs::default()
         })
         .expect("config");
+        let mut config = config;
+        config.github_webhook_secret = Some(sylphx::secrets::SecretString::new(WEBHOOK_SECRET));
+        // New replicas that never listen fail fast in tests.
+        config.ready_timeout = Duration::from_secs(5);
         let app = AppState::new(config).await.expect("app state");
         let admin_token = server::bootstrap(&app)
             .await
