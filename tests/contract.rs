@@ -53,6 +53,7 @@ const CONTRACT: &[(u32, &str, &str, u16)] = &[
         "/projects/{id}/services/{name}/environments/{envId}",
         200,
     ),
+    (23, "GET", "/services/{serviceId}/latest-image", 200),
     (49, "GET", "/projects/{id}/config", 200),
     (50, "POST", "/projects/{id}/config", 200),
     (50, "PUT", "/projects/{id}/config", 200),
