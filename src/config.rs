@@ -67,6 +67,7 @@ struct FileConfig {
     ready_timeout_secs: Option<u64>,
     job_lease_secs: Option<u64>,
     github_webhook_secret_file: Option<PathBuf>,
+    ai: Option<crate::ai::AiConfig>,
 }
 
 /// The resolved configuration of one process.
@@ -91,6 +92,8 @@ pub struct Config {
     pub job_lease: std::time::Duration,
     /// HMAC secret of GitHub push webhooks; the webhook is refused without one.
     pub github_webhook_secret: Option<SecretString>,
+    /// The AI gateway's `[ai]` section (no providers when absent).
+    pub ai: crate::ai::AiConfig,
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
@@ -209,6 +212,7 @@ impl Config {
                     .max(1),
             ),
             github_webhook_secret,
+            ai: file.ai.unwrap_or_default(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The Sylphx control plane: a GraphQL core over a sea-orm store, with a
 //! REST layer generated from a declarative route table.
 
+pub mod ai;
 pub mod auth;
 pub mod config;
 pub mod domain;

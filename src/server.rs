@@ -42,6 +42,7 @@ struct Inner {
     tokens: TokenAuthenticator,
     sessions: SessionKeys,
     statements: StatementCounter,
+    ai: Arc<crate::ai::Gateway>,
 }
 
 /// Everything a request handler needs; cheap to clone.
@@ -90,7 +91,8 @@ impl AppState {
             queue,
             logs,
         };
-        let schema = graphql::build(db.clone(), keyring, deployer.clone());
+        let ai = Arc::new(crate::ai::Gateway::new(&config.ai, db.clone())?);
+        let schema = graphql::build(db.clone(), keyring, deployer.clone(), ai.clone());
         let rest = Rest::load(&schema).await?;
         Ok(AppState(Arc::new(Inner {
             config,
@@ -101,6 +103,7 @@ impl AppState {
             tokens: TokenAuthenticator::default(),
             sessions: SessionKeys::new(&session_secret)?,
             statements,
+            ai,
         })))
     }
 
@@ -149,6 +152,10 @@ impl AppState {
     /// Signs dashboard sessions.
     pub fn sessions(&self) -> &SessionKeys {
         &self.0.sessions
+    }
+    /// The AI gateway.
+    pub fn ai(&self) -> &Arc<crate::ai::Gateway> {
+        &self.0.ai
     }
 
     /// Resolves the caller from `Authorization: Bearer …` or the session cookie.
@@ -349,6 +356,7 @@ pub fn router(app: AppState) -> Router {
             axum::routing::post(crate::webhooks::github),
         )
         .merge(authed_api)
+        .merge(crate::ai::router())
         .fallback(not_found);
     let graphql = Router::new()
         .route("/graphql", get(graphql_http).post(graphql_http))
@@ -417,10 +425,17 @@ pub async fn serve(app: AppState) -> Result<()> {
         }
     });
     tracing::info!(addr = %app.config().listen, "listening");
+    // Small SSE chunks and JSON answers must leave at once (AI gateway).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let ai = app.ai().clone();
     axum::serve(listener, router(app))
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .map_err(|e| Error::internal(format!("server failed: {e}")))
+        .map_err(|e| Error::internal(format!("server failed: {e}")))?;
+    ai.meter.flush().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

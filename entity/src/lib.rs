@@ -2,6 +2,7 @@
 //!
 //! The schema itself is created by the `migration` crate; keep both in sync.
 
+pub mod ai_usage;
 pub mod api_keys;
 pub mod audit_events;
 pub mod config_entries;
@@ -24,6 +25,7 @@ pub mod volumes;
 pub mod prelude {
     //! `Entity` types of every table, under the table's name in CamelCase.
 
+    pub use super::ai_usage::Entity as AiUsage;
     pub use super::api_keys::Entity as ApiKeys;
     pub use super::audit_events::Entity as AuditEvents;
     pub use super::config_entries::Entity as ConfigEntries;

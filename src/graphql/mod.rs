@@ -1,6 +1,7 @@
 //! The GraphQL core: schema assembly, per-request data and the helpers
 //! resolvers use to reach the domain.
 
+pub mod ai;
 pub mod deployments;
 pub mod loaders;
 pub mod mutation;
@@ -26,12 +27,16 @@ pub use query::QueryRoot;
 /// Every query field: each resource group contributes its own object.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct Query(QueryRoot, deployments::DeploymentQuery);
+pub struct Query(QueryRoot, deployments::DeploymentQuery, ai::AiQuery);
 
 /// Every mutation field.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Mutation")]
-pub struct Mutation(MutationRoot, deployments::DeploymentMutation);
+pub struct Mutation(
+    MutationRoot,
+    deployments::DeploymentMutation,
+    ai::AiMutation,
+);
 
 /// The executable schema.
 pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -46,11 +51,13 @@ pub fn build(
     db: DatabaseConnection,
     keyring: Arc<Keyring>,
     deployer: crate::domain::deployments::Deployer,
+    ai: Arc<crate::ai::Gateway>,
 ) -> AppSchema {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(db)
         .data(keyring)
         .data(deployer)
+        .data(ai)
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .finish()

@@ -1,0 +1,244 @@
+//! The AI gateway: OpenAI's `/chat/completions`, `/embeddings` and
+//! `/models` under `/api/v1`, served straight from axum handlers so that
+//! unmodified OpenAI SDKs work byte for byte, in front of the upstreams
+//! named in the config file's `[ai]` section.
+//!
+//! The request path touches no database write and no store lock: the
+//! platform token is checked by [`AppState::authenticate_token`], budgets
+//! and per-token limits are in-memory counters, and usage is handed to a
+//! background writer (see [`usage`]).
+
+pub mod anthropic;
+pub mod catalog;
+pub mod chat;
+pub mod config;
+pub mod embeddings;
+pub mod limits;
+pub mod upstream;
+pub mod usage;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use sea_orm::DatabaseConnection;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::auth::Actor;
+use crate::error::{Error, Result};
+use crate::server::AppState;
+use catalog::{Catalog, Deployment};
+pub use config::AiConfig;
+use limits::{Admitted, Limits};
+use usage::{Meter, Record};
+use wire::{ApiError, Usage};
+
+/// How long upstreams get, and how silence on a stream is handled.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub request: Duration,
+    pub stream_idle: Duration,
+    pub keepalive: Duration,
+}
+
+/// The gateway's shared state: catalog, pooled client, meter and limits.
+pub struct Gateway {
+    pub catalog: Catalog,
+    pub meter: Meter,
+    client: reqwest::Client,
+    limits: Limits,
+    timeouts: Timeouts,
+    /// Attempts per request: 1 + `retries`.
+    attempts: usize,
+    /// `GET /models`, rendered once.
+    models_body: Bytes,
+}
+
+impl Gateway {
+    /// Resolves provider keys from the environment, builds the catalog and
+    /// starts the usage writer.
+    pub fn new(config: &AiConfig, db: DatabaseConnection) -> Result<Gateway> {
+        let catalog = Catalog::new(config)?;
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let data: Vec<_> = catalog
+            .listing
+            .iter()
+            .map(|(id, owner)| json!({"id": id, "object": "model", "created": created, "owned_by": owner}))
+            .collect();
+        let models_body = Bytes::from(
+            serde_json::to_vec(&json!({"object": "list", "data": data}))
+                .map_err(Error::internal)?,
+        );
+        Ok(Gateway {
+            catalog,
+            meter: Meter::start(
+                db,
+                Duration::from_millis(config.usage_flush_ms),
+                Duration::from_secs(config.budget_refresh_secs),
+            ),
+            client: upstream::client(Duration::from_secs(config.connect_timeout_secs)),
+            limits: Limits::new(config.requests_per_minute, config.tokens_per_minute),
+            timeouts: Timeouts {
+                request: Duration::from_secs(config.request_timeout_secs),
+                stream_idle: Duration::from_secs(config.stream_idle_timeout_secs),
+                keepalive: Duration::from_secs(config.keepalive_secs.max(1)),
+            },
+            attempts: config.retries as usize + 1,
+            models_body,
+        })
+    }
+
+    /// Counts a finished request's usage: budget, token limit, and the store.
+    fn charge(&self, charge: &Charge, usage: Usage) {
+        self.limits.spend(charge.key, usage.total());
+        self.meter.record(Record {
+            org: charge.org,
+            key: charge.key,
+            model: charge.model.clone(),
+            usage,
+            cost: (usage.prompt_tokens as f64 * charge.input_price
+                + usage.completion_tokens as f64 * charge.output_price)
+                .round() as i64,
+        });
+    }
+}
+
+/// Who pays for a request, and at what price.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    pub org: Uuid,
+    pub key: Uuid,
+    pub model: Arc<str>,
+    /// Micro-dollars per token.
+    pub input_price: f64,
+    pub output_price: f64,
+}
+
+impl Charge {
+    fn new(caller: &Caller, model: &Arc<str>, d: &Deployment) -> Charge {
+        Charge {
+            org: caller.org,
+            key: caller.key,
+            model: model.clone(),
+            input_price: d.input_price,
+            output_price: d.output_price,
+        }
+    }
+}
+
+/// An authenticated caller within budget and limits.
+pub struct Caller {
+    pub org: Uuid,
+    pub key: Uuid,
+}
+
+/// The three OpenAI endpoints, to be nested under `/api/v1`.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chat/completions", post(chat::complete))
+        .route("/embeddings", post(embeddings::embed))
+        .route("/models", get(models))
+        .route("/models/{*id}", get(model))
+}
+
+/// The bearer token of a request, or a 401 in OpenAI's shape.
+async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthorized(
+                "You didn't provide an API key. Send your Sylphx token (slx_cli_…) as the API key: Authorization: Bearer slx_cli_…",
+            )
+        })?;
+    let principal = app.authenticate_token(token).await.map_err(|e| match e {
+        Error::Unauthenticated(m) => {
+            ApiError::unauthorized(format!("Incorrect API key provided: {m}."))
+        }
+        other => ApiError::new(other.status(), "server_error", other.public_message()),
+    })?;
+    let key = match principal.actor {
+        Actor::Token(id) => id,
+        _ => Uuid::nil(),
+    };
+    Ok(Caller {
+        org: principal.org_id,
+        key,
+    })
+}
+
+/// Authenticates, checks the budget and the token's limits, runs `handle`,
+/// and puts the rate-limit headers on whatever it answers.
+async fn serve<F, Fut>(app: AppState, headers: HeaderMap, handle: F) -> Response
+where
+    F: FnOnce(AppState, Caller) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let admitted: Result<(Caller, Admitted), ApiError> = async {
+        let caller = authenticate(&app, &headers).await?;
+        let gw = app.ai();
+        gw.meter.check_budget(caller.org).await?;
+        let admitted = gw.limits.admit(caller.key)?;
+        Ok((caller, admitted))
+    }
+    .await;
+    match admitted {
+        Ok((caller, admitted)) => {
+            let mut resp = handle(app, caller).await;
+            admitted.apply(resp.headers_mut());
+            resp
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// `GET /models`: every configured model and alias.
+async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    match authenticate(&app, &headers).await {
+        Ok(_) => json_response(StatusCode::OK, app.ai().models_body.clone()),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /models/{id}`.
+async fn model(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = authenticate(&app, &headers).await {
+        return e.into_response();
+    }
+    let data: serde_json::Value = serde_json::from_slice(&app.ai().models_body).unwrap_or_default();
+    match data["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|m| m["id"] == id.as_str()))
+    {
+        Some(m) => json_response(
+            StatusCode::OK,
+            Bytes::from(serde_json::to_vec(m).unwrap_or_default()),
+        ),
+        None => ApiError::model_not_found(&id).into_response(),
+    }
+}

@@ -1,0 +1,814 @@
+//! The AI gateway as users meet it: the real `openai` Python package
+//! (tests/ai/sdk.py) against the real server, in front of stub upstreams
+//! started here that speak OpenAI's and Anthropic's wire formats.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use base64::Engine;
+use bytes::Bytes;
+use common::{Backend, TestServer};
+use serde_json::{Value, json};
+use sylphx::auth::Role;
+
+const STUB_KEY: &str = "sk-stub-key-0123456789";
+const ANTHROPIC_KEY: &str = "sk-ant-stub-0123456789";
+const EMBEDDING: [f32; 3] = [0.5, -1.25, 2.0];
+
+/// What a stub upstream saw and said.
+#[derive(Clone, Default)]
+struct Upstream {
+    /// Answers every request with a 500.
+    down: bool,
+    hits: Arc<AtomicUsize>,
+    /// Request bodies, in order.
+    requests: Arc<Mutex<Vec<Value>>>,
+    /// `(prompt, completion)` of each usage it reported.
+    usage: Arc<Mutex<Vec<(i64, i64)>>>,
+}
+
+impl Upstream {
+    fn requests(&self) -> Vec<Value> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    fn reported(&self) -> (i64, i64) {
+        self.usage
+            .lock()
+            .unwrap()
+            .iter()
+            .fold((0, 0), |(p, c), (a, b)| (p + a, c + b))
+    }
+
+    fn report(&self, prompt: i64, completion: i64) {
+        self.usage.lock().unwrap().push((prompt, completion));
+    }
+}
+
+fn sse(events: Vec<String>) -> Response {
+    let items: Vec<Result<Bytes, std::io::Error>> =
+        events.into_iter().map(|e| Ok(Bytes::from(e))).collect();
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(futures_util::stream::iter(items)))
+        .unwrap()
+}
+
+fn data(v: Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// `POST /v1/chat/completions` as OpenAI answers it.
+async fn openai_chat(State(up): State<Upstream>, headers: HeaderMap, body: Bytes) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    if up.down {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": {"message": "stub upstream is down", "type": "server_error", "param": null, "code": null}})),
+        )
+            .into_response();
+    }
+    if headers["authorization"] != format!("Bearer {STUB_KEY}").as_str() {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"error": {"message": "Incorrect API key provided: sk-stub***", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})),
+        )
+            .into_response();
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap();
+    up.requests.lock().unwrap().push(req.clone());
+    let model = req["model"].as_str().unwrap().to_string();
+    let tools = req.get("tools").is_some();
+    let (prompt, completion) = if tools { (20, 9) } else { (11, 7) };
+    let usage = json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}});
+    let call = json!({"id": "call_stub", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}});
+    if req["stream"] != json!(true) {
+        up.report(prompt, completion);
+        let message = if tools {
+            json!({"role": "assistant", "content": null, "tool_calls": [call], "refusal": null})
+        } else {
+            json!({"role": "assistant", "content": "Hello there", "refusal": null})
+        };
+        return axum::Json(json!({
+            "id": "chatcmpl-stub", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+            "system_fingerprint": "fp_stub",
+            "choices": [{"index": 0, "message": message, "logprobs": null,
+                "finish_reason": if tools { "tool_calls" } else { "stop" }}],
+            "usage": usage,
+            "x_stub_extra": {"kept": true},
+        }))
+        .into_response();
+    }
+    let include_usage = req["stream_options"]["include_usage"] == json!(true);
+    let chunk = |delta: Value, finish: Value| {
+        let mut c = json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "system_fingerprint": "fp_stub",
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
+        if include_usage {
+            c["usage"] = Value::Null;
+        }
+        data(c)
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    if tools {
+        events.push(chunk(
+            json!({"tool_calls": [{"index": 0, "id": "call_stub", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
+            Value::Null,
+        ));
+        for part in ["{\"city\":", "\"Paris\"}"] {
+            events.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": part}}]}),
+                Value::Null,
+            ));
+        }
+        events.push(chunk(json!({}), json!("tool_calls")));
+    } else {
+        for part in ["Hel", "lo there"] {
+            events.push(chunk(json!({"content": part}), Value::Null));
+        }
+        events.push(chunk(json!({}), json!("stop")));
+    }
+    if include_usage {
+        up.report(prompt, completion);
+        events.push(data(json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "system_fingerprint": "fp_stub", "choices": [], "usage": usage})));
+    }
+    events.push("data: [DONE]\n\n".into());
+    sse(events)
+}
+
+/// `POST /v1/embeddings`.
+async fn openai_embeddings(State(up): State<Upstream>, body: Bytes) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    let req: Value = serde_json::from_slice(&body).unwrap();
+    up.requests.lock().unwrap().push(req.clone());
+    let n = req["input"].as_array().map_or(1, Vec::len);
+    let embedding = if req["encoding_format"] == "base64" {
+        let bytes: Vec<u8> = EMBEDDING.iter().flat_map(|f| f.to_le_bytes()).collect();
+        json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+    } else {
+        json!(EMBEDDING)
+    };
+    let prompt = 5 * n as i64;
+    up.report(prompt, 0);
+    axum::Json(json!({
+        "object": "list",
+        "data": (0..n).map(|i| json!({"object": "embedding", "index": i, "embedding": embedding})).collect::<Vec<_>>(),
+        "model": req["model"],
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }))
+    .into_response()
+}
+
+/// `POST /v1/messages` as Anthropic answers it.
+async fn anthropic_messages(
+    State(up): State<Upstream>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    if headers["x-api-key"] != ANTHROPIC_KEY || !headers.contains_key("anthropic-version") {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}})),
+        )
+            .into_response();
+    }
+    let req: Value = serde_json::from_slice(&body).unwrap();
+    up.requests.lock().unwrap().push(req.clone());
+    if body.windows(11).any(|w| w == b"please fail") {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"type": "error", "error": {"type": "invalid_request_error", "message": "stub refuses"}})),
+        )
+            .into_response();
+    }
+    let tools = req.get("tools").is_some();
+    let (input, output) = if tools { (25, 12) } else { (13, 6) };
+    up.report(input, output);
+    let model = req["model"].clone();
+    if req["stream"] != json!(true) {
+        let content = if tools {
+            json!([{"type": "tool_use", "id": "toolu_stub", "name": "get_weather", "input": {"city": "Paris"}}])
+        } else {
+            json!([{"type": "text", "text": "Bonjour"}])
+        };
+        return axum::Json(json!({
+            "id": "msg_stub", "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null,
+            "usage": {"input_tokens": input, "output_tokens": output},
+        }))
+        .into_response();
+    }
+    let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
+    let mut events = vec![
+        ev(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_stub", "type": "message", "role": "assistant",
+            "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": input, "output_tokens": 1}}}),
+        ),
+        ev("ping", json!({"type": "ping"})),
+    ];
+    if tools {
+        events.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_stub", "name": "get_weather", "input": {}}})));
+        for part in ["{\"city\":", "\"Paris\"}"] {
+            events.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "input_json_delta", "partial_json": part}}),
+            ));
+        }
+    } else {
+        events.push(ev(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ));
+        for part in ["Bon", "jour"] {
+            events.push(ev(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0,
+                "delta": {"type": "text_delta", "text": part}}),
+            ));
+        }
+    }
+    events.push(ev(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    events.push(ev("message_delta", json!({"type": "message_delta",
+        "delta": {"stop_reason": if tools { "tool_use" } else { "end_turn" }, "stop_sequence": null},
+        "usage": {"output_tokens": output}})));
+    events.push(ev("message_stop", json!({"type": "message_stop"})));
+    sse(events)
+}
+
+async fn serve_stub(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
+/// An upstream that answers every request with the start of a stream (a
+/// role chunk and "Hel"), flushed, and then drops the connection without
+/// ending the chunked body: a failure that always comes after the first byte.
+async fn serve_truncating_stub() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                // Read the request head and its body before answering.
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body_end = loop {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the gateway closed before sending its request");
+                    seen.extend_from_slice(&buf[..n]);
+                    if let Some(head) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head_text = String::from_utf8_lossy(&seen[..head]).to_lowercase();
+                        let length = head_text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                        break head + 4 + length;
+                    }
+                };
+                while seen.len() < body_end {
+                    let n = socket.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the gateway closed mid-request");
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let mut out = String::from(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n",
+                );
+                for delta in [
+                    json!({"role": "assistant", "content": ""}),
+                    json!({"content": "Hel"}),
+                ] {
+                    let event = data(
+                        json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk",
+                        "created": 1_700_000_000, "model": "stub-broken",
+                        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]}),
+                    );
+                    out.push_str(&format!("{:x}\r\n{event}\r\n", event.len()));
+                }
+                socket.write_all(out.as_bytes()).await.unwrap();
+                socket.flush().await.unwrap();
+                // Dropping the socket here ends the stream mid-body.
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The server and its stub upstreams.
+struct Env {
+    server: TestServer,
+    openai: Upstream,
+    down: Upstream,
+    anthropic: Upstream,
+    _config: tempfile::TempDir,
+}
+
+static KEYS: Once = Once::new();
+
+impl Env {
+    async fn start(backend: Backend, extra: &str) -> Env {
+        KEYS.call_once(|| {
+            // SAFETY: set once, before any server of this binary reads them;
+            // nothing else in these tests writes the environment.
+            unsafe {
+                std::env::set_var("SYLPHX_TEST_STUB_KEY", STUB_KEY);
+                std::env::set_var("SYLPHX_TEST_ANTHROPIC_KEY", ANTHROPIC_KEY);
+            }
+        });
+        let openai = Upstream::default();
+        let down = Upstream {
+            down: true,
+            ..Upstream::default()
+        };
+        let anthropic = Upstream::default();
+        let openai_url = serve_stub(
+            Router::new()
+                .route("/v1/chat/completions", post(openai_chat))
+                .route("/v1/embeddings", post(openai_embeddings))
+                .with_state(openai.clone()),
+        )
+        .await;
+        let down_url = serve_stub(
+            Router::new()
+                .route("/v1/chat/completions", post(openai_chat))
+                .with_state(down.clone()),
+        )
+        .await;
+        let broken_url = serve_truncating_stub().await;
+        let anthropic_url = serve_stub(
+            Router::new()
+                .route("/v1/messages", post(anthropic_messages))
+                .with_state(anthropic.clone()),
+        )
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sylphx.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[ai]
+usage_flush_ms = 20
+{extra}
+
+[ai.aliases]
+stub-latest = "stub-chat"
+
+# Listed first, so the first request for stub-fallback meets the failing deployment.
+[[ai.providers]]
+name = "down"
+base_url = "{down_url}/v1"
+models = ["stub-fallback"]
+
+[[ai.providers]]
+name = "stub"
+base_url = "{openai_url}/v1/"
+api_key_env = "SYLPHX_TEST_STUB_KEY"
+models = [
+  {{ id = "stub-chat", upstream = "gpt-stub", input_usd_per_mtok = 1000.0, output_usd_per_mtok = 2000.0 }},
+  "stub-embed", "stub-fallback",
+]
+
+[[ai.providers]]
+name = "truncating"
+base_url = "{broken_url}/v1"
+models = ["stub-broken"]
+
+[[ai.providers]]
+name = "claude"
+kind = "anthropic"
+base_url = "{anthropic_url}"
+api_key_env = "SYLPHX_TEST_ANTHROPIC_KEY"
+models = [{{ id = "claude-stub", upstream = "claude-3-stub" }}]
+"#
+            ),
+        )
+        .unwrap();
+        let server = TestServer::start_with_config(backend, Some(path)).await;
+        Env {
+            server,
+            openai,
+            down,
+            anthropic,
+            _config: dir,
+        }
+    }
+
+    /// Runs one scenario of tests/ai/sdk.py with `token` as the API key.
+    async fn sdk(&self, token: &str, scenario: &str) -> Value {
+        let out = tokio::process::Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ai/sdk.py"))
+            .arg(scenario)
+            .env("OPENAI_BASE_URL", format!("{}/api/v1", self.server.base))
+            .env("OPENAI_API_KEY", token)
+            .output()
+            .await
+            .expect("python3 runs (the openai package is installed by .ci/run)");
+        assert!(
+            out.status.success(),
+            "sdk.py {scenario} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "sdk.py {scenario} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// `aiUsage` rows once the gateway has recorded `requests` requests.
+    async fn usage_after(&self, token: &str, requests: i64) -> Value {
+        let query = "{ aiUsage { requests promptTokens completionTokens costUsd monthToDateUsd
+            rows { day model apiKeyId requests promptTokens completionTokens totalTokens } } }";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let body = self.server.graphql(token, query, json!({})).await;
+            let usage = &body["data"]["aiUsage"];
+            assert!(usage.is_object(), "{body}");
+            if usage["requests"].as_i64() >= Some(requests) {
+                return usage.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "usage never reached {requests} requests: {usage}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Sums a model's rows of an `aiUsage` answer: (requests, prompt, completion).
+fn model_usage(usage: &Value, model: &str) -> (i64, i64, i64) {
+    usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["model"] == model)
+        .fold((0, 0, 0), |(n, p, c), r| {
+            (
+                n + r["requests"].as_i64().unwrap(),
+                p + r["promptTokens"].as_i64().unwrap(),
+                c + r["completionTokens"].as_i64().unwrap(),
+            )
+        })
+}
+
+backend_tests!(
+    openai_sdk_round_trips,
+    upstream_500_falls_back,
+    mid_stream_failure_raises_in_the_sdk,
+    invalid_token_is_401_in_openai_shape,
+    spent_budget_is_429,
+    anthropic_translation,
+);
+
+async fn openai_sdk_round_trips(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let token = env.server.admin_token.clone();
+    let r = env.sdk(&token, "suite").await;
+
+    // A plain completion, byte for byte: the upstream's own fields arrive,
+    // and the upstream got the request's unknown fields.
+    let chat = &r["chat"];
+    assert_eq!(chat["choices"][0]["message"]["content"], "Hello there");
+    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chat["model"], "gpt-stub", "the upstream's id for the model");
+    assert_eq!(chat["system_fingerprint"], "fp_stub");
+    assert_eq!(chat["usage"]["prompt_tokens"], 11);
+    assert_eq!(chat["usage"]["completion_tokens"], 7);
+    assert_eq!(r["chat_extra"], json!({"kept": true}));
+    let seen = env.openai.requests();
+    assert_eq!(seen[0]["x_custom_field"], json!({"nested": [1, 2]}));
+    assert_eq!(seen[0]["model"], "gpt-stub");
+    assert_eq!(r["alias"], "Hello there");
+
+    // Streams: every chunk, one id, usage when asked for and only then.
+    let stream = &r["stream"];
+    assert_eq!(stream["content"], "Hello there");
+    assert_eq!(stream["finish"], json!(["stop"]));
+    assert_eq!(stream["ids"], 1);
+    assert_eq!(stream["chunks"], 5, "role, two deltas, finish, usage");
+    assert_eq!(
+        stream["usage"],
+        json!({"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18,
+            "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}})
+    );
+    let quiet = &r["stream_no_usage"];
+    assert_eq!(quiet["content"], "Hello there");
+    assert_eq!(quiet["usage"], Value::Null);
+    assert_eq!(quiet["chunks"], 4);
+    // The gateway asked for usage itself, to meter the stream.
+    let forced = seen
+        .iter()
+        .filter(|b| b["stream"] == json!(true))
+        .nth(1)
+        .unwrap();
+    assert_eq!(forced["stream_options"]["include_usage"], true);
+
+    // Tool calls, whole and streamed.
+    let call = &r["tools"]["choices"][0];
+    assert_eq!(call["finish_reason"], "tool_calls");
+    assert_eq!(
+        call["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(
+        call["message"]["tool_calls"][0]["function"]["arguments"],
+        r#"{"city":"Paris"}"#
+    );
+    let streamed = &r["tools_stream"];
+    assert_eq!(
+        streamed["tool_calls"]["0"],
+        json!({"id": "call_stub", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"})
+    );
+    assert_eq!(streamed["finish"], json!(["tool_calls"]));
+
+    // Embeddings: floats, and base64 (the SDK's default) decoded by the SDK.
+    let floats = &r["embed_float"];
+    assert_eq!(floats["data"].as_array().unwrap().len(), 2);
+    assert_eq!(floats["data"][1]["embedding"], json!(EMBEDDING));
+    assert_eq!(r["embed_default"]["data"][0]["embedding"], json!(EMBEDDING));
+    let embeds: Vec<Value> = seen
+        .iter()
+        .filter(|b| b.get("input").is_some())
+        .cloned()
+        .collect();
+    assert_eq!(embeds[0]["encoding_format"], "float");
+    assert_eq!(embeds[1]["encoding_format"], "base64");
+
+    // Models: what is configured, aliases included.
+    assert_eq!(
+        r["models"],
+        json!([
+            "claude-stub",
+            "stub-broken",
+            "stub-chat",
+            "stub-embed",
+            "stub-fallback",
+            "stub-latest"
+        ])
+    );
+    assert_eq!(r["model"]["id"], "stub-latest");
+    assert_eq!(r["model"]["owned_by"], "stub");
+    let unknown = &r["unknown_model"];
+    assert_eq!(unknown["class"], "NotFoundError");
+    assert_eq!(unknown["body"]["code"], "model_not_found");
+
+    // Usage recorded is what the upstream reported, per model.
+    let usage = env.usage_after(&token, 8).await;
+    assert_eq!(usage["requests"], 8, "{usage}");
+    let (chat_prompt, chat_completion) = {
+        let all = env.openai.usage.lock().unwrap().clone();
+        // Embedding reports have no completion tokens; chat reports all do.
+        all.iter()
+            .filter(|(_, c)| *c > 0)
+            .fold((0, 0), |(p, c), (a, b)| (p + a, c + b))
+    };
+    assert_eq!(
+        model_usage(&usage, "stub-chat"),
+        (6, chat_prompt, chat_completion)
+    );
+    let (all_prompt, _) = env.openai.reported();
+    assert_eq!(
+        model_usage(&usage, "stub-embed"),
+        (2, all_prompt - chat_prompt, 0)
+    );
+    // 11+11+11+11+20+20 prompt and 7*4+9*2 completion tokens at $1000 and $2000 per million.
+    assert_eq!(usage["costUsd"], json!(0.176));
+    assert_eq!(usage["monthToDateUsd"], json!(0.176));
+}
+
+async fn upstream_500_falls_back(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let r = env.sdk(&env.server.admin_token, "fallback").await;
+    assert_eq!(r["content"], "Hello there");
+    assert_eq!(
+        env.down.hits.load(Ordering::SeqCst),
+        1,
+        "the failing deployment was tried first"
+    );
+    assert_eq!(env.openai.hits.load(Ordering::SeqCst), 1);
+}
+
+async fn mid_stream_failure_raises_in_the_sdk(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let r = env.sdk(&env.server.admin_token, "broken").await;
+    // What arrived before the break reached the caller.
+    assert_eq!(r["received"], "Hel", "{r}");
+    let raised = &r["raised"];
+    assert_eq!(raised["class"], "APIError", "{r}");
+    assert!(
+        raised["message"].as_str().unwrap().contains("mid-stream"),
+        "{raised}"
+    );
+    assert_eq!(raised["body"]["type"], "server_error");
+}
+
+async fn invalid_token_is_401_in_openai_shape(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let r = env.sdk("unused", "bad-key").await;
+    for case in ["unknown", "garbage"] {
+        let e = &r[case];
+        assert_eq!(e["class"], "AuthenticationError", "{case}: {e}");
+        assert_eq!(e["status"], 401);
+        assert_eq!(e["body"]["type"], "invalid_request_error");
+        assert_eq!(e["body"]["code"], "invalid_api_key");
+        assert_eq!(e["requests_sent"], 1, "a 401 is not retried");
+    }
+    assert_eq!(env.openai.hits.load(Ordering::SeqCst), 0);
+
+    // The raw body is exactly OpenAI's shape.
+    let resp = env
+        .server
+        .client()
+        .get(env.server.url("/api/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = resp.json().await.unwrap();
+    let error = body["error"].as_object().unwrap();
+    let mut keys: Vec<&str> = error.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["code", "message", "param", "type"]);
+    assert_eq!(body.as_object().unwrap().len(), 1);
+}
+
+async fn spent_budget_is_429(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let token = env.server.token("thrifty", Role::Admin).await;
+    // One stub-chat completion costs 2.5 cents; the budget is 1 cent.
+    let set = env
+        .server
+        .graphql(
+            &token,
+            "mutation { setAiBudget(monthlyBudgetCents: 1) { monthlyBudgetCents } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(set["data"]["setAiBudget"]["monthlyBudgetCents"], 1, "{set}");
+    let r = env.sdk(&token, "budget").await;
+    assert_eq!(r["first"], "Hello there");
+    let second = &r["second"];
+    assert_eq!(second["class"], "RateLimitError", "{r}");
+    assert_eq!(second["status"], 429);
+    assert_eq!(second["headers"]["x-should-retry"], "false");
+    assert_eq!(second["body"]["code"], "insufficient_quota");
+    assert_eq!(r["second_requests_sent"], 1, "the SDK did not retry");
+    assert_eq!(env.openai.hits.load(Ordering::SeqCst), 1);
+
+    // Another organisation is not affected.
+    let other = env.sdk(&env.server.admin_token, "fallback").await;
+    assert_eq!(other["content"], "Hello there");
+}
+
+async fn anthropic_translation(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let token = env.server.admin_token.clone();
+    let r = env.sdk(&token, "anthropic").await;
+
+    // The request as Anthropic wants it: system on top, tool use and result as blocks.
+    let seen = env.anthropic.requests();
+    let first = &seen[0];
+    assert_eq!(first["model"], "claude-3-stub");
+    assert_eq!(first["system"], "You are terse.");
+    assert_eq!(first["max_tokens"], 300);
+    assert_eq!(
+        first["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_prev", "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_prev", "content": "18C and sunny"}]},
+        ])
+    );
+    assert_eq!(seen[1]["tools"][0]["name"], "get_weather");
+    assert_eq!(
+        seen[1]["tools"][0]["input_schema"]["required"],
+        json!(["city"])
+    );
+    assert_eq!(seen[1]["max_tokens"], 4096, "Anthropic requires max_tokens");
+
+    // And the answers as OpenAI shapes them.
+    let chat = &r["chat"];
+    assert_eq!(chat["choices"][0]["message"]["content"], "Bonjour");
+    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+    assert_eq!(chat["usage"]["prompt_tokens"], 13);
+    assert_eq!(chat["usage"]["completion_tokens"], 6);
+    assert_eq!(chat["usage"]["total_tokens"], 19);
+    let tools = &r["tools"]["choices"][0];
+    assert_eq!(tools["finish_reason"], "tool_calls");
+    assert_eq!(tools["message"]["tool_calls"][0]["id"], "toolu_stub");
+    assert_eq!(
+        tools["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    let args: Value = serde_json::from_str(
+        tools["message"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(args, json!({"city": "Paris"}));
+
+    let stream = &r["stream"];
+    assert_eq!(stream["content"], "Bonjour");
+    assert_eq!(stream["finish"], json!(["stop"]));
+    assert_eq!(stream["ids"], 1);
+    assert_eq!(stream["usage"]["prompt_tokens"], 13);
+    assert_eq!(stream["usage"]["completion_tokens"], 6);
+    let streamed = &r["tools_stream"];
+    assert_eq!(
+        streamed["tool_calls"]["0"],
+        json!({"id": "toolu_stub", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"})
+    );
+    assert_eq!(streamed["finish"], json!(["tool_calls"]));
+    assert_eq!(streamed["usage"], Value::Null, "not asked for");
+
+    // Anthropic's errors arrive in OpenAI's shape with their status.
+    let error = &r["error"];
+    assert_eq!(error["class"], "BadRequestError");
+    assert_eq!(error["status"], 400);
+    assert_eq!(error["body"]["message"], "stub refuses");
+
+    // Usage recorded is what the upstream reported.
+    let usage = env.usage_after(&token, 4).await;
+    let (prompt, completion) = env.anthropic.reported();
+    assert_eq!(model_usage(&usage, "claude-stub"), (4, prompt, completion));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_token_rate_limits_with_headers() {
+    let env = Env::start(
+        Backend::Sqlite,
+        "requests_per_minute = 2\ntokens_per_minute = 100000",
+    )
+    .await;
+    let token = env.server.token("limited", Role::Write).await;
+    let send = || {
+        env.server
+            .client()
+            .post(env.server.url("/api/v1/chat/completions"))
+            .bearer_auth(&token)
+            .json(&json!({"model": "stub-chat", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.headers()["x-ratelimit-limit-requests"], "2");
+    assert_eq!(first.headers()["x-ratelimit-remaining-requests"], "1");
+    assert_eq!(first.headers()["x-ratelimit-limit-tokens"], "100000");
+    assert!(first.headers().contains_key("x-ratelimit-reset-requests"));
+    let mut refused = None;
+    // The window may roll over between requests; within three more it must refuse.
+    for _ in 0..3 {
+        let resp = send().await.unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(resp);
+            break;
+        }
+    }
+    let refused = refused.expect("a third request in one minute is refused");
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(body["error"]["type"], "requests");
+
+    // Another token of the same organisation has its own window.
+    let other = env.server.token("limited", Role::Read).await;
+    let resp = env
+        .server
+        .client()
+        .post(env.server.url("/api/v1/chat/completions"))
+        .bearer_auth(&other)
+        .json(&json!({"model": "stub-chat", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
