@@ -67,6 +67,7 @@ struct FileConfig {
     ready_timeout_secs: Option<u64>,
     job_lease_secs: Option<u64>,
     github_webhook_secret_file: Option<PathBuf>,
+    kubeconfig: Option<PathBuf>,
     ai: Option<crate::ai::AiConfig>,
 }
 
@@ -92,6 +93,9 @@ pub struct Config {
     pub job_lease: std::time::Duration,
     /// HMAC secret of GitHub push webhooks; the webhook is refused without one.
     pub github_webhook_secret: Option<SecretString>,
+    /// Kubeconfig of the Kubernetes runtime; the ambient one (`KUBECONFIG`,
+    /// `~/.kube/config`, in-cluster service account) when absent.
+    pub kubeconfig: Option<PathBuf>,
     /// The AI gateway's `[ai]` section (no providers when absent).
     pub ai: crate::ai::AiConfig,
 }
@@ -212,6 +216,10 @@ impl Config {
                     .max(1),
             ),
             github_webhook_secret,
+            kubeconfig: std::env::var_os("SYLPHX_KUBECONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(file.kubeconfig),
             ai: file.ai.unwrap_or_default(),
         })
     }

@@ -1,5 +1,6 @@
 //! Assembles the application: state, middleware and routes.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -321,19 +322,120 @@ async fn openapi(State(app): State<AppState>) -> Json<serde_json::Value> {
     Json(app.rest().openapi.clone())
 }
 
+/// How long one health probe may take before its part counts as down.
+const HEALTH_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Runs one probe under [`HEALTH_PROBE_TIMEOUT`]; `Err` carries why it failed.
+async fn probe<F>(what: &str, check: F) -> std::result::Result<(), String>
+where
+    F: std::future::Future<Output = Result<()>>,
+{
+    match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.public_message()),
+        Err(_) => {
+            tracing::warn!(part = what, "health probe timed out");
+            Err(format!(
+                "no answer within {}s",
+                HEALTH_PROBE_TIMEOUT.as_secs()
+            ))
+        }
+    }
+}
+
+/// Writes, syncs, reads back and removes a file in the data directory,
+/// where releases, keys and (on SQLite) the store live.
+async fn storage_probe(dir: PathBuf) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let path = dir.join(format!(".health-{}", uuid::Uuid::new_v4().simple()));
+        let fail = |e: std::io::Error| {
+            tracing::warn!(error = %e, dir = %dir.display(), "storage health check");
+            Error::Unavailable("the data directory is not writable".into())
+        };
+        let result = (|| {
+            let mut f = std::fs::File::create_new(&path)?;
+            std::io::Write::write_all(&mut f, b"ok")?;
+            f.sync_all()?;
+            if std::fs::read(&path)? != b"ok" {
+                return Err(std::io::Error::other("read back differs"));
+            }
+            Ok(())
+        })();
+        let _ = std::fs::remove_file(&path);
+        result.map_err(fail)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("storage probe: {e}")))?
+}
+
+/// `GET /health/status`: probes the store, the Kubernetes API (when that
+/// runtime is on) and the data directory for real, concurrently.
 async fn health(State(app): State<AppState>) -> Response {
-    let db_ok = app.db().execute_unprepared("SELECT 1").await.is_ok();
-    let status = if db_ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
+    let db = app.db().clone();
+    let runtime = app.deployer().runtime.clone();
+    let on_kubernetes = runtime.kind() == "kubernetes";
+    let (database, kubernetes, storage) = tokio::join!(
+        probe("database", async move {
+            db.execute_unprepared("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "store health check");
+                    Error::Unavailable("the store does not answer".into())
+                })
+        }),
+        async {
+            if on_kubernetes {
+                Some(probe("kubernetes", runtime.health()).await)
+            } else {
+                None
+            }
+        },
+        probe("storage", storage_probe(app.config().data_dir.clone())),
+    );
+    let mut failing = serde_json::Map::new();
+    let mut state = |name: &str, r: &std::result::Result<(), String>| match r {
+        Ok(()) => "ok",
+        Err(why) => {
+            failing.insert(name.to_string(), json!(why));
+            "down"
+        }
     };
-    let body = json!({
-        "status": if db_ok { "healthy" } else { "unhealthy" },
-        "services": { "database": if db_ok { "ok" } else { "down" } },
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    let services = json!({
+        "database": state("database", &database),
+        "kubernetes": match &kubernetes {
+            Some(r) => state("kubernetes", r),
+            None => "disabled",
+        },
+        "storage": state("storage", &storage),
     });
-    (status, Json(body)).into_response()
+    let timestamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if failing.is_empty() {
+        let body = json!({"status": "healthy", "services": services, "timestamp": timestamp});
+        return (StatusCode::OK, Json(body)).into_response();
+    }
+    let names: Vec<&str> = failing.keys().map(String::as_str).collect();
+    let body = json!({
+        "status": "unhealthy",
+        "services": services,
+        "timestamp": timestamp,
+        "error": format!("unhealthy: {} down", names.join(", ")),
+        "details": failing,
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
+/// `GET /health/runners`: the CI runner pool (ARC `EphemeralRunner`s on
+/// Kubernetes; an empty pool on the local runtime).
+async fn health_runners(State(app): State<AppState>) -> Response {
+    let runners = match app.deployer().runtime.runners().await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let count = |s: &str| runners.iter().filter(|r| r.status == s).count();
+    let summary =
+        json!({"idle": count("idle"), "busy": count("busy"), "offline": count("offline")});
+    Json(json!({"runners": runners, "summary": summary})).into_response()
 }
 
 async fn not_found() -> Response {
@@ -350,6 +452,7 @@ pub fn router(app: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
     let api = Router::new()
         .route("/health/status", get(health))
+        .route("/health/runners", get(health_runners))
         .route("/openapi.json", get(openapi))
         .route(
             "/webhooks/github",

@@ -1,19 +1,14 @@
 //! The `sylphx` binary: token creation, first-start bootstrap, migrate.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_sylphx");
+use common::binary::{self, ServeProcess, free_port};
 
 fn sylphx(args: &[&str], data_dir: &Path) -> std::process::Output {
-    Command::new(BIN)
-        .args(args)
-        .env("SYLPHX_DATA_DIR", data_dir)
-        .env_remove("SYLPHX_DATABASE_URL")
-        .output()
-        .expect("run sylphx")
+    binary::run(args, &[("SYLPHX_DATA_DIR", data_dir.to_str().unwrap())])
 }
 
 fn is_token(s: &str) -> bool {
@@ -24,48 +19,18 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `sylphx serve` and waits until it answers; returns it and its stdout.
-async fn serve(data_dir: &Path) -> (Server, String, String) {
-    let port = free_port();
-    let out = data_dir.join(format!("stdout-{port}"));
-    let child = Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-        .env("SYLPHX_DATA_DIR", data_dir)
-        .env_remove("SYLPHX_DATABASE_URL")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server(child);
-    let base = format!("http://127.0.0.1:{port}/api/v1");
-    let client = reqwest::Client::new();
-    for _ in 0..300 {
-        if let Ok(r) = client.get(format!("{base}/health/status")).send().await
-            && r.status().is_success()
-        {
-            return (server, base, std::fs::read_to_string(&out).unwrap());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server did not answer");
+/// Starts `sylphx serve` on `data_dir` and waits until it answers.
+async fn serve(data_dir: &Path) -> (ServeProcess, String) {
+    let apps = format!("127.0.0.1:{}", free_port());
+    let server = ServeProcess::start(
+        free_port(),
+        &["--apps-listen", &apps],
+        &[("SYLPHX_DATA_DIR", data_dir.to_str().unwrap())],
+        data_dir,
+    )
+    .await;
+    let base = server.base.clone();
+    (server, base)
 }
 
 async fn projects(base: &str, token: &str) -> (reqwest::StatusCode, serde_json::Value) {
@@ -125,7 +90,8 @@ fn migrate_creates_the_store() {
 #[tokio::test]
 async fn first_serve_bootstraps_an_admin_token() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, base, stdout) = serve(dir.path()).await;
+    let (server, base) = serve(dir.path()).await;
+    let stdout = server.stdout();
     let token_file = dir.path().join("admin-token");
     assert_eq!(mode(&token_file), 0o600);
     assert_eq!(mode(&dir.path().join("master.key")), 0o600);
@@ -147,7 +113,8 @@ async fn first_serve_bootstraps_an_admin_token() {
     // and a restart creates no new admin token.
     let out = sylphx(&["token", "create", "--org", "acme"], dir.path());
     let acme = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let (_server, base, stdout) = serve(dir.path()).await;
+    let (server, base) = serve(dir.path()).await;
+    let stdout = server.stdout();
     assert!(!stdout.contains("slx_cli_"), "{stdout}");
     assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
     assert_eq!(projects(&base, &token).await.0, reqwest::StatusCode::OK);

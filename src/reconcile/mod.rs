@@ -161,11 +161,15 @@ impl Queue {
         Ok(res.rows_affected == 1)
     }
 
+    /// Ends a job; `locked_by` stays as the worker that ran it to the end.
     async fn finish(&self, job: &jobs::Model, status: &str, error: Option<String>) -> Result<()> {
         jobs::Entity::update_many()
             .col_expr(jobs::Column::Status, Expr::value(status))
             .col_expr(jobs::Column::LastError, Expr::value(error))
-            .col_expr(jobs::Column::LockedBy, Expr::value(Option::<String>::None))
+            .col_expr(
+                jobs::Column::LockedUntil,
+                Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+            )
             .col_expr(jobs::Column::UpdatedAt, Expr::value(now()))
             .filter(jobs::Column::Id.eq(job.id))
             .filter(jobs::Column::LockedBy.eq(self.worker_id.clone()))
@@ -191,6 +195,7 @@ impl Queue {
             .col_expr(jobs::Column::LockedBy, Expr::value(Option::<String>::None))
             .col_expr(jobs::Column::UpdatedAt, Expr::value(now()))
             .filter(jobs::Column::Id.eq(job.id))
+            .filter(jobs::Column::LockedBy.eq(self.worker_id.clone()))
             .exec(&self.db)
             .await?;
         Ok(())

@@ -198,7 +198,7 @@ pub trait Runtime: Send + Sync + 'static {
 /// service account. `SYLPHX_K8S_GATEWAY` (name, or `namespace/name`),
 /// `SYLPHX_K8S_REGISTRY` and `SYLPHX_K8S_KANIKO_IMAGE` override the defaults.
 pub async fn connect_kubernetes(
-    _config: &crate::config::Config,
+    config: &crate::config::Config,
 ) -> Result<std::sync::Arc<dyn Runtime>> {
     let mut k8s = kubernetes::KubernetesConfig::default();
     if let Ok(gw) = std::env::var("SYLPHX_K8S_GATEWAY") {
@@ -217,6 +217,6 @@ pub async fn connect_kubernetes(
         k8s.kaniko_image = i;
     }
     Ok(std::sync::Arc::new(
-        kubernetes::KubernetesRuntime::connect(k8s).await?,
+        kubernetes::KubernetesRuntime::connect(k8s, config.kubeconfig.as_deref()).await?,
     ))
 }

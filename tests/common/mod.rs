@@ -2,6 +2,9 @@
 //! PostgreSQL database, driven over real HTTP.
 #![allow(dead_code)]
 
+pub mod apps;
+pub mod binary;
+
 use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, StatusCode};
@@ -85,7 +88,7 @@ pub struct TestServer {
     pub admin_token: String,
     pub dir: TempDir,
     pub database_url: String,
-    /// The local runtime's app router.
+    /// The local runtime's app router (`0.0.0.0:0` on Kubernetes).
     pub apps: std::net::SocketAddr,
     http: Client,
     task: tokio::task::JoinHandle<()>,
@@ -149,7 +152,7 @@ impl TestServer {
             .start_background()
             .await
             .expect("background tasks")
-            .expect("local runtime");
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = server::router(app.clone());

@@ -817,18 +817,14 @@ async fn smoke_against_a_real_cluster() {
         eprintln!("skipped: set SYLPHX_TEST_KUBECONFIG to run against a real cluster");
         return;
     };
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig");
-    let options = kube::config::KubeConfigOptions::default();
-    let client_config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-        .await
-        .expect("client config");
-    let client = kube::Client::try_from(client_config).expect("client");
     let cfg = KubernetesConfig {
         namespace_prefix: "sylphx-smoke".into(),
         rollout_timeout: Duration::from_secs(180),
         ..KubernetesConfig::default()
     };
-    let rt = KubernetesRuntime::new(client, cfg);
+    let rt = KubernetesRuntime::connect(cfg, Some(std::path::Path::new(&path)))
+        .await
+        .expect("client from the kubeconfig");
     rt.health().await.expect("health");
 
     let env = EnvironmentRef {

@@ -102,11 +102,30 @@ impl KubernetesRuntime {
         KubernetesRuntime { client, config }
     }
 
-    /// A driver on the ambient kubeconfig, or the in-cluster service account.
-    pub async fn connect(config: KubernetesConfig) -> crate::Result<Self> {
-        let client = kube::Client::try_default()
-            .await
-            .map_err(|e| crate::Error::Unavailable(format!("no Kubernetes client config: {e}")))?;
+    /// A driver on the kubeconfig at `kubeconfig`, else the ambient
+    /// kubeconfig or the in-cluster service account.
+    pub async fn connect(
+        config: KubernetesConfig,
+        kubeconfig: Option<&std::path::Path>,
+    ) -> crate::Result<Self> {
+        let unavailable = |e: &dyn std::fmt::Display| {
+            crate::Error::Unavailable(format!("no Kubernetes client config: {e}"))
+        };
+        let client = match kubeconfig {
+            None => kube::Client::try_default()
+                .await
+                .map_err(|e| unavailable(&e))?,
+            Some(path) => {
+                let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
+                    crate::Error::bad_request(format!("kubeconfig {}: {e}", path.display()))
+                })?;
+                let options = kube::config::KubeConfigOptions::default();
+                let cfg = kube::Config::from_custom_kubeconfig(file, &options)
+                    .await
+                    .map_err(|e| unavailable(&e))?;
+                kube::Client::try_from(cfg).map_err(|e| unavailable(&e))?
+            }
+        };
         Ok(Self::new(client, config))
     }
 

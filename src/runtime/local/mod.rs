@@ -190,23 +190,13 @@ impl LocalRuntime {
 
     async fn run_release_command(
         &self,
-        dir: &PathBuf,
+        dir: &std::path::Path,
         command: &str,
         env: &BTreeMap<String, String>,
         sink: &LogSink,
         release: &Release,
     ) -> Result<()> {
-        let out = tokio::process::Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(dir)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "HOME",
-                std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-            )
-            .envs(env)
+        let out = process::app_command(command, dir, env)
             .output()
             .await
             .map_err(|e| Error::internal(format!("cannot run the release command: {e}")))?;

@@ -56,11 +56,18 @@ pub struct Replica {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn spawn_child(spec: &ReplicaSpec) -> std::io::Result<Child> {
+/// `sh -c command` in `dir` with only PATH, HOME and `env`, in its own
+/// process group, killed when dropped and when this process dies (so no
+/// app or release command outlives a crashed control plane).
+pub(super) fn app_command(
+    command: &str,
+    dir: &std::path::Path,
+    env: &BTreeMap<String, String>,
+) -> Command {
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(&spec.command)
-        .current_dir(&spec.dir)
+        .arg(command)
+        .current_dir(dir)
         .env_clear()
         .env(
             "PATH",
@@ -70,22 +77,26 @@ fn spawn_child(spec: &ReplicaSpec) -> std::io::Result<Child> {
             "HOME",
             std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
         )
-        .envs(&spec.env)
+        .envs(env)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .process_group(0);
-    if let Some(port) = spec.port {
-        cmd.env("PORT", port.to_string());
-    }
-    // SAFETY: prctl is async-signal-safe; it makes the app die with us
+    // SAFETY: prctl is async-signal-safe; it makes the child die with us
     // rather than outlive a crashed control plane holding its port.
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
+    }
+    cmd
+}
+
+fn spawn_child(spec: &ReplicaSpec) -> std::io::Result<Child> {
+    let mut cmd = app_command(&spec.command, &spec.dir, &spec.env);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if let Some(port) = spec.port {
+        cmd.env("PORT", port.to_string());
     }
     cmd.spawn()
 }

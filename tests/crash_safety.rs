@@ -1,0 +1,298 @@
+//! The durable reconciler as an operator meets it: `sylphx serve` killed
+//! with SIGKILL mid-deploy and started again, and two `serve` processes
+//! sharing one PostgreSQL database.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::apps::repo;
+use common::binary::{ServeProcess, create_token, free_port};
+use reqwest::{Client, StatusCode};
+use sea_orm::{ConnectionTrait, Database, EntityTrait};
+use serde_json::{Value, json};
+
+async fn call(
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Client::new().request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+async fn get(base: &str, path: &str, token: &str) -> (StatusCode, Value) {
+    call(reqwest::Method::GET, format!("{base}{path}"), token, None).await
+}
+
+async fn post(base: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    call(
+        reqwest::Method::POST,
+        format!("{base}{path}"),
+        token,
+        Some(body),
+    )
+    .await
+}
+
+/// Polls the deployment list until `id` is `success` or `failed`.
+async fn finished(base: &str, token: &str, project: &str, id: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, list) = get(base, &format!("/projects/{project}/deployments"), token).await;
+        if let Some(d) = list.as_array().unwrap().iter().find(|d| d["id"] == id)
+            && matches!(d["status"].as_str(), Some("success" | "failed"))
+        {
+            return d.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never finished: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls until `path` exists with at least one line; returns its lines.
+async fn lines_of(path: &Path) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if !text.is_empty() {
+            return text.lines().map(str::to_string).collect();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never written",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn alive(pid: &str) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_deploy_resumes_and_finishes_exactly_once() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let marks = work.path().join("release-runs");
+    let gate = work.path().join("gate");
+    // The release command records its pid, then waits for the gate: the
+    // deploy is held mid-way until the test opens it.
+    let src = repo(&format!(
+        "release: echo $$ >> {marks}; while [ ! -e {gate} ]; do sleep 0.05; done\nweb: exec python3 app.py\n",
+        marks = marks.display(),
+        gate = gate.display(),
+    ));
+    let data_s = data.to_str().unwrap().to_string();
+    let envs = [
+        ("SYLPHX_DATA_DIR", data_s.as_str()),
+        ("SYLPHX_JOB_LEASE_SECS", "2"),
+    ];
+    let token = create_token("acme", &envs);
+    let (port, apps_port) = (free_port(), free_port());
+    let apps = format!("127.0.0.1:{apps_port}");
+    let extra = ["--apps-listen", apps.as_str()];
+    let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
+    let base = server.base.clone();
+
+    let (status, _) = post(
+        &base,
+        "/projects",
+        &token,
+        json!({"name": "Crash", "slug": "crash", "gitRepository": src.path().to_str().unwrap(), "domain": "crash.test"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = post(
+        &base,
+        "/projects/crash/env-vars",
+        &token,
+        json!({"envType": "production", "vars": [{"key": "GREETING", "value": "survived"}]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = post(&base, "/projects/crash/deploy", &token, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["deploymentId"].as_str().unwrap().to_string();
+
+    // Mid-deploy: the release command is running.
+    let first = lines_of(&marks).await;
+    assert_eq!(first.len(), 1);
+    let (_, list) = get(&base, "/projects/crash/deployments", &token).await;
+    assert_eq!(list[0]["status"], "deploying", "{list}");
+
+    server.kill9();
+    // Nothing the dead server started lives on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while alive(&first[0]) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "release command {} outlived the server",
+            first[0]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    std::fs::write(&gate, "open").unwrap();
+    let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
+    let done = finished(&server.base, &token, "crash", &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert!(done["finishedAt"].is_string(), "{done}");
+
+    // One deployment, run to its end once: the interrupted release step ran
+    // again on resume, and one web replica serves the deployed value.
+    let (_, list) = get(&server.base, "/projects/crash/deployments", &token).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(std::fs::read_to_string(&marks).unwrap().lines().count(), 2);
+    let (_, status) = get(&server.base, "/projects/crash/status", &token).await;
+    assert_eq!(
+        status["replicas"],
+        json!({"ready": 1, "desired": 1}),
+        "{status}"
+    );
+    let served = Client::new()
+        .get(format!("http://{apps}/"))
+        .header("Host", "crash.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+    assert_eq!(served.text().await.unwrap(), "survived");
+    let (_, logs) = get(
+        &server.base,
+        &format!("/projects/crash/logs?deploymentId={id}"),
+        &token,
+    )
+    .await;
+    let logs = logs.as_str().unwrap();
+    assert_eq!(logs.matches("listening on").count(), 1, "{logs}");
+
+    // The job is done after two claims (the killed one and the resumed one).
+    let db = Database::connect(format!(
+        "sqlite://{}?mode=ro",
+        data.join("sylphx.db").display()
+    ))
+    .await
+    .unwrap();
+    let jobs = entity::jobs::Entity::find().all(&db).await.unwrap();
+    let deploys: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.deployment_id.map(|d| d.to_string()) == Some(id.clone()))
+        .collect();
+    assert_eq!(deploys.len(), 1, "{jobs:?}");
+    assert_eq!(
+        (deploys[0].status.as_str(), deploys[0].attempts),
+        ("done", 2)
+    );
+}
+
+/// PostgreSQL only: SQLite runs one `serve` per store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_postgres_never_run_a_job_twice() {
+    let Ok(admin) = std::env::var("SYLPHX_TEST_DATABASE_URL") else {
+        eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let name = format!("sylphx_t_{}", uuid::Uuid::new_v4().simple());
+    let pg = Database::connect(admin.as_str()).await.unwrap();
+    pg.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+
+    let work = tempfile::tempdir().unwrap();
+    let master_key = sylphx::secrets::random_hex(32);
+    let env_for = |dir: &str| {
+        vec![
+            ("SYLPHX_DATABASE_URL", url.clone()),
+            (
+                "SYLPHX_DATA_DIR",
+                work.path().join(dir).to_str().unwrap().to_string(),
+            ),
+            ("SYLPHX_MASTER_KEY", master_key.clone()),
+        ]
+    };
+    let (env_a, env_b) = (env_for("a"), env_for("b"));
+    let refs_a: Vec<(&str, &str)> = env_a.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let refs_b: Vec<(&str, &str)> = env_b.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let token = create_token("acme", &refs_a);
+    let apps_a = format!("127.0.0.1:{}", free_port());
+    let apps_b = format!("127.0.0.1:{}", free_port());
+    let a = ServeProcess::start(
+        free_port(),
+        &["--apps-listen", &apps_a],
+        &refs_a,
+        work.path(),
+    )
+    .await;
+    let b = ServeProcess::start(
+        free_port(),
+        &["--apps-listen", &apps_b],
+        &refs_b,
+        work.path(),
+    )
+    .await;
+
+    // Deploys of six projects, asked of each server in turn so both
+    // workers are woken; each deploy starts a real app and takes a while.
+    let src = repo("web: exec python3 app.py\n");
+    let mut deployments = Vec::new();
+    for i in 0..6 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let slug = format!("p{i}");
+        let (status, body) = post(
+            base,
+            "/projects",
+            &token,
+            json!({"name": slug, "slug": slug, "gitRepository": src.path().to_str().unwrap()}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let (status, body) =
+            post(base, &format!("/projects/{slug}/deploy"), &token, json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        deployments.push((slug, body["deploymentId"].as_str().unwrap().to_string()));
+    }
+    for (slug, id) in &deployments {
+        let done = finished(&a.base, &token, slug, id).await;
+        assert_eq!(done["status"], "success", "{done}");
+    }
+
+    let db = Database::connect(url.as_str()).await.unwrap();
+    let jobs = entity::jobs::Entity::find().all(&db).await.unwrap();
+    assert_eq!(jobs.len(), 6, "{jobs:?}");
+    for job in &jobs {
+        assert_eq!(
+            (job.status.as_str(), job.attempts),
+            ("done", 1),
+            "claimed once: {job:?}"
+        );
+    }
+    let workers: std::collections::BTreeSet<_> =
+        jobs.iter().map(|j| j.locked_by.clone().unwrap()).collect();
+    assert_eq!(workers.len(), 2, "both servers ran jobs: {workers:?}");
+
+    drop((a, b));
+    db.close().await.ok();
+    pg.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+}
