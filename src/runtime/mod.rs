@@ -14,6 +14,7 @@ use crate::domain::services::Resources;
 use crate::error::Result;
 use crate::secrets::SecretString;
 
+pub mod git;
 pub mod kubernetes;
 pub mod local;
 

@@ -402,6 +402,20 @@ impl Runtime for KubernetesRuntime {
 
     #[instrument(skip_all, fields(deployment.id = %req.deployment_id))]
     async fn build(&self, req: &BuildRequest, logs: LogSink) -> Result<BuildOutput> {
+        // A deploy without a commit builds the branch head as it is now.
+        let resolved;
+        let req = match &req.git_commit {
+            Some(_) => req,
+            None => {
+                let head =
+                    crate::runtime::git::branch_head(&req.git_repository, &req.git_branch).await?;
+                resolved = BuildRequest {
+                    git_commit: Some(head),
+                    ..req.clone()
+                };
+                &resolved
+            }
+        };
         // Invalid input fails before anything is written.
         let job = manifests::build_job(&self.config, req)?;
         let commit = manifests::commit_sha(req)?;

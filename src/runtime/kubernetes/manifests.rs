@@ -413,7 +413,7 @@ pub fn commit_sha(req: &BuildRequest) -> Result<String> {
     let commit = req.git_commit.as_deref().ok_or_else(|| {
         Error::field(
             "gitCommit",
-            "the Kubernetes runtime builds a given commit; resolve the branch head first",
+            "a build needs a commit (the driver resolves the branch head first)",
         )
     })?;
     let ok = (7..=40).contains(&commit.len()) && commit.chars().all(|c| c.is_ascii_hexdigit());

@@ -3,9 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use tokio::process::Command;
-
 use crate::error::{Error, Result};
+use crate::runtime::git::git;
 
 /// One Procfile entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,26 +77,6 @@ pub fn local_repository(repo: &str) -> Result<PathBuf> {
             "the local runtime builds from a local git repository (an absolute path or file:// URL); '{repo}' is not one"
         )))
     }
-}
-
-async fn git(args: &[&str], cwd: Option<&Path>) -> Result<String> {
-    let mut cmd = Command::new("git");
-    cmd.args(args).env("GIT_TERMINAL_PROMPT", "0");
-    if let Some(dir) = cwd {
-        cmd.current_dir(dir);
-    }
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| Error::internal(format!("cannot run git: {e}")))?;
-    if !out.status.success() {
-        return Err(Error::Unprocessable(format!(
-            "git {} failed: {}",
-            args.first().copied().unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Clones `branch` of `repo` into `dest` (replacing a partial earlier attempt)
