@@ -1,6 +1,7 @@
 //! The AI gateway as users meet it: the real `openai` Python package
-//! (tests/ai/sdk.py) against the real server, in front of stub upstreams
-//! started here that speak OpenAI's and Anthropic's wire formats.
+//! (tests/ai/sdk.py) and the dashboard's GraphQL mutation against the real
+//! server, in front of stub upstreams started here that speak OpenAI's and
+//! Anthropic's wire formats.
 
 mod common;
 
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use common::{Backend, TestServer};
 use serde_json::{Value, json};
 use sylphx::auth::Role;
+use sylphx::auth::session::Claims;
 
 const STUB_KEY: &str = "sk-stub-key-0123456789";
 const ANTHROPIC_KEY: &str = "sk-ant-stub-0123456789";
@@ -463,6 +465,107 @@ models = [{{ id = "claude-stub", upstream = "claude-3-stub" }}]
     }
 }
 
+/// The dashboard's completion mutation, asking for everything it returns.
+const CHAT: &str = "mutation($input: AiChatInput!) { aiChatCompletion(input: $input) {
+    id model content finishReason usage { promptTokens completionTokens totalTokens } } }";
+
+/// A chat input with one user message.
+fn ask(model: &str, content: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": content}]})
+}
+
+impl Env {
+    /// `aiChatCompletion(input)` with `token`; the whole response body.
+    async fn chat(&self, token: &str, input: Value) -> Value {
+        self.server
+            .graphql(token, CHAT, json!({ "input": input }))
+            .await
+    }
+
+    /// `aiChatCompletion(input)` with a dashboard session cookie (or,
+    /// with None, no credentials at all): status and body.
+    async fn chat_as(&self, session: Option<&str>, input: Value) -> (StatusCode, Value) {
+        let mut req = self
+            .server
+            .client()
+            .post(self.server.url("/graphql"))
+            .json(&json!({ "query": CHAT, "variables": { "input": input } }));
+        if let Some(jwt) = session {
+            req = req.header("cookie", format!("slx_session={jwt}"));
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status(), resp.json().await.unwrap())
+    }
+
+    /// A signed dashboard session for user `sub` of the token's organisation.
+    async fn session(&self, token: &str, sub: &str, role: Role) -> (uuid::Uuid, String) {
+        let org = self
+            .server
+            .graphql(token, "{ organization { id } }", json!({}))
+            .await;
+        let org =
+            uuid::Uuid::parse_str(org["data"]["organization"]["id"].as_str().unwrap()).unwrap();
+        let jwt = self
+            .server
+            .app
+            .sessions()
+            .issue(&Claims {
+                sub: sub.into(),
+                org,
+                role,
+                exp: chrono::Utc::now().timestamp() as u64 + 3600,
+            })
+            .unwrap();
+        (org, jwt)
+    }
+
+    /// Hits on every stub upstream.
+    fn upstream_hits(&self) -> usize {
+        [&self.openai, &self.down, &self.anthropic]
+            .iter()
+            .map(|u| u.hits.load(Ordering::SeqCst))
+            .sum()
+    }
+}
+
+/// The id of the API key behind `token`.
+async fn key_id(server: &TestServer, token: &str) -> String {
+    let viewer = server
+        .graphql(token, "{ viewer { actorType actorId } }", json!({}))
+        .await;
+    assert_eq!(viewer["data"]["viewer"]["actorType"], "token", "{viewer}");
+    viewer["data"]["viewer"]["actorId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The answer of a successful `aiChatCompletion`.
+fn completion(resp: &Value) -> &Value {
+    assert!(resp["errors"].is_null(), "{resp}");
+    &resp["data"]["aiChatCompletion"]
+}
+
+/// The single error of a refused `aiChatCompletion`: (code, field, message).
+fn refusal(resp: &Value) -> (String, Option<String>, String) {
+    assert_eq!(resp["data"], Value::Null, "{resp}");
+    let errors = resp["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{resp}"));
+    assert_eq!(errors.len(), 1, "{resp}");
+    let e = &errors[0];
+    (
+        e["extensions"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+        e["extensions"]["details"]["field"]
+            .as_str()
+            .map(str::to_string),
+        e["message"].as_str().unwrap().to_string(),
+    )
+}
+
 /// Sums a model's rows of an `aiUsage` answer: (requests, prompt, completion).
 fn model_usage(usage: &Value, model: &str) -> (i64, i64, i64) {
     usage["rows"]
@@ -486,6 +589,10 @@ backend_tests!(
     invalid_token_is_401_in_openai_shape,
     spent_budget_is_429,
     anthropic_translation,
+    graphql_completion_goes_through_the_gateway,
+    graphql_completion_names_the_bad_field,
+    graphql_completion_follows_the_mutation_roles,
+    graphql_completion_shares_the_budget_with_rest,
 );
 
 async fn openai_sdk_round_trips(backend: Backend) {
@@ -800,7 +907,7 @@ async fn per_token_rate_limits_with_headers() {
     assert_eq!(body["error"]["type"], "requests");
 
     // Another token of the same organisation has its own window.
-    let other = env.server.token("limited", Role::Read).await;
+    let other = env.server.token("limited", Role::Write).await;
     let resp = env
         .server
         .client()
@@ -811,4 +918,307 @@ async fn per_token_rate_limits_with_headers() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+async fn graphql_completion_goes_through_the_gateway(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let token = env.server.admin_token.clone();
+
+    // An alias, resolved like the REST endpoint resolves it; the optional
+    // settings reach the upstream in OpenAI's names.
+    let resp = env
+        .chat(
+            &token,
+            json!({"model": "stub-latest", "temperature": 0.5, "maxTokens": 50, "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hi"},
+            ]}),
+        )
+        .await;
+    assert_eq!(
+        completion(&resp),
+        &json!({"id": "chatcmpl-stub", "model": "gpt-stub", "content": "Hello there", "finishReason": "stop",
+            "usage": {"promptTokens": 11, "completionTokens": 7, "totalTokens": 18}})
+    );
+    let sent = &env.openai.requests()[0];
+    assert_eq!(sent["model"], "gpt-stub");
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    );
+    assert_eq!(sent["temperature"], 0.5);
+    assert_eq!(sent["max_tokens"], 50);
+    assert!(sent.get("stream").is_none(), "{sent}");
+
+    // A failing deployment is passed over for the next one.
+    let resp = env.chat(&token, ask("stub-fallback", "Hi")).await;
+    assert_eq!(completion(&resp)["content"], "Hello there");
+    assert_eq!(env.down.hits.load(Ordering::SeqCst), 1);
+
+    // Anthropic models answer in the same shape.
+    let resp = env
+        .chat(
+            &token,
+            json!({"model": "claude-stub", "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Salut"},
+            ]}),
+        )
+        .await;
+    let answer = completion(&resp);
+    assert_eq!(answer["content"], "Bonjour");
+    assert_eq!(answer["finishReason"], "stop");
+    assert_eq!(
+        answer["usage"],
+        json!({"promptTokens": 13, "completionTokens": 6, "totalTokens": 19})
+    );
+    let sent = &env.anthropic.requests()[0];
+    assert_eq!(sent["system"], "You are terse.");
+    assert_eq!(sent["max_tokens"], 4096);
+
+    // An upstream's refusal is the caller's error, with its message.
+    let resp = env.chat(&token, ask("claude-stub", "please fail")).await;
+    assert_eq!(
+        refusal(&resp),
+        ("BAD_REQUEST".into(), None, "stub refuses".into())
+    );
+
+    // Usage is recorded per model, under the caller's token; the refused
+    // request and the failed attempt cost nothing.
+    let usage = env.usage_after(&token, 3).await;
+    assert_eq!(usage["requests"], 3, "{usage}");
+    assert_eq!(model_usage(&usage, "stub-chat"), (1, 11, 7));
+    assert_eq!(model_usage(&usage, "stub-fallback"), (1, 11, 7));
+    assert_eq!(model_usage(&usage, "claude-stub"), (1, 13, 6));
+    let key = key_id(&env.server, &token).await;
+    for row in usage["rows"].as_array().unwrap() {
+        assert_eq!(row["apiKeyId"], key.as_str(), "{row}");
+    }
+    // 11 prompt and 7 completion tokens of stub-chat at $1000 and $2000 per million.
+    assert_eq!(usage["costUsd"], json!(0.025));
+}
+
+async fn graphql_completion_names_the_bad_field(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let token = env.server.admin_token.clone();
+    let resp = env.chat(&token, ask("no-such-model", "Hi")).await;
+    let (code, field, message) = refusal(&resp);
+    assert_eq!(code, "BAD_REQUEST");
+    assert_eq!(field.as_deref(), Some("model"));
+    assert!(
+        message.starts_with("model: ") && message.contains("`no-such-model` does not exist"),
+        "{message}"
+    );
+    for (input, field) in [
+        (json!({"model": "stub-chat", "messages": []}), "messages"),
+        (
+            json!({"model": "stub-chat", "temperature": 2.5, "messages": [{"role": "user", "content": "Hi"}]}),
+            "temperature",
+        ),
+        (
+            json!({"model": "stub-chat", "maxTokens": 0, "messages": [{"role": "user", "content": "Hi"}]}),
+            "maxTokens",
+        ),
+    ] {
+        let resp = env.chat(&token, input).await;
+        let (code, named, _) = refusal(&resp);
+        assert_eq!(
+            (code.as_str(), named.as_deref()),
+            ("BAD_REQUEST", Some(field)),
+            "{resp}"
+        );
+    }
+    // An unknown role is refused by the schema itself.
+    let resp = env
+        .chat(
+            &token,
+            json!({"model": "stub-chat", "messages": [{"role": "robot", "content": "Hi"}]}),
+        )
+        .await;
+    assert_eq!(resp["data"], Value::Null, "{resp}");
+    assert!(
+        resp["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("robot"),
+        "{resp}"
+    );
+    assert_eq!(env.upstream_hits(), 0, "nothing reached an upstream");
+    // And nothing was metered: a good request is the only one counted.
+    completion(&env.chat(&token, ask("stub-chat", "Hi")).await);
+    let usage = env.usage_after(&token, 1).await;
+    assert_eq!(usage["requests"], 1, "{usage}");
+}
+
+async fn graphql_completion_follows_the_mutation_roles(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let admin = env.server.admin_token.clone();
+
+    // A read-only token or session may not run it, like every mutation.
+    let reader = env.server.token("default", Role::Read).await;
+    let resp = env.chat(&reader, ask("stub-chat", "Hi")).await;
+    assert_eq!(
+        refusal(&resp),
+        ("FORBIDDEN".into(), None, "this token is read-only".into())
+    );
+    let (_, read_session) = env.session(&admin, "viewer-1", Role::Read).await;
+    let (status, resp) = env
+        .chat_as(Some(&read_session), ask("stub-chat", "Hi"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(refusal(&resp).0, "FORBIDDEN", "{resp}");
+
+    // Over REST too: a read token lists models but spends nothing.
+    let rest = |path: &str| {
+        env.server
+            .client()
+            .post(env.server.url(&format!("/api/v1{path}")))
+            .bearer_auth(&reader)
+    };
+    for resp in [
+        rest("/chat/completions")
+            .json(&json!({"model": "stub-chat", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+            .await
+            .unwrap(),
+        rest("/embeddings")
+            .json(&json!({"model": "stub-embed", "input": "Hi"}))
+            .send()
+            .await
+            .unwrap(),
+    ] {
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "permission_denied", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+    let models = env
+        .server
+        .client()
+        .get(env.server.url("/api/v1/models"))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), StatusCode::OK);
+
+    // Without credentials the request never reaches GraphQL.
+    let (status, resp) = env.chat_as(None, ask("stub-chat", "Hi")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{resp}");
+    assert_eq!(resp["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    assert_eq!(
+        env.upstream_hits(),
+        0,
+        "refused callers reached no upstream"
+    );
+
+    // A write token and a dashboard user may. The user has no API token:
+    // their usage is recorded under a key derived from their id, the same
+    // in every session and different for another user.
+    let writer = env.server.token("default", Role::Write).await;
+    completion(&env.chat(&writer, ask("stub-chat", "Hi")).await);
+    let (org, ann) = env.session(&admin, "user-ann", Role::Write).await;
+    let (_, ann_again) = env.session(&admin, "user-ann", Role::Write).await;
+    let (_, bob) = env.session(&admin, "user-bob", Role::Admin).await;
+    for jwt in [&ann, &ann_again, &bob] {
+        let (status, resp) = env.chat_as(Some(jwt), ask("stub-chat", "Hi")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(completion(&resp)["content"], "Hello there");
+    }
+    let usage = env.usage_after(&admin, 4).await;
+    let requests_by = |key: String| -> i64 {
+        usage["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["apiKeyId"] == key.as_str())
+            .map(|r| r["requests"].as_i64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        requests_by(key_id(&env.server, &writer).await),
+        1,
+        "{usage}"
+    );
+    let ann_key = sylphx::ai::user_key(org, "user-ann");
+    let bob_key = sylphx::ai::user_key(org, "user-bob");
+    assert_ne!(ann_key, bob_key);
+    assert_eq!(requests_by(ann_key.to_string()), 2, "{usage}");
+    assert_eq!(requests_by(bob_key.to_string()), 1, "{usage}");
+    assert_eq!(usage["requests"], 4, "{usage}");
+}
+
+async fn graphql_completion_shares_the_budget_with_rest(backend: Backend) {
+    let env = Env::start(backend, "").await;
+    let token = env.server.token("frugal", Role::Admin).await;
+    // One stub-chat completion costs 2.5 cents; the budget is 1 cent.
+    let set = env
+        .server
+        .graphql(
+            &token,
+            "mutation { setAiBudget(monthlyBudgetCents: 1) { monthlyBudgetCents } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(set["data"]["setAiBudget"]["monthlyBudgetCents"], 1, "{set}");
+    assert_eq!(
+        completion(&env.chat(&token, ask("stub-chat", "Hi")).await)["content"],
+        "Hello there"
+    );
+    // The budget is spent for GraphQL and REST alike.
+    let (code, field, message) = refusal(&env.chat(&token, ask("stub-chat", "Hi")).await);
+    assert_eq!((code.as_str(), field), ("RATE_LIMITED", None));
+    assert!(message.contains("monthly AI budget"), "{message}");
+    let rest = env
+        .server
+        .client()
+        .post(env.server.url("/api/v1/chat/completions"))
+        .bearer_auth(&token)
+        .json(&ask("stub-chat", "Hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(rest.headers()["x-should-retry"], "false");
+    let body: Value = rest.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "insufficient_quota");
+    assert_eq!(env.openai.hits.load(Ordering::SeqCst), 1);
+    let usage = env.usage_after(&token, 1).await;
+    assert_eq!(usage["monthToDateUsd"], json!(0.025), "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graphql_completion_counts_against_the_tokens_rate_limit() {
+    let env = Env::start(Backend::Sqlite, "requests_per_minute = 1").await;
+    // Each attempt uses a fresh token, so a minute that ends between its
+    // requests only costs a retry.
+    let mut shared = false;
+    for _ in 0..3 {
+        let token = env.server.token("limited", Role::Write).await;
+        let first = env.chat(&token, ask("stub-chat", "Hi")).await;
+        assert_eq!(completion(&first)["content"], "Hello there");
+        let rest = env
+            .server
+            .client()
+            .post(env.server.url("/api/v1/chat/completions"))
+            .bearer_auth(&token)
+            .json(&ask("stub-chat", "Hi"))
+            .send()
+            .await
+            .unwrap();
+        let again = env.chat(&token, ask("stub-chat", "Hi")).await;
+        if rest.status() == StatusCode::TOO_MANY_REQUESTS && again["errors"].is_array() {
+            let body: Value = rest.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+            let (code, _, message) = refusal(&again);
+            assert_eq!(code, "RATE_LIMITED");
+            assert!(message.contains("requests per minute"), "{message}");
+            shared = true;
+            break;
+        }
+    }
+    assert!(
+        shared,
+        "a GraphQL completion uses up the token's per-minute requests for REST too"
+    );
 }

@@ -308,6 +308,34 @@ mod tests {
         assert_eq!(c.plan(m, 3), [1, 0, 1]);
     }
 
+    /// The example in the README's "AI gateway" section is a working config.
+    #[test]
+    fn readme_example_builds() {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## AI gateway").expect("the section")..];
+        let start = section.find("```toml\n").expect("a TOML example") + "```toml\n".len();
+        let end = start + section[start..].find("```").expect("its end");
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            ai: AiConfig,
+        }
+        let file: File = ::toml::from_str(&section[start..end]).unwrap();
+        let c = Catalog::with_env(&file.ai, |_| Some("sk-example".to_string())).unwrap();
+        assert_eq!(c.get("fast").unwrap().deployments.len(), 2);
+        assert_eq!(&*c.get("smart").unwrap().id, "claude-sonnet");
+        assert_eq!(
+            c.get("claude-sonnet").unwrap().deployments[0].provider.kind,
+            ProviderKind::Anthropic
+        );
+        assert!(
+            c.get("llama3.2").unwrap().deployments[0]
+                .provider
+                .auth
+                .is_none()
+        );
+    }
+
     #[test]
     fn configuration_errors_are_named() {
         let missing = catalog(

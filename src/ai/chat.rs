@@ -1,5 +1,6 @@
 //! `POST /chat/completions`: complete answers passed through (or
-//! translated), streams relayed event by event as they arrive.
+//! translated), streams relayed event by event as they arrive. [`ask`]
+//! runs the same path for typed callers (GraphQL's `aiChatCompletion`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -11,20 +12,167 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use serde::{Deserialize, Serialize};
 
 use super::anthropic::{self, StreamTranslator};
 use super::config::ProviderKind;
 use super::upstream::{Body, Endpoint, upstream_error};
 use super::wire::{self, ApiError, ChatRequest, EventSplitter, Usage};
-use super::{Caller, Charge, Gateway, json_response, serve};
+use super::{Caller, Charge, Gateway, json_response, spender};
 use crate::server::AppState;
 
-/// The handler.
-pub async fn complete(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    serve(app, headers, |app, caller| async move {
-        run(app.ai(), &caller, body).await
+/// The handler: the bearer token, then [`complete`].
+pub async fn handler(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match spender(&app, &headers).await {
+        Ok(caller) => complete(app.ai(), caller, body).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Answers one chat completion request body for an authenticated caller,
+/// exactly as `POST /chat/completions` does: the organisation's budget and
+/// the caller's per-token limits, model and alias resolution, deployments
+/// with fallback, translation, and metering. The REST handler and [`ask`]
+/// both come through here.
+pub async fn complete(gw: &Arc<Gateway>, caller: Caller, body: Bytes) -> Response {
+    gw.admitted(caller, || run(gw, &caller, body)).await
+}
+
+/// A chat request from a typed caller; sent as OpenAI's request body.
+#[derive(Debug, Clone, Serialize)]
+pub struct Prompt {
+    pub model: String,
+    pub messages: Vec<Message>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+/// One message of a [`Prompt`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: &'static str,
+    pub content: String,
+}
+
+/// The first choice of a `chat.completion` answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub id: String,
+    /// The model as the upstream that answered names it.
+    pub model: String,
+    /// None when the model produced no text.
+    pub content: Option<String>,
+    pub finish_reason: Option<String>,
+    /// As the upstream reported it; None when it reported none (the
+    /// gateway then meters an estimate).
+    pub usage: Option<Usage>,
+}
+
+/// A request the gateway refused or could not serve, as its OpenAI error
+/// body describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+    /// The request field at fault (OpenAI's name for it).
+    pub param: Option<String>,
+    pub code: Option<String>,
+}
+
+impl Refusal {
+    /// Reads `{"error": {"message", "param", "code", …}}`.
+    fn read(status: StatusCode, body: &[u8]) -> Refusal {
+        #[derive(Deserialize)]
+        struct Body {
+            error: Object,
+        }
+        #[derive(Deserialize)]
+        struct Object {
+            message: Option<String>,
+            param: Option<String>,
+            code: Option<serde_json::Value>,
+        }
+        let error = serde_json::from_slice::<Body>(body).ok().map(|b| b.error);
+        let (message, param, code) = match error {
+            Some(e) => (e.message, e.param, e.code),
+            None => (None, None, None),
+        };
+        Refusal {
+            status,
+            message: message
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| format!("The upstream provider answered {}.", status.as_u16())),
+            param,
+            code: code.and_then(|c| c.as_str().map(str::to_string)),
+        }
+    }
+}
+
+impl Reply {
+    fn read(body: &[u8]) -> Option<Reply> {
+        #[derive(Deserialize)]
+        struct Completion {
+            #[serde(default)]
+            id: String,
+            #[serde(default)]
+            model: String,
+            choices: Vec<Choice>,
+            usage: Option<Usage>,
+        }
+        #[derive(Deserialize)]
+        struct Choice {
+            message: Option<ChoiceMessage>,
+            finish_reason: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct ChoiceMessage {
+            content: Option<String>,
+        }
+        let c: Completion = serde_json::from_slice(body).ok()?;
+        let first = c.choices.into_iter().next();
+        Some(Reply {
+            id: c.id,
+            model: c.model,
+            content: first
+                .as_ref()
+                .and_then(|f| f.message.as_ref())
+                .and_then(|m| m.content.clone()),
+            finish_reason: first.and_then(|f| f.finish_reason),
+            usage: c.usage,
+        })
+    }
+}
+
+/// Sends `prompt` (never streamed) through [`complete`] and reads the
+/// answer back, so a typed caller gets what an SDK would.
+pub async fn ask(gw: &Arc<Gateway>, caller: Caller, prompt: &Prompt) -> Result<Reply, Refusal> {
+    let body = Bytes::from(serde_json::to_vec(prompt).expect("a prompt serialises"));
+    let resp = complete(gw, caller, body).await;
+    let status = resp.status();
+    // The answer is already in memory: a non-streaming response is one buffer.
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "reading the gateway's answer failed");
+            Refusal {
+                status: StatusCode::BAD_GATEWAY,
+                message: "The upstream's answer could not be read.".into(),
+                param: None,
+                code: Some("upstream_error".into()),
+            }
+        })?;
+    if !status.is_success() {
+        return Err(Refusal::read(status, &bytes));
+    }
+    Reply::read(&bytes).ok_or_else(|| Refusal {
+        status: StatusCode::BAD_GATEWAY,
+        message: "The upstream's answer is not a chat completion.".into(),
+        param: None,
+        code: Some("upstream_error".into()),
     })
-    .await
 }
 
 async fn run(gw: &Arc<Gateway>, caller: &Caller, body: Bytes) -> Response {
@@ -323,5 +471,58 @@ impl Drop for Relay {
             Translate::Anthropic(_) => estimate(self.request_len, 0),
         };
         self.gw.charge(&self.charge, usage);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_read_from_openai_shapes() {
+        let reply = Reply::read(
+            br#"{"id":"c1","object":"chat.completion","model":"m","x":1,
+                "choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],
+                "usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+        )
+        .unwrap();
+        assert_eq!(reply.content.as_deref(), Some("Hi"));
+        assert_eq!(reply.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(reply.usage.unwrap().total(), 5);
+        let bare = Reply::read(br#"{"choices":[]}"#).unwrap();
+        assert_eq!((bare.content, bare.usage), (None, None));
+        assert!(Reply::read(b"[]").is_none());
+    }
+
+    #[test]
+    fn refusals_are_read_from_openai_errors() {
+        let r = Refusal::read(
+            StatusCode::NOT_FOUND,
+            &ApiError::model_not_found("x").body(),
+        );
+        assert_eq!(r.param.as_deref(), Some("model"));
+        assert_eq!(r.code.as_deref(), Some("model_not_found"));
+        assert!(r.message.contains("`x`"));
+        // Anything else still gets a message.
+        let r = Refusal::read(StatusCode::BAD_GATEWAY, b"<html>");
+        assert_eq!(r.message, "The upstream provider answered 502.");
+        assert_eq!(r.param, None);
+    }
+
+    #[test]
+    fn prompts_are_openai_requests() {
+        let p = Prompt {
+            model: "m".into(),
+            messages: vec![Message {
+                role: "user",
+                content: "Hi".into(),
+            }],
+            temperature: None,
+            max_tokens: Some(5),
+        };
+        assert_eq!(
+            serde_json::to_string(&p).unwrap(),
+            r#"{"model":"m","messages":[{"role":"user","content":"Hi"}],"max_tokens":5}"#
+        );
     }
 }

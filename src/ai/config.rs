@@ -20,7 +20,8 @@ pub struct AiConfig {
     /// Time allowed to open a TCP/TLS connection to an upstream.
     pub connect_timeout_secs: u64,
     /// Time allowed for an upstream to answer: the whole body when not
-    /// streaming, the first chunk when streaming.
+    /// streaming; when streaming, until its response starts (silence after
+    /// that is governed by `stream_idle_timeout_secs`).
     pub request_timeout_secs: u64,
     /// A stream that stays silent this long is ended with an error event.
     pub stream_idle_timeout_secs: u64,

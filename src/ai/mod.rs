@@ -1,7 +1,9 @@
 //! The AI gateway: OpenAI's `/chat/completions`, `/embeddings` and
 //! `/models` under `/api/v1`, served straight from axum handlers so that
 //! unmodified OpenAI SDKs work byte for byte, in front of the upstreams
-//! named in the config file's `[ai]` section.
+//! named in the config file's `[ai]` section. GraphQL's
+//! `aiChatCompletion` runs the same chat path ([`chat::complete`]) for the
+//! dashboard.
 //!
 //! The request path touches no database write and no store lock: the
 //! platform token is checked by [`AppState::authenticate_token`], budgets
@@ -14,6 +16,7 @@ pub mod chat;
 pub mod config;
 pub mod embeddings;
 pub mod limits;
+pub mod openapi;
 pub mod upstream;
 pub mod usage;
 pub mod wire;
@@ -29,14 +32,15 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use sea_orm::DatabaseConnection;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::Actor;
+use crate::auth::{Actor, Principal};
 use crate::error::{Error, Result};
 use crate::server::AppState;
 use catalog::{Catalog, Deployment};
 pub use config::AiConfig;
-use limits::{Admitted, Limits};
+use limits::Limits;
 use usage::{Meter, Record};
 use wire::{ApiError, Usage};
 
@@ -136,23 +140,54 @@ impl Charge {
     }
 }
 
-/// An authenticated caller within budget and limits.
+/// An authenticated caller: the organisation that pays, and the key its
+/// usage is recorded and rate-limited under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub org: Uuid,
     pub key: Uuid,
 }
 
+impl Caller {
+    /// The caller behind a principal. An API token is metered under its
+    /// own id; a dashboard user (session cookie, no token) under
+    /// [`user_key`]; the server itself under the nil id.
+    pub fn of(principal: &Principal) -> Caller {
+        let key = match &principal.actor {
+            Actor::Token(id) => *id,
+            Actor::User(sub) => user_key(principal.org_id, sub),
+            Actor::System => Uuid::nil(),
+        };
+        Caller {
+            org: principal.org_id,
+            key,
+        }
+    }
+}
+
+/// The key a dashboard user's gateway usage is recorded and rate-limited
+/// under, in place of an API token's id: derived from the organisation
+/// and the session's `sub`, so it is the same in every session of that
+/// user, differs between users, and is never the id of an API key (it is
+/// a version 8 UUID; key ids are version 7).
+pub fn user_key(org: Uuid, sub: &str) -> Uuid {
+    let digest = Sha256::digest(format!("sylphx-ai-user\0{org}\0{sub}"));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
 /// The three OpenAI endpoints, to be nested under `/api/v1`.
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/chat/completions", post(chat::complete))
+        .route("/chat/completions", post(chat::handler))
         .route("/embeddings", post(embeddings::embed))
         .route("/models", get(models))
         .route("/models/{*id}", get(model))
 }
 
 /// The bearer token of a request, or a 401 in OpenAI's shape.
-async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -169,38 +204,59 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Caller, Api
         }
         other => ApiError::new(other.status(), "server_error", other.public_message()),
     })?;
-    let key = match principal.actor {
-        Actor::Token(id) => id,
-        _ => Uuid::nil(),
-    };
-    Ok(Caller {
-        org: principal.org_id,
-        key,
-    })
+    Ok(principal)
 }
 
-/// Authenticates, checks the budget and the token's limits, runs `handle`,
-/// and puts the rate-limit headers on whatever it answers.
+/// The caller of a completion or embedding: authenticated, and not a read
+/// token, which may list models but not spend the organisation's budget.
+async fn spender(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let principal = authenticate(app, headers).await?;
+    if principal.role == crate::auth::Role::Read {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "This token is read-only; completions and embeddings need a write or admin token.",
+        )
+        .code("permission_denied"));
+    }
+    Ok(Caller::of(&principal))
+}
+
+/// Authenticates, then runs `handle` through [`Gateway::admitted`].
 async fn serve<F, Fut>(app: AppState, headers: HeaderMap, handle: F) -> Response
 where
     F: FnOnce(AppState, Caller) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let admitted: Result<(Caller, Admitted), ApiError> = async {
-        let caller = authenticate(&app, &headers).await?;
-        let gw = app.ai();
-        gw.meter.check_budget(caller.org).await?;
-        let admitted = gw.limits.admit(caller.key)?;
-        Ok((caller, admitted))
-    }
-    .await;
-    match admitted {
-        Ok((caller, admitted)) => {
-            let mut resp = handle(app, caller).await;
-            admitted.apply(resp.headers_mut());
-            resp
+    match spender(&app, &headers).await {
+        Ok(caller) => {
+            let gw = app.ai().clone();
+            gw.admitted(caller, || handle(app, caller)).await
         }
         Err(e) => e.into_response(),
+    }
+}
+
+impl Gateway {
+    /// Checks the organisation's monthly budget and the caller's
+    /// per-token limits, runs `handle`, and puts the rate-limit headers
+    /// on whatever it answers; a refusal is a 429 in OpenAI's shape.
+    pub async fn admitted<F, Fut>(&self, caller: Caller, handle: F) -> Response
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Response>,
+    {
+        if let Err(e) = self.meter.check_budget(caller.org).await {
+            return e.into_response();
+        }
+        match self.limits.admit(caller.key) {
+            Ok(admitted) => {
+                let mut resp = handle().await;
+                admitted.apply(resp.headers_mut());
+                resp
+            }
+            Err(e) => e.into_response(),
+        }
     }
 }
 
@@ -240,5 +296,31 @@ async fn model(
             Bytes::from(serde_json::to_vec(m).unwrap_or_default()),
         ),
         None => ApiError::model_not_found(&id).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    #[test]
+    fn callers_are_keyed_by_token_or_user() {
+        let org = Uuid::now_v7();
+        let token = Uuid::now_v7();
+        let of = |actor| {
+            Caller::of(&Principal {
+                org_id: org,
+                role: Role::Write,
+                actor,
+            })
+        };
+        assert_eq!(of(Actor::Token(token)), Caller { org, key: token });
+        assert_eq!(of(Actor::System).key, Uuid::nil());
+        let ann = of(Actor::User("ann".into())).key;
+        assert_eq!(ann, user_key(org, "ann"));
+        assert_eq!(ann.get_version_num(), 8, "never an API key's (v7) id");
+        assert_ne!(ann, user_key(org, "bob"));
+        assert_ne!(ann, user_key(Uuid::now_v7(), "ann"));
     }
 }

@@ -1,15 +1,19 @@
-//! AI gateway fields: the configured models, usage and the monthly budget.
+//! AI gateway fields: the configured models, chat completions for the
+//! dashboard, usage and the monthly budget.
 
 use std::sync::Arc;
 
-use async_graphql::{Context, ID, Object, Result, SimpleObject};
+use async_graphql::{Context, Enum, ID, InputObject, Object, Result, SimpleObject};
+use axum::http::StatusCode;
 use chrono::NaiveDate;
 
 use super::{db, domain_ctx};
-use crate::ai::{Gateway, usage};
+use crate::ai::chat::{self, Refusal};
+use crate::ai::{Caller, Gateway, usage};
+use crate::auth::Role;
 use crate::error::Error;
 
-fn gateway<'a>(ctx: &Context<'a>) -> &'a Gateway {
+fn gateway<'a>(ctx: &Context<'a>) -> &'a Arc<Gateway> {
     ctx.data_unchecked::<Arc<Gateway>>()
 }
 
@@ -89,6 +93,142 @@ impl From<usage::Report> for AiUsage {
     }
 }
 
+/// Who wrote a chat message.
+#[derive(Enum, Clone, Copy, PartialEq, Eq, Debug)]
+#[graphql(rename_items = "lowercase")]
+pub enum AiChatRole {
+    System,
+    User,
+    Assistant,
+}
+
+impl AiChatRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            AiChatRole::System => "system",
+            AiChatRole::User => "user",
+            AiChatRole::Assistant => "assistant",
+        }
+    }
+}
+
+#[derive(InputObject)]
+pub struct AiChatMessageInput {
+    pub role: AiChatRole,
+    pub content: String,
+}
+
+#[derive(InputObject)]
+pub struct AiChatInput {
+    /// A model id or alias, as listed by `aiModels`.
+    pub model: String,
+    /// The conversation so far, oldest first (at least one message).
+    pub messages: Vec<AiChatMessageInput>,
+    /// Sampling temperature, 0 to 2 (default: the model's).
+    pub temperature: Option<f64>,
+    /// Most tokens the answer may have (default: the model's; 4096 for
+    /// Anthropic models unless the provider sets another).
+    pub max_tokens: Option<i32>,
+}
+
+/// Tokens one completion used, as the model's provider counted them.
+#[derive(SimpleObject)]
+pub struct AiTokenUsage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub total_tokens: i64,
+}
+
+/// The answer of `aiChatCompletion`.
+#[derive(SimpleObject)]
+pub struct AiChatCompletion {
+    /// The provider's id of this completion.
+    pub id: String,
+    /// The model that answered, as its provider names it.
+    pub model: String,
+    /// The answer; null when the model produced no text.
+    pub content: Option<String>,
+    /// `stop`, `length`, `content_filter`, …
+    pub finish_reason: Option<String>,
+    /// Null when the provider reported no usage (an estimate is metered then).
+    pub usage: Option<AiTokenUsage>,
+}
+
+impl From<chat::Reply> for AiChatCompletion {
+    fn from(r: chat::Reply) -> Self {
+        AiChatCompletion {
+            id: r.id,
+            model: r.model,
+            content: r.content,
+            finish_reason: r.finish_reason,
+            usage: r.usage.map(|u| AiTokenUsage {
+                prompt_tokens: u.prompt_tokens as i64,
+                completion_tokens: u.completion_tokens as i64,
+                total_tokens: u.total() as i64,
+            }),
+        }
+    }
+}
+
+/// Checks what the gateway would pass to a provider unchecked, so a bad
+/// value is named by its GraphQL field.
+fn prompt(input: AiChatInput) -> Result<chat::Prompt, Error> {
+    if input.messages.is_empty() {
+        return Err(Error::field("messages", "must hold at least one message"));
+    }
+    if let Some(t) = input.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(Error::field("temperature", "must be between 0 and 2"));
+    }
+    let max_tokens = input
+        .max_tokens
+        .map(|m| {
+            u32::try_from(m)
+                .ok()
+                .filter(|&m| m >= 1)
+                .ok_or_else(|| Error::field("maxTokens", "must be at least 1"))
+        })
+        .transpose()?;
+    Ok(chat::Prompt {
+        model: input.model,
+        messages: input
+            .messages
+            .into_iter()
+            .map(|m| chat::Message {
+                role: m.role.as_str(),
+                content: m.content,
+            })
+            .collect(),
+        temperature: input.temperature,
+        max_tokens,
+    })
+}
+
+/// The gateway's refusal as a GraphQL error: a bad field is named by its
+/// GraphQL name (an unknown model is a bad `model`), limits and budgets
+/// are `RATE_LIMITED`, upstream failures `UNAVAILABLE`.
+fn refused(r: Refusal) -> Error {
+    let field = r.param.as_deref().and_then(|p| match p {
+        "model" => Some("model"),
+        "temperature" => Some("temperature"),
+        "max_tokens" | "max_completion_tokens" => Some("maxTokens"),
+        p if p.starts_with("messages") => Some("messages"),
+        _ => None,
+    });
+    match (r.status, field) {
+        (StatusCode::TOO_MANY_REQUESTS, _) => Error::RateLimited(r.message),
+        (s, Some(field)) if s.is_client_error() => Error::field(field, r.message),
+        (StatusCode::UNAUTHORIZED, _) => Error::Unauthenticated(r.message),
+        (StatusCode::FORBIDDEN, _) => Error::Forbidden(r.message),
+        (StatusCode::NOT_FOUND, _) => Error::NotFound(r.message),
+        (StatusCode::CONFLICT, _) => Error::Conflict(r.message),
+        (StatusCode::UNPROCESSABLE_ENTITY, _) => Error::Unprocessable(r.message),
+        (s, _) if s.is_client_error() => Error::bad_request(r.message),
+        _ => Error::Unavailable(r.message),
+    }
+}
+
 fn date(field: &str, value: Option<String>) -> Result<Option<NaiveDate>, Error> {
     value
         .map(|v| {
@@ -146,6 +286,26 @@ pub struct AiMutation;
 
 #[Object]
 impl AiMutation {
+    /// One chat completion, through the same gateway path as
+    /// `POST /api/v1/chat/completions`: aliases, fallback between
+    /// deployments, the monthly budget and per-token limits, and usage
+    /// recorded for the caller's organisation and API token (a dashboard
+    /// session is recorded under a key derived from its user). Needs the
+    /// write role, like every mutation.
+    async fn ai_chat_completion(
+        &self,
+        ctx: &Context<'_>,
+        input: AiChatInput,
+    ) -> Result<AiChatCompletion> {
+        let c = domain_ctx(ctx)?;
+        c.require(Role::Write)?;
+        let prompt = prompt(input)?;
+        let reply = chat::ask(gateway(ctx), Caller::of(&c.principal), &prompt)
+            .await
+            .map_err(refused)?;
+        Ok(reply.into())
+    }
+
     /// Sets the organisation's monthly AI budget in US cents (null: none).
     /// Once spent, the gateway answers 429 until the next month. Admins only.
     async fn set_ai_budget(

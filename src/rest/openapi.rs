@@ -298,6 +298,108 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
     op
 }
 
+/// The public health endpoints and the GitHub webhook.
+fn public_operations() -> Vec<(&'static str, &'static str, Value)> {
+    let state = json!({ "type": "string", "enum": ["ok", "down", "disabled"] });
+    let health = json!({
+        "type": "object",
+        "properties": {
+            "status": { "type": "string", "enum": ["healthy", "unhealthy"] },
+            "services": {
+                "type": "object",
+                "properties": { "database": state, "kubernetes": state, "storage": state },
+                "required": ["database", "kubernetes", "storage"]
+            },
+            "timestamp": { "type": "string", "format": "date-time" },
+            "error": { "type": "string", "description": "When unhealthy: which parts are down" },
+            "details": { "type": "object", "description": "When unhealthy: why, per part", "additionalProperties": { "type": "string" } }
+        },
+        "required": ["status", "services", "timestamp"]
+    });
+    let runners = json!({
+        "type": "object",
+        "properties": {
+            "runners": { "type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "name": { "type": "string" },
+                    "status": { "type": "string", "enum": ["idle", "busy", "offline"] },
+                    "labels": { "type": "array", "items": { "type": "string" } }
+                },
+                "required": ["name", "status", "labels"]
+            } },
+            "summary": {
+                "type": "object",
+                "properties": {
+                    "idle": { "type": "integer" }, "busy": { "type": "integer" }, "offline": { "type": "integer" }
+                },
+                "required": ["idle", "busy", "offline"]
+            }
+        },
+        "required": ["runners", "summary"]
+    });
+    let json_body = |description: &str, schema: Value| json!({ "description": description, "content": { "application/json": { "schema": schema } } });
+    let error =
+        |description: &str| json_body(description, json!({ "$ref": "#/components/schemas/Error" }));
+    vec![
+        (
+            "/health/status",
+            "get",
+            json!({
+                "operationId": "healthStatus",
+                "x-contract-endpoint": 57,
+                "summary": "Probes the store, the Kubernetes API (on that runtime) and the data directory.",
+                "tags": ["Health"],
+                "security": [],
+                "responses": {
+                    "200": json_body("Every part answers", health.clone()),
+                    "503": json_body("A part is down; `details` says which and why", health)
+                }
+            }),
+        ),
+        (
+            "/health/runners",
+            "get",
+            json!({
+                "operationId": "healthRunners",
+                "x-contract-endpoint": 58,
+                "summary": "The GitHub Actions runner pool (ARC EphemeralRunners); empty on the local runtime.",
+                "tags": ["Health"],
+                "security": [],
+                "responses": {
+                    "200": json_body("The pool", runners),
+                    "503": error("The Kubernetes API does not answer")
+                }
+            }),
+        ),
+        (
+            "/webhooks/github",
+            "post",
+            json!({
+                "operationId": "githubWebhook",
+                "summary": "GitHub push events; a push to a project's repository and branch deploys its production environment.",
+                "tags": ["Webhooks"],
+                "security": [],
+                "parameters": [
+                    { "name": "X-Hub-Signature-256", "in": "header", "required": true,
+                      "description": "sha256=<HMAC-SHA256 of the body with the configured secret>", "schema": { "type": "string" } },
+                    { "name": "X-GitHub-Event", "in": "header", "required": true, "schema": { "type": "string" } }
+                ],
+                "requestBody": { "required": true, "content": { "application/json": { "schema": { "type": "object" } } } },
+                "responses": {
+                    "200": json_body("`ping`, or an event other than `push`: `{ok: true}` or `{ignored: true}`", json!({ "type": "object" })),
+                    "202": json_body("A push: the deployments it triggered (possibly none)", json!({
+                        "type": "object",
+                        "properties": { "deployments": { "type": "array", "items": { "type": "object" } } },
+                        "required": ["deployments"]
+                    })),
+                    "401": error("Missing or bad signature; nothing happens")
+                }
+            }),
+        ),
+    ]
+}
+
 /// The OpenAPI document for the table.
 pub fn document(table: &RouteTable, model: &SchemaModel) -> Value {
     let mut gen_ = Gen {
@@ -314,7 +416,21 @@ pub fn document(table: &RouteTable, model: &SchemaModel) -> Value {
                 .insert(method.to_lowercase(), op);
         }
     }
+    // Health, the webhook and the AI gateway are axum handlers of their
+    // own, not table rows.
+    let handlers = public_operations()
+        .into_iter()
+        .chain(crate::ai::openapi::operations());
+    for (path, method, op) in handlers {
+        paths
+            .entry(path.to_string())
+            .or_default()
+            .insert(method.to_string(), op);
+    }
     let mut schemas: Map<String, Value> = gen_.components.into_iter().collect();
+    for (name, schema) in crate::ai::openapi::schemas() {
+        schemas.insert(name.to_string(), schema);
+    }
     schemas.insert(
         "Error".into(),
         json!({
@@ -328,7 +444,7 @@ pub fn document(table: &RouteTable, model: &SchemaModel) -> Value {
         "info": {
             "title": "Sylphx Management API",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Deploy apps, manage environments, services, env vars and config. Every route is a GraphQL operation of the same server."
+            "description": "Deploy apps, manage environments, services, env vars and config, and call AI models through an OpenAI-compatible gateway. Every route but the gateway's (/chat/completions, /embeddings, /models, in OpenAI's wire format) is a GraphQL operation of the same server."
         },
         "servers": [{ "url": "/api/v1" }],
         "security": [{ "bearerAuth": [] }, { "sessionCookie": [] }],
