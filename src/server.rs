@@ -190,6 +190,13 @@ impl AppState {
     pub async fn authenticate_token(&self, token: &str) -> Result<Principal> {
         self.0.tokens.authenticate(self.db(), token).await
     }
+
+    /// [`Self::authenticate_token`] for the AI gateway: an answer is trusted
+    /// for [`crate::auth::tokens::GATEWAY_TOKEN_TTL`], so its hot path
+    /// touches no store.
+    pub async fn authenticate_token_recent(&self, token: &str) -> Result<Principal> {
+        self.0.tokens.authenticate_recent(self.db(), token).await
+    }
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {

@@ -1222,3 +1222,66 @@ async fn graphql_completion_counts_against_the_tokens_rate_limit() {
         "a GraphQL completion uses up the token's per-minute requests for REST too"
     );
 }
+
+/// The gateway trusts a checked token for a few seconds so its requests
+/// never wait on the store; a revocation reaches it within that time,
+/// while the rest of the API refuses the token at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_refused_by_the_gateway_within_seconds() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let admin = s.admin_token.clone();
+    let created = s
+        .graphql(
+            &admin,
+            r#"mutation { createApiKey(input: {name: "app", role: write}) { apiKey { id } token } }"#,
+            json!({}),
+        )
+        .await;
+    let id = created["data"]["createApiKey"]["apiKey"]["id"].clone();
+    let token = created["data"]["createApiKey"]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_string();
+    let models = || {
+        s.client()
+            .get(s.url("/api/v1/models"))
+            .bearer_auth(&token)
+            .send()
+    };
+    assert_eq!(models().await.unwrap().status(), StatusCode::OK);
+
+    let revoked = s
+        .graphql(
+            &admin,
+            "mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }",
+            json!({"id": id}),
+        )
+        .await;
+    assert!(revoked["errors"].is_null(), "{revoked}");
+    assert_eq!(s.get("/projects", &token).await.0, StatusCode::UNAUTHORIZED);
+
+    let deadline = tokio::time::Instant::now()
+        + sylphx::auth::tokens::GATEWAY_TOKEN_TTL
+        + Duration::from_secs(5);
+    let refused = loop {
+        let resp = models().await.unwrap();
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            break resp;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway still accepts a revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked"),
+        "{body}"
+    );
+}

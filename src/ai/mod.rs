@@ -6,7 +6,8 @@
 //! dashboard.
 //!
 //! The request path touches no database write and no store lock: the
-//! platform token is checked by [`AppState::authenticate_token`], budgets
+//! platform token is checked by [`AppState::authenticate_token_recent`]
+//! (a checked token is trusted for a few seconds), budgets
 //! and per-token limits are in-memory counters, and usage is handed to a
 //! background writer (see [`usage`]).
 
@@ -198,12 +199,15 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, 
                 "You didn't provide an API key. Send your Sylphx token (slx_cli_…) as the API key: Authorization: Bearer slx_cli_…",
             )
         })?;
-    let principal = app.authenticate_token(token).await.map_err(|e| match e {
-        Error::Unauthenticated(m) => {
-            ApiError::unauthorized(format!("Incorrect API key provided: {m}."))
-        }
-        other => ApiError::new(other.status(), "server_error", other.public_message()),
-    })?;
+    let principal = app
+        .authenticate_token_recent(token)
+        .await
+        .map_err(|e| match e {
+            Error::Unauthenticated(m) => {
+                ApiError::unauthorized(format!("Incorrect API key provided: {m}."))
+            }
+            other => ApiError::new(other.status(), "server_error", other.public_message()),
+        })?;
     Ok(principal)
 }
 

@@ -1,7 +1,8 @@
 //! `slx_cli_…` API tokens: 256 random bits, stored only as a SHA-256 hash.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use chrono::Duration;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, sea_query::Expr};
@@ -35,15 +36,66 @@ pub fn mint() -> NewToken {
     }
 }
 
+/// How long the AI gateway trusts a token it has checked: a revocation or
+/// expiry reaches it within this time, and its hot path reads no store.
+pub const GATEWAY_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Entries the gateway's token cache holds before it is emptied.
+const CACHE_LIMIT: usize = 10_000;
+
 /// Resolves bearer tokens to principals and keeps `last_used_at` roughly
 /// current without writing on every request.
 #[derive(Clone, Default)]
 pub struct TokenAuthenticator {
     refreshing: Arc<Mutex<HashSet<uuid::Uuid>>>,
+    /// Token hash → principal and until when it may be trusted (gateway only).
+    recent: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
 }
 
 impl TokenAuthenticator {
+    /// [`Self::authenticate`], trusting an answer for up to
+    /// [`GATEWAY_TOKEN_TTL`] (never past the token's expiry). For the AI
+    /// gateway, whose requests must not wait on the store.
+    pub async fn authenticate_recent(
+        &self,
+        db: &DatabaseConnection,
+        token: &str,
+    ) -> Result<Principal> {
+        let hash = sha256_hex(token.as_bytes());
+        let now = Instant::now();
+        if let Some((principal, until)) = self.recent.lock().expect("lock").get(&hash)
+            && *until > now
+        {
+            return Ok(principal.clone());
+        }
+        let (principal, expires_at) = self.check(db, token).await?;
+        let mut until = now + GATEWAY_TOKEN_TTL;
+        if let Some(at) = expires_at {
+            let left = (at - crate::domain::now()).to_std().unwrap_or_default();
+            until = until.min(now + left);
+        }
+        let mut recent = self.recent.lock().expect("lock");
+        if recent.len() >= CACHE_LIMIT {
+            recent.retain(|_, (_, u)| *u > now);
+            if recent.len() >= CACHE_LIMIT {
+                recent.clear();
+            }
+        }
+        recent.insert(hash, (principal.clone(), until));
+        Ok(principal)
+    }
+
+    /// Checks a token against the store, every time.
     pub async fn authenticate(&self, db: &DatabaseConnection, token: &str) -> Result<Principal> {
+        self.check(db, token).await.map(|(p, _)| p)
+    }
+
+    /// The principal and the token's expiry.
+    async fn check(
+        &self,
+        db: &DatabaseConnection,
+        token: &str,
+    ) -> Result<(Principal, Option<chrono::DateTime<chrono::Utc>>)> {
         let well_formed = token.len() == TOKEN_PREFIX.len() + 64
             && token.starts_with(TOKEN_PREFIX)
             && token[TOKEN_PREFIX.len()..]
@@ -72,11 +124,12 @@ impl TokenAuthenticator {
         if stale {
             self.refresh_last_used(db.clone(), key.id);
         }
-        Ok(Principal {
+        let principal = Principal {
             org_id: key.organization_id,
             role,
             actor: Actor::Token(key.id),
-        })
+        };
+        Ok((principal, key.expires_at))
     }
 
     /// Records use in the background, once per key at a time.
