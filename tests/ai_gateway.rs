@@ -18,6 +18,7 @@ use axum::routing::post;
 use base64::Engine;
 use bytes::Bytes;
 use common::{Backend, TestServer};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sylphx::auth::Role;
 use sylphx::auth::session::Claims;
@@ -29,8 +30,9 @@ const EMBEDDING: [f32; 3] = [0.5, -1.25, 2.0];
 /// What a stub upstream saw and said.
 #[derive(Clone, Default)]
 struct Upstream {
-    /// Answers every request with a 500.
-    down: bool,
+    /// Answers every request with this status (a 500 or a 429, with
+    /// `retry-after`) in OpenAI's error shape.
+    fails_with: Option<StatusCode>,
     hits: Arc<AtomicUsize>,
     /// Request bodies, in order.
     requests: Arc<Mutex<Vec<Value>>>,
@@ -72,9 +74,17 @@ fn data(v: Value) -> String {
 /// `POST /v1/chat/completions` as OpenAI answers it.
 async fn openai_chat(State(up): State<Upstream>, headers: HeaderMap, body: Bytes) -> Response {
     up.hits.fetch_add(1, Ordering::SeqCst);
-    if up.down {
+    if let Some(status) = up.fails_with {
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            return (
+                status,
+                [("retry-after", "7")],
+                axum::Json(json!({"error": {"message": "stub upstream is busy", "type": "requests", "param": null, "code": "rate_limit_exceeded"}})),
+            )
+                .into_response();
+        }
         return (
-            StatusCode::INTERNAL_SERVER_ERROR,
+            status,
             axum::Json(json!({"error": {"message": "stub upstream is down", "type": "server_error", "param": null, "code": null}})),
         )
             .into_response();
@@ -334,6 +344,12 @@ static KEYS: Once = Once::new();
 
 impl Env {
     async fn start(backend: Backend, extra: &str) -> Env {
+        Env::start_with(backend, extra, "").await
+    }
+
+    /// As [`Env::start`], with `providers` (`[[ai.providers]]` tables for
+    /// upstreams the test started) listed after the usual ones.
+    async fn start_with(backend: Backend, extra: &str, providers: &str) -> Env {
         KEYS.call_once(|| {
             // SAFETY: set once, before any server of this binary reads them;
             // nothing else in these tests writes the environment.
@@ -344,7 +360,7 @@ impl Env {
         });
         let openai = Upstream::default();
         let down = Upstream {
-            down: true,
+            fails_with: Some(StatusCode::INTERNAL_SERVER_ERROR),
             ..Upstream::default()
         };
         let anthropic = Upstream::default();
@@ -407,6 +423,8 @@ kind = "anthropic"
 base_url = "{anthropic_url}"
 api_key_env = "SYLPHX_TEST_ANTHROPIC_KEY"
 models = [{{ id = "claude-stub", upstream = "claude-3-stub" }}]
+
+{providers}
 "#
             ),
         )
@@ -1283,5 +1301,511 @@ async fn a_revoked_token_is_refused_by_the_gateway_within_seconds() {
             .unwrap()
             .contains("revoked"),
         "{body}"
+    );
+}
+
+// Deployments: several providers serving one model share its traffic by
+// weight and stand in for each other when one fails before answering.
+
+/// An OpenAI-compatible stub answering chat completions as `up` says; its
+/// base URL.
+async fn chat_stub(up: Upstream) -> String {
+    serve_stub(
+        Router::new()
+            .route("/v1/chat/completions", post(openai_chat))
+            .with_state(up),
+    )
+    .await
+}
+
+/// `POST /v1/chat/completions` that reads the request and never answers.
+async fn never_answer(State(up): State<Upstream>) -> Response {
+    up.hits.fetch_add(1, Ordering::SeqCst);
+    std::future::pending().await
+}
+
+/// An upstream that accepts every request and stays silent; its base URL.
+async fn silent_stub(up: Upstream) -> String {
+    serve_stub(
+        Router::new()
+            .route("/v1/chat/completions", post(never_answer))
+            .with_state(up),
+    )
+    .await
+}
+
+/// A base URL nothing answers at: a port bound but not listening, so
+/// connections to it are refused. The port stays reserved while the
+/// returned socket lives.
+fn refusing_url() -> (tokio::net::TcpSocket, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    (socket, url)
+}
+
+/// An `[[ai.providers]]` table: the OpenAI-compatible stub at `url`
+/// serving `model`, which it knows as `upstream` (and names so in its
+/// answers, which shows the client which deployment answered).
+fn provider(name: &str, url: &str, weight: u32, model: &str, upstream: &str) -> String {
+    format!(
+        r#"
+[[ai.providers]]
+name = "{name}"
+base_url = "{url}/v1"
+api_key_env = "SYLPHX_TEST_STUB_KEY"
+weight = {weight}
+models = [{{ id = "{model}", upstream = "{upstream}" }}]
+"#
+    )
+}
+
+impl Env {
+    /// `POST /api/v1/chat/completions` with `body`, as an SDK sends it.
+    async fn complete(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.server
+            .client()
+            .post(self.server.url("/api/v1/chat/completions"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Status and `{"error": …}` object of a failed answer, checking that the
+/// body has OpenAI's error shape and nothing else.
+async fn openai_error(resp: reqwest::Response) -> (StatusCode, Value) {
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "{body}");
+    let error = body["error"].clone();
+    let mut keys: Vec<&str> = error
+        .as_object()
+        .unwrap_or_else(|| panic!("{body}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["code", "message", "param", "type"], "{body}");
+    (status, error)
+}
+
+/// A completion that succeeded: the upstream's name for the model (which
+/// deployment answered) and the reply.
+async fn answered(resp: reqwest::Response) -> (String, String) {
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body: Value = resp.json().await.unwrap();
+    (
+        body["model"].as_str().unwrap().to_string(),
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_deployments_share_a_model() {
+    let heavy = Upstream::default();
+    let light = Upstream::default();
+    let providers = [
+        provider(
+            "heavy",
+            &chat_stub(heavy.clone()).await,
+            3,
+            "stub-shared",
+            "shared-heavy",
+        ),
+        provider(
+            "light",
+            &chat_stub(light.clone()).await,
+            1,
+            "stub-shared",
+            "shared-light",
+        ),
+    ]
+    .concat();
+    let env = Env::start_with(Backend::Sqlite, "", &providers).await;
+    let token = env.server.admin_token.clone();
+
+    // Listed once, owned by the provider that lists it first.
+    let models: Value = env
+        .server
+        .client()
+        .get(env.server.url("/api/v1/models"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let shared: Vec<&Value> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == "stub-shared")
+        .collect();
+    assert_eq!(shared.len(), 1, "{models}");
+    assert_eq!(shared[0]["owned_by"], "heavy");
+
+    // Weighted round robin, 3:1: three to the heavy deployment, one to the
+    // light, and again.
+    let mut served = Vec::new();
+    for _ in 0..8 {
+        let (model, content) =
+            answered(env.complete(&token, &ask("stub-shared", "Hi")).await).await;
+        assert_eq!(content, "Hello there");
+        served.push(model);
+    }
+    let (h, l) = ("shared-heavy", "shared-light");
+    assert_eq!(served, [h, h, h, l, h, h, h, l]);
+    assert_eq!(heavy.hits.load(Ordering::SeqCst), 6);
+    assert_eq!(light.hits.load(Ordering::SeqCst), 2);
+
+    // Usage is recorded under the model, whichever deployment answered.
+    let usage = env.usage_after(&token, 8).await;
+    assert_eq!(model_usage(&usage, "stub-shared"), (8, 8 * 11, 8 * 7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_429_is_retried_on_the_next_deployment() {
+    let busy = Upstream {
+        fails_with: Some(StatusCode::TOO_MANY_REQUESTS),
+        ..Upstream::default()
+    };
+    let spare = Upstream::default();
+    let busy_alone = Upstream {
+        fails_with: Some(StatusCode::TOO_MANY_REQUESTS),
+        ..Upstream::default()
+    };
+    // The busy deployment is listed first, so the first request meets it.
+    let providers = [
+        provider(
+            "busy",
+            &chat_stub(busy.clone()).await,
+            1,
+            "stub-busy",
+            "busy-model",
+        ),
+        provider(
+            "spare",
+            &chat_stub(spare.clone()).await,
+            1,
+            "stub-busy",
+            "spare-model",
+        ),
+        provider(
+            "busy-alone",
+            &chat_stub(busy_alone.clone()).await,
+            1,
+            "stub-busy-alone",
+            "busy-model",
+        ),
+    ]
+    .concat();
+    let env = Env::start_with(Backend::Sqlite, "", &providers).await;
+    let token = env.server.admin_token.clone();
+
+    // The 429 came before any byte reached the client: the next deployment
+    // answers, and the client sees only its 200.
+    let resp = env.complete(&token, &ask("stub-busy", "Hi")).await;
+    assert!(!resp.headers().contains_key("retry-after"), "{resp:?}");
+    assert_eq!(
+        answered(resp).await,
+        ("spare-model".into(), "Hello there".into())
+    );
+    assert_eq!(busy.hits.load(Ordering::SeqCst), 1, "tried first");
+    assert_eq!(spare.hits.load(Ordering::SeqCst), 1);
+
+    // With no other deployment, every attempt (1 + `retries`) is refused
+    // and the client gets the upstream's own 429 and `retry-after`.
+    let resp = env.complete(&token, &ask("stub-busy-alone", "Hi")).await;
+    assert_eq!(resp.headers()["retry-after"], "7");
+    let (status, error) = openai_error(resp).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error["message"], "stub upstream is busy");
+    assert_eq!(error["code"], "rate_limit_exceeded");
+    assert_eq!(busy_alone.hits.load(Ordering::SeqCst), 3);
+
+    // Only the answered request is metered.
+    let usage = env.usage_after(&token, 1).await;
+    assert_eq!(usage["requests"], 1, "{usage}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_deployment_falls_back() {
+    let (_reserved, refusing) = refusing_url();
+    let near = Upstream::default();
+    let providers = [
+        provider("gone", &refusing, 1, "stub-reach", "gone-model"),
+        provider(
+            "near",
+            &chat_stub(near.clone()).await,
+            1,
+            "stub-reach",
+            "near-model",
+        ),
+        provider("gone-alone", &refusing, 1, "stub-gone", "gone-model"),
+    ]
+    .concat();
+    let env = Env::start_with(Backend::Sqlite, "", &providers).await;
+    let token = env.server.admin_token.clone();
+
+    // The first deployment refuses the connection; the next one answers.
+    assert_eq!(
+        answered(env.complete(&token, &ask("stub-reach", "Hi")).await).await,
+        ("near-model".into(), "Hello there".into())
+    );
+    assert_eq!(near.hits.load(Ordering::SeqCst), 1);
+
+    // No deployment can be reached: 502 in OpenAI's shape.
+    let (status, error) = openai_error(env.complete(&token, &ask("stub-gone", "Hi")).await).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(error["type"], "server_error");
+    assert_eq!(error["code"], "upstream_error");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("`stub-gone` could be reached"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_upstream_times_out() {
+    let silent = Upstream::default();
+    let prompt = Upstream::default();
+    let silent_url = silent_stub(silent.clone()).await;
+    let providers = [
+        provider("silent", &silent_url, 1, "stub-slow", "silent-model"),
+        provider(
+            "prompt",
+            &chat_stub(prompt.clone()).await,
+            1,
+            "stub-slow",
+            "prompt-model",
+        ),
+        provider(
+            "silent-alone",
+            &silent_url,
+            1,
+            "stub-silent",
+            "silent-model",
+        ),
+    ]
+    .concat();
+    let env = Env::start_with(Backend::Sqlite, "request_timeout_secs = 1", &providers).await;
+    let token = env.server.admin_token.clone();
+
+    // The first deployment takes the request and never answers; after
+    // `request_timeout_secs` the next one is asked, and answers.
+    assert_eq!(
+        answered(env.complete(&token, &ask("stub-slow", "Hi")).await).await,
+        ("prompt-model".into(), "Hello there".into())
+    );
+    assert_eq!(silent.hits.load(Ordering::SeqCst), 1, "tried first");
+    assert_eq!(prompt.hits.load(Ordering::SeqCst), 1);
+
+    // The only deployment times out on every attempt: 504 in OpenAI's shape.
+    let (status, error) = openai_error(env.complete(&token, &ask("stub-silent", "Hi")).await).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(error["type"], "server_error");
+    assert_eq!(error["code"], "upstream_error");
+    assert!(
+        error["message"].as_str().unwrap().contains("timed out"),
+        "{error}"
+    );
+    assert_eq!(silent.hits.load(Ordering::SeqCst), 1 + 3);
+}
+
+/// Seconds until the minute's window ends, as an answer states it.
+fn reset_secs(resp: &reqwest::Response) -> u64 {
+    let h = resp.headers();
+    match h.get("x-ratelimit-reset-tokens") {
+        Some(v) => v
+            .to_str()
+            .unwrap()
+            .strip_suffix('s')
+            .unwrap()
+            .parse()
+            .unwrap(),
+        None => h["retry-after"].to_str().unwrap().parse().unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_refuses_after_the_crossing_request() {
+    // One stub-chat completion is 11 + 7 = 18 tokens: the second crosses 30.
+    let env = Env::start(Backend::Sqlite, "tokens_per_minute = 30").await;
+    let mut checked = false;
+    // Each attempt uses a fresh token, so a minute that ends between its
+    // requests only costs a retry.
+    for _ in 0..3 {
+        let token = env.server.token("metered", Role::Write).await;
+        let hits_before = env.openai.hits.load(Ordering::SeqCst);
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(env.complete(&token, &ask("stub-chat", "Hi")).await);
+        }
+        let resets: Vec<u64> = answers.iter().map(reset_secs).collect();
+        if resets.windows(2).any(|w| w[1] > w[0]) {
+            continue; // a new minute began: the counts started over
+        }
+        let mut answers = answers.into_iter();
+
+        // Admitted answers carry the limit, what was left when they were
+        // admitted, and when the window ends; no request limit is set.
+        let (first, second, third) = (
+            answers.next().unwrap(),
+            answers.next().unwrap(),
+            answers.next().unwrap(),
+        );
+        for (resp, remaining) in [(&first, "30"), (&second, "12")] {
+            assert_eq!(resp.status(), StatusCode::OK);
+            let h = resp.headers();
+            assert_eq!(h["x-ratelimit-limit-tokens"], "30");
+            assert_eq!(h["x-ratelimit-remaining-tokens"], remaining);
+            assert!(h.contains_key("x-ratelimit-reset-tokens"), "{h:?}");
+            assert!(!h.contains_key("x-ratelimit-limit-requests"), "{h:?}");
+        }
+        assert_eq!(
+            answered(second).await.1,
+            "Hello there",
+            "the crossing request completes"
+        );
+
+        // The next one is refused before reaching the upstream, with the
+        // time left in the minute.
+        let retry_after = reset_secs(&third);
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        assert_eq!(
+            third.headers()["retry-after-ms"],
+            (retry_after * 1000).to_string().as_str()
+        );
+        let (status, error) = openai_error(third).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(error["type"], "tokens");
+        assert_eq!(error["code"], "rate_limit_exceeded");
+        assert_eq!(
+            env.openai.hits.load(Ordering::SeqCst) - hits_before,
+            2,
+            "the refused request reached no upstream"
+        );
+        checked = true;
+        break;
+    }
+    assert!(checked, "three attempts each straddled a minute");
+}
+
+/// `POST /v1/chat/completions` streaming its role and first word at once
+/// and the rest only once `release` is notified.
+async fn gated_stream(State(release): State<Arc<tokio::sync::Notify>>) -> Response {
+    let chunk = |delta: Value, finish: Value| {
+        data(
+            json!({"id": "chatcmpl-gated", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": "gated-model", "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]}),
+        )
+    };
+    let first = [
+        chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+        chunk(json!({"content": "Hel"}), Value::Null),
+    ]
+    .concat();
+    let rest = [
+        chunk(json!({"content": "lo there"}), Value::Null),
+        chunk(json!({}), json!("stop")),
+        "data: [DONE]\n\n".to_string(),
+    ]
+    .concat();
+    let body =
+        futures_util::stream::once(async move { Ok::<_, std::io::Error>(Bytes::from(first)) })
+            .chain(futures_util::stream::once(async move {
+                release.notified().await;
+                Ok(Bytes::from(rest))
+            }));
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(body))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_relays_its_first_chunk_before_the_upstream_finishes() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let url = serve_stub(
+        Router::new()
+            .route("/v1/chat/completions", post(gated_stream))
+            .with_state(release.clone()),
+    )
+    .await;
+    let env = Env::start_with(
+        Backend::Sqlite,
+        "",
+        &format!(
+            "[[ai.providers]]\nname = \"gated\"\nbase_url = \"{url}/v1\"\nmodels = [\"stub-gated\"]\n"
+        ),
+    )
+    .await;
+    let mut body = ask("stub-gated", "Hi");
+    body["stream"] = json!(true);
+    let resp = env.complete(&env.server.admin_token, &body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let mut chunks = resp.bytes_stream();
+
+    // The upstream has sent only its first chunk and waits; that chunk
+    // reaches the client through the gateway all the same.
+    let mut seen = String::new();
+    let first = async {
+        while !seen.contains(r#""content":"Hel""#) {
+            let chunk = chunks
+                .next()
+                .await
+                .expect("the stream ended before its first chunk")
+                .unwrap();
+            seen.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    };
+    // A guard against a hang, should the gateway hold the chunk back.
+    tokio::time::timeout(Duration::from_secs(30), first)
+        .await
+        .expect("the first chunk is relayed while the upstream is still answering");
+    assert!(
+        !seen.contains("lo there") && !seen.contains("[DONE]"),
+        "{seen}"
+    );
+
+    // Let the upstream finish; the rest follows, ended as OpenAI ends it.
+    release.notify_one();
+    while let Some(chunk) = chunks.next().await {
+        seen.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+    }
+    let events: Vec<&str> = seen
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{seen}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Hello there");
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
     );
 }

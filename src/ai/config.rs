@@ -28,9 +28,9 @@ pub struct AiConfig {
     /// While a stream is silent, an SSE comment is sent this often so
     /// proxies and load balancers keep the connection open.
     pub keepalive_secs: u64,
-    /// Further attempts after the first fails with a connect error, a 429
-    /// or a 5xx before any byte reached the client; each goes to the next
-    /// deployment of the model.
+    /// Further attempts after the first fails with a connect error, a
+    /// timeout, a 429 or a 5xx before any byte reached the client; each
+    /// goes to the next deployment of the model.
     pub retries: u32,
     /// How long a deployment that failed is passed over while others are healthy.
     pub cooldown_secs: u64,
