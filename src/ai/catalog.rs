@@ -16,10 +16,10 @@ use crate::error::{Error, Result};
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
-    /// `…/chat/completions` or `…/v1/messages`.
-    pub chat_url: String,
+    /// `…/chat/completions` or `…/v1/messages`, parsed once.
+    pub chat_url: reqwest::Url,
     /// `…/embeddings` (OpenAI-compatible upstreams only).
-    pub embeddings_url: String,
+    pub embeddings_url: reqwest::Url,
     /// The header that carries the key (`authorization` or `x-api-key`) and
     /// its value, marked sensitive so it never prints.
     pub auth: Option<(&'static str, HeaderValue)>,
@@ -32,7 +32,7 @@ impl std::fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("chat_url", &self.chat_url)
+            .field("chat_url", &self.chat_url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +108,14 @@ impl Catalog {
                     p.name
                 )));
             }
+            let url = |text: String| {
+                reqwest::Url::parse(&text).map_err(|e| {
+                    bad(format!(
+                        "provider '{}': base_url is not a URL ({e})",
+                        p.name
+                    ))
+                })
+            };
             let key = match &p.api_key_env {
                 Some(var) => Some(env(var).filter(|k| !k.is_empty()).ok_or_else(|| {
                     bad(format!(
@@ -136,11 +144,11 @@ impl Catalog {
             let provider = Arc::new(Provider {
                 name: p.name.clone(),
                 kind: p.kind,
-                chat_url: match p.kind {
+                chat_url: url(match p.kind {
                     ProviderKind::Openai => format!("{base}/chat/completions"),
                     ProviderKind::Anthropic => format!("{base}/v1/messages"),
-                },
-                embeddings_url: format!("{base}/embeddings"),
+                })?,
+                embeddings_url: url(format!("{base}/embeddings"))?,
                 auth,
                 default_max_tokens: p.default_max_tokens,
                 anthropic_version: HeaderValue::from_str(&p.anthropic_version).map_err(|_| {
@@ -281,7 +289,10 @@ mod tests {
         assert_eq!(&*c.get("latest").unwrap().id, "m");
         assert_eq!(c.get("m").unwrap().deployments.len(), 2);
         assert_eq!(
-            c.get("m").unwrap().deployments[0].provider.chat_url,
+            c.get("m").unwrap().deployments[0]
+                .provider
+                .chat_url
+                .as_str(),
             "http://a/v1/chat/completions"
         );
         assert!(c.get("nope").is_none());

@@ -105,7 +105,7 @@ impl Gateway {
             let payload = body(d).map_err(IntoResponse::into_response)?;
             let mut req = self
                 .client
-                .post(url)
+                .post(url.clone())
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(payload);
             if let Some((name, value)) = &p.auth {

@@ -1,15 +1,16 @@
 //! Metering and monthly budgets.
 //!
-//! A request hands its usage to a bounded channel and goes on; one
-//! background task adds the records up per (organisation, day, model,
-//! token) and upserts them in one statement per flush. Budgets are checked
+//! A request adds its usage to an in-memory sum per (organisation, day,
+//! model, token) under a short lock and goes on, waking nothing; one
+//! background task takes the sums on each flush tick and upserts them in
+//! one statement. Budgets are checked
 //! against in-memory counters: month-to-date spend as last read from the
 //! store plus what this process metered since. The same task re-reads
 //! budgets and spend periodically (other replicas' usage, budget changes).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -40,11 +41,6 @@ pub struct Record {
     pub cost: i64,
 }
 
-enum Command {
-    Record(Record),
-    Flush(oneshot::Sender<()>),
-}
-
 /// Spend of one organisation this month, in micro-dollars.
 #[derive(Debug)]
 struct OrgSpend {
@@ -66,15 +62,14 @@ type Orgs = RwLock<HashMap<Uuid, Arc<OrgSpend>>>;
 
 /// Records usage off the request path and enforces monthly budgets.
 pub struct Meter {
-    tx: mpsc::Sender<Command>,
+    /// Usage metered since the writer last took it: summed in place, so a
+    /// request neither waits nor wakes anything, and nothing is dropped.
+    pending: Arc<Mutex<Batch>>,
+    /// Asks the writer to write everything now (at shutdown).
+    flush_now: mpsc::Sender<oneshot::Sender<()>>,
     orgs: Arc<Orgs>,
     db: DatabaseConnection,
-    /// Records lost because the queue was full (the store is far behind).
-    dropped: AtomicU64,
 }
-
-/// Queue length: at thousands of requests per second, seconds of slack.
-const QUEUE: usize = 65_536;
 
 /// Micro-dollars per cent.
 const MICRO_PER_CENT: i64 = 10_000;
@@ -82,20 +77,22 @@ const MICRO_PER_CENT: i64 = 10_000;
 impl Meter {
     /// Starts the writer task.
     pub fn start(db: DatabaseConnection, flush_every: Duration, refresh_every: Duration) -> Meter {
-        let (tx, rx) = mpsc::channel(QUEUE);
+        let (flush_now, rx) = mpsc::channel(8);
         let orgs: Arc<Orgs> = Arc::default();
+        let pending: Arc<Mutex<Batch>> = Arc::default();
         tokio::spawn(writer(
             db.clone(),
+            pending.clone(),
             rx,
             orgs.clone(),
             flush_every.max(Duration::from_millis(10)),
             refresh_every.max(Duration::from_millis(100)),
         ));
         Meter {
-            tx,
+            pending,
+            flush_now,
             orgs,
             db,
-            dropped: AtomicU64::new(0),
         }
     }
 
@@ -162,28 +159,32 @@ impl Meter {
         }
     }
 
-    /// Queues usage for the store and counts it against the budget now.
+    /// Adds usage to what the writer stores next, and counts it against
+    /// the budget now.
     pub fn record(&self, record: Record) {
         let org = self.orgs.read().expect("lock").get(&record.org).cloned();
         if let Some(o) = &org {
             o.pending.fetch_add(record.cost, Ordering::Relaxed);
         }
-        let cost = record.cost;
-        if self.tx.try_send(Command::Record(record)).is_err() {
-            if let Some(o) = org {
-                o.pending.fetch_sub(cost, Ordering::Relaxed);
-            }
-            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(dropped = n, "AI usage queue full: usage records dropped");
-            }
-        }
+        let key = (
+            record.org,
+            Utc::now().date_naive(),
+            record.model,
+            record.key,
+        );
+        let mut pending = self.pending.lock().expect("lock");
+        pending.entry(key).or_default().add(&Counts {
+            requests: 1,
+            prompt: record.usage.prompt_tokens as i64,
+            completion: record.usage.completion_tokens as i64,
+            cost: record.cost,
+        });
     }
 
-    /// Writes everything queued so far (at shutdown).
+    /// Writes everything metered so far (at shutdown).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Command::Flush(tx)).await.is_ok() {
+        if self.flush_now.send(tx).await.is_ok() {
             let _ = rx.await;
         }
     }
@@ -237,42 +238,52 @@ struct Counts {
     cost: i64,
 }
 
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.requests += other.requests;
+        self.prompt += other.prompt;
+        self.completion += other.completion;
+        self.cost += other.cost;
+    }
+}
+
 type Batch = HashMap<(Uuid, NaiveDate, Arc<str>, Uuid), Counts>;
 
 async fn writer(
     db: DatabaseConnection,
-    mut rx: mpsc::Receiver<Command>,
+    pending: Arc<Mutex<Batch>>,
+    mut flush_now: mpsc::Receiver<oneshot::Sender<()>>,
     orgs: Arc<Orgs>,
     flush_every: Duration,
     refresh_every: Duration,
 ) {
+    // What was taken from `pending` but not yet written (a failed write
+    // is retried on the next tick).
     let mut batch = Batch::new();
+    let take = |batch: &mut Batch| {
+        let taken = std::mem::take(&mut *pending.lock().expect("lock"));
+        for (key, counts) in taken {
+            batch.entry(key).or_default().add(&counts);
+        }
+    };
     let mut flush_tick = tokio::time::interval(flush_every);
     let mut refresh_tick = tokio::time::interval(refresh_every);
     flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     refresh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            cmd = rx.recv() => match cmd {
-                Some(Command::Record(r)) => {
-                    let c = batch
-                        .entry((r.org, Utc::now().date_naive(), r.model, r.key))
-                        .or_default();
-                    c.requests += 1;
-                    c.prompt += r.usage.prompt_tokens as i64;
-                    c.completion += r.usage.completion_tokens as i64;
-                    c.cost += r.cost;
+            asked = flush_now.recv() => {
+                take(&mut batch);
+                flush(&db, &mut batch, &orgs).await;
+                match asked {
+                    Some(done) => { let _ = done.send(()); }
+                    None => return,
                 }
-                Some(Command::Flush(done)) => {
-                    flush(&db, &mut batch, &orgs).await;
-                    let _ = done.send(());
-                }
-                None => {
-                    flush(&db, &mut batch, &orgs).await;
-                    return;
-                }
-            },
-            _ = flush_tick.tick() => flush(&db, &mut batch, &orgs).await,
+            }
+            _ = flush_tick.tick() => {
+                take(&mut batch);
+                flush(&db, &mut batch, &orgs).await;
+            }
             _ = refresh_tick.tick() => refresh(&db, &orgs).await,
         }
     }
