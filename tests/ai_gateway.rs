@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use base64::Engine;
 use bytes::Bytes;
-use common::{Backend, TestServer};
+use common::{Backend, TestServer, serve_router};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sylphx::auth::Role;
@@ -269,13 +269,6 @@ async fn anthropic_messages(
     sse(events)
 }
 
-async fn serve_stub(router: Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    format!("http://{addr}")
-}
-
 /// An upstream that answers every request with the start of a stream (a
 /// role chunk and "Hel"), flushed, and then drops the connection without
 /// ending the chunked body: a failure that always comes after the first byte.
@@ -407,21 +400,21 @@ impl Env {
             ..Upstream::default()
         };
         let anthropic = Upstream::default();
-        let openai_url = serve_stub(
+        let openai_url = serve_router(
             Router::new()
                 .route("/v1/chat/completions", post(openai_chat))
                 .route("/v1/embeddings", post(openai_embeddings))
                 .with_state(openai.clone()),
         )
         .await;
-        let down_url = serve_stub(
+        let down_url = serve_router(
             Router::new()
                 .route("/v1/chat/completions", post(openai_chat))
                 .with_state(down.clone()),
         )
         .await;
         let broken_url = serve_truncating_stub().await;
-        let anthropic_url = serve_stub(
+        let anthropic_url = serve_router(
             Router::new()
                 .route("/v1/messages", post(anthropic_messages))
                 .with_state(anthropic.clone()),
@@ -1353,7 +1346,7 @@ async fn a_revoked_token_is_refused_by_the_gateway_within_seconds() {
 /// An OpenAI-compatible stub answering chat completions as `up` says; its
 /// base URL.
 async fn chat_stub(up: Upstream) -> String {
-    serve_stub(
+    serve_router(
         Router::new()
             .route("/v1/chat/completions", post(openai_chat))
             .with_state(up),
@@ -1369,7 +1362,7 @@ async fn never_answer(State(up): State<Upstream>) -> Response {
 
 /// An upstream that accepts every request and stays silent; its base URL.
 async fn silent_stub(up: Upstream) -> String {
-    serve_stub(
+    serve_router(
         Router::new()
             .route("/v1/chat/completions", post(never_answer))
             .with_state(up),
@@ -1779,7 +1772,7 @@ async fn gated_stream(State(release): State<Arc<tokio::sync::Notify>>) -> Respon
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_relays_its_first_chunk_before_the_upstream_finishes() {
     let release = Arc::new(tokio::sync::Notify::new());
-    let url = serve_stub(
+    let url = serve_router(
         Router::new()
             .route("/v1/chat/completions", post(gated_stream))
             .with_state(release.clone()),

@@ -7,61 +7,30 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::apps::repo;
+use common::TestServer;
+use common::apps::{finished, repo};
 use common::binary::{ServeProcess, create_token, free_port};
 use reqwest::{Client, StatusCode};
 use sea_orm::{ConnectionTrait, Database, EntityTrait};
 use serde_json::{Value, json};
 
-async fn call(
-    method: reqwest::Method,
-    url: String,
-    token: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut req = Client::new().request(method, url).bearer_auth(token);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 async fn get(base: &str, path: &str, token: &str) -> (StatusCode, Value) {
-    call(reqwest::Method::GET, format!("{base}{path}"), token, None).await
-}
-
-async fn post(base: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    call(
-        reqwest::Method::POST,
-        format!("{base}{path}"),
-        token,
-        Some(body),
+    TestServer::send(
+        Client::new()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token),
     )
     .await
 }
 
-/// Polls the deployment list until `id` is `success` or `failed`.
-async fn finished(base: &str, token: &str, project: &str, id: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, list) = get(base, &format!("/projects/{project}/deployments"), token).await;
-        if let Some(d) = list.as_array().unwrap().iter().find(|d| d["id"] == id)
-            && matches!(d["status"].as_str(), Some("success" | "failed"))
-        {
-            return d.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} never finished: {list}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn post(base: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+    TestServer::send(
+        Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body),
+    )
+    .await
 }
 
 /// Polls until `path` exists with at least one line; returns its lines.

@@ -6,26 +6,14 @@ mod common;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
-use common::apps::{git, repo};
+use common::apps::{finished, git, repo};
 use common::{Backend, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 async fn wait_deployment(s: &TestServer, project: &str, id: &str) -> Value {
-    for _ in 0..600 {
-        let (_, list) = s
-            .get(&format!("/projects/{project}/deployments"), &s.admin_token)
-            .await;
-        if let Some(d) = list.as_array().unwrap().iter().find(|d| d["id"] == id)
-            && matches!(d["status"].as_str(), Some("success" | "failed"))
-        {
-            return d.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("deployment {id} did not finish");
+    finished(&s.url("/api/v1"), &s.admin_token, project, id).await
 }
 
 async fn deploy(s: &TestServer, project: &str) -> Value {

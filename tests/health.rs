@@ -10,7 +10,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode as AxumStatus;
 use axum::routing::get;
-use common::{Backend, TestServer};
+use common::{Backend, TestServer, serve_router};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
@@ -189,10 +189,7 @@ async fn fake_kubernetes_api(up: Arc<AtomicBool>) -> String {
             get(runners),
         )
         .with_state(up);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    format!("http://{addr}")
+    serve_router(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,7 +68,7 @@ impl TokenAuthenticator {
         {
             return Ok(principal.clone());
         }
-        let (principal, expires_at) = self.check(db, token).await?;
+        let (principal, expires_at) = self.check(db, token, &hash).await?;
         let mut until = now + GATEWAY_TOKEN_TTL;
         if let Some(at) = expires_at {
             let left = (at - crate::domain::now()).to_std().unwrap_or_default();
@@ -87,14 +87,16 @@ impl TokenAuthenticator {
 
     /// Checks a token against the store, every time.
     pub async fn authenticate(&self, db: &DatabaseConnection, token: &str) -> Result<Principal> {
-        self.check(db, token).await.map(|(p, _)| p)
+        let hash = sha256_hex(token.as_bytes());
+        self.check(db, token, &hash).await.map(|(p, _)| p)
     }
 
-    /// The principal and the token's expiry.
+    /// The principal and the token's expiry; `hash` is the token's SHA-256.
     async fn check(
         &self,
         db: &DatabaseConnection,
         token: &str,
+        hash: &str,
     ) -> Result<(Principal, Option<chrono::DateTime<chrono::Utc>>)> {
         let well_formed = token.len() == TOKEN_PREFIX.len() + 64
             && token.starts_with(TOKEN_PREFIX)
@@ -105,7 +107,7 @@ impl TokenAuthenticator {
             return Err(Error::Unauthenticated("malformed API token".into()));
         }
         let key = api_keys::Entity::find()
-            .filter(api_keys::Column::TokenHash.eq(sha256_hex(token.as_bytes())))
+            .filter(api_keys::Column::TokenHash.eq(hash))
             .one(db)
             .await?
             .ok_or_else(|| Error::Unauthenticated("invalid API token".into()))?;

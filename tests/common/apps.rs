@@ -2,6 +2,11 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::TestServer;
 
 /// Serves `$GREETING` over HTTP on `$PORT`, after printing one line.
 pub const APP: &str = r#"
@@ -39,4 +44,29 @@ pub fn repo(procfile: &str) -> tempfile::TempDir {
     git(dir.path(), &["add", "-A"]);
     git(dir.path(), &["commit", "-qm", "app"]);
     dir
+}
+
+/// Polls `GET <api>/projects/<project>/deployments` until deployment `id` is
+/// `success` or `failed`, and returns it.
+pub async fn finished(api: &str, token: &str, project: &str, id: &str) -> Value {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, list) = TestServer::send(
+            client
+                .get(format!("{api}/projects/{project}/deployments"))
+                .bearer_auth(token),
+        )
+        .await;
+        if let Some(d) = list.as_array().unwrap().iter().find(|d| d["id"] == id)
+            && matches!(d["status"].as_str(), Some("success" | "failed"))
+        {
+            return d.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} never finished: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -81,6 +81,15 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
+/// Serves `router` on a free local port (a stub upstream or API) for the
+/// rest of the test; returns its `http://` base URL.
+pub async fn serve_router(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    format!("http://{addr}")
+}
+
 /// A running server.
 pub struct TestServer {
     pub base: String,
