@@ -330,7 +330,7 @@ async fn openapi(State(app): State<AppState>) -> Json<serde_json::Value> {
 }
 
 /// How long one health probe may take before its part counts as down.
-const HEALTH_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Runs one probe under [`HEALTH_PROBE_TIMEOUT`]; `Err` carries why it failed.
 async fn probe<F>(what: &str, check: F) -> std::result::Result<(), String>

@@ -1486,6 +1486,21 @@ async fn weighted_deployments_share_a_model() {
         .collect();
     assert_eq!(shared.len(), 1, "{models}");
     assert_eq!(shared[0]["owned_by"], "heavy");
+    // One model by id, as `client.models.retrieve` asks for it.
+    let get = |path: &str| {
+        env.server
+            .client()
+            .get(env.server.url(&format!("/api/v1/models/{path}")))
+            .bearer_auth(&token)
+            .send()
+    };
+    let one = get("stub-shared").await.unwrap();
+    assert_eq!(one.status(), StatusCode::OK);
+    assert_eq!(one.json::<Value>().await.unwrap(), *shared[0]);
+    let missing = get("no-such-model").await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "model_not_found", "{body}");
 
     // Weighted round robin, 3:1: three to the heavy deployment, one to the
     // light, and again.

@@ -64,6 +64,8 @@ pub struct Gateway {
     attempts: usize,
     /// `GET /models`, rendered once.
     models_body: Bytes,
+    /// `GET /models/{id}` of each listed model, rendered once.
+    model_bodies: std::collections::HashMap<String, Bytes>,
 }
 
 impl Gateway {
@@ -80,10 +82,18 @@ impl Gateway {
             .iter()
             .map(|(id, owner)| json!({"id": id, "object": "model", "created": created, "owned_by": owner}))
             .collect();
-        let models_body = Bytes::from(
-            serde_json::to_vec(&json!({"object": "list", "data": data}))
-                .map_err(Error::internal)?,
-        );
+        let render = |v: &serde_json::Value| {
+            serde_json::to_vec(v)
+                .map(Bytes::from)
+                .map_err(Error::internal)
+        };
+        let model_bodies = catalog
+            .listing
+            .iter()
+            .zip(&data)
+            .map(|((id, _), m)| Ok((id.clone(), render(m)?)))
+            .collect::<Result<_>>()?;
+        let models_body = render(&json!({"object": "list", "data": data}))?;
         Ok(Gateway {
             catalog,
             meter: Meter::start(
@@ -100,6 +110,7 @@ impl Gateway {
             },
             attempts: config.retries as usize + 1,
             models_body,
+            model_bodies,
         })
     }
 
@@ -290,15 +301,8 @@ async fn model(
     if let Err(e) = authenticate(&app, &headers).await {
         return e.into_response();
     }
-    let data: serde_json::Value = serde_json::from_slice(&app.ai().models_body).unwrap_or_default();
-    match data["data"]
-        .as_array()
-        .and_then(|d| d.iter().find(|m| m["id"] == id.as_str()))
-    {
-        Some(m) => json_response(
-            StatusCode::OK,
-            Bytes::from(serde_json::to_vec(m).unwrap_or_default()),
-        ),
+    match app.ai().model_bodies.get(&id) {
+        Some(body) => json_response(StatusCode::OK, body.clone()),
         None => ApiError::model_not_found(&id).into_response(),
     }
 }
