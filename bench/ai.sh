@@ -87,9 +87,8 @@ tree_pids() {
   done
 }
 
-free_port() {
-  "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=bench/gateway.sh
+source "$HERE/gateway.sh"
 
 # Polls URL until it answers 200 (or the process died / the time ran out).
 wait_ready() {
@@ -152,18 +151,7 @@ if command -v socat >/dev/null; then
   RELAY=(relay)
 fi
 
-cat >"$WORK/sylphx.toml" <<EOF
-listen = "127.0.0.1:$GW_PORT"
-apps_listen = "127.0.0.1:$APPS_PORT"
-data_dir = "$WORK/data"
-
-[ai]
-[[ai.providers]]
-name = "mock"
-base_url = "http://127.0.0.1:$MOCK_PORT/v1"
-api_key_env = "BENCH_MOCK_KEY"
-models = ["mock-chat", "mock-embed"]
-EOF
+gateway_config "$GW_PORT" "$APPS_PORT" "$WORK/data" "$MOCK_PORT" >"$WORK/sylphx.toml"
 BENCH_MOCK_KEY=sk-mock "$SYLPHX" serve --config "$WORK/sylphx.toml" >"$RESULTS/logs/gateway.log" 2>&1 &
 GW_PID=$!
 PIDS+=("$GW_PID")

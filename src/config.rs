@@ -66,6 +66,7 @@ struct FileConfig {
     apps_listen: Option<SocketAddr>,
     ready_timeout_secs: Option<u64>,
     job_lease_secs: Option<u64>,
+    http_threads: Option<u64>,
     github_webhook_secret_file: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     ai: Option<crate::ai::AiConfig>,
@@ -91,6 +92,9 @@ pub struct Config {
     pub ready_timeout: std::time::Duration,
     /// How long a job claim lasts without renewal (crash recovery delay).
     pub job_lease: std::time::Duration,
+    /// Threads serving HTTP connections, each with its own single-threaded
+    /// event loop (a connection and its upstream calls stay on one thread).
+    pub http_threads: usize,
     /// HMAC secret of GitHub push webhooks; the webhook is refused without one.
     pub github_webhook_secret: Option<SecretString>,
     /// Kubeconfig of the Kubernetes runtime; the ambient one (`KUBECONFIG`,
@@ -215,6 +219,15 @@ impl Config {
                     .unwrap_or(30)
                     .max(1),
             ),
+            http_threads: match env_u64("SYLPHX_HTTP_THREADS")?.or(file.http_threads) {
+                Some(0) => {
+                    return Err(Error::bad_request(
+                        "http_threads (SYLPHX_HTTP_THREADS) must be at least 1",
+                    ));
+                }
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(1024),
+                None => std::thread::available_parallelism().map_or(1, usize::from),
+            },
             github_webhook_secret,
             kubeconfig: std::env::var_os("SYLPHX_KUBECONFIG")
                 .filter(|v| !v.is_empty())

@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::json;
+use tokio::sync::oneshot;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -519,11 +520,12 @@ pub async fn bootstrap(app: &AppState) -> Result<Option<SecretString>> {
     Ok(Some(token))
 }
 
-/// Serves until ctrl-c / SIGTERM.
+/// Serves until ctrl-c / SIGTERM, then finishes open requests, writes
+/// the AI usage still pending and returns.
 pub async fn serve(app: AppState) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(app.config().listen)
-        .await
-        .map_err(|e| Error::internal(format!("cannot listen on {}: {e}", app.config().listen)))?;
+    let listen = app.config().listen;
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| Error::internal(format!("cannot listen on {listen}: {e}")))?;
     let db = app.db().clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
@@ -534,18 +536,129 @@ pub async fn serve(app: AppState) -> Result<()> {
             }
         }
     });
-    tracing::info!(addr = %app.config().listen, "listening");
-    // Small SSE chunks and JSON answers must leave at once (AI gateway).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
+    let threads = app.config().http_threads;
+    tracing::info!(addr = %listen, threads, "listening");
     let ai = app.ai().clone();
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| Error::internal(format!("server failed: {e}")))?;
+    let mut serving = Serving::start(listener, router(app), threads)?;
+    let failed = tokio::select! {
+        () = shutdown_signal() => None,
+        e = serving.failed() => Some(e),
+    };
+    let stopped = serving.stop().await;
     ai.meter.flush().await;
-    Ok(())
+    match failed {
+        Some(e) => Err(e),
+        None => stopped,
+    }
+}
+
+/// HTTP threads serving one listening socket.
+///
+/// Each thread runs its own single-threaded runtime and accepts from the
+/// same socket: a request, its handler and the upstream calls it makes
+/// (the AI gateway keeps a pooled client per thread) stay on one thread,
+/// with no hand-off between threads on the way. Work that outlives a
+/// request (jobs, the app router, usage writes) runs on the main runtime.
+pub struct Serving {
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: tokio::task::JoinSet<std::result::Result<Result<()>, oneshot::error::RecvError>>,
+}
+
+impl Serving {
+    /// Starts `threads` threads serving `routes` on `listener`.
+    pub fn start(
+        listener: std::net::TcpListener,
+        routes: Router,
+        threads: usize,
+    ) -> Result<Serving> {
+        let fail = |what: &str, e: std::io::Error| Error::internal(format!("{what}: {e}"));
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| fail("listener", e))?;
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let mut serving = Serving {
+            stop,
+            threads: tokio::task::JoinSet::new(),
+        };
+        for n in 0..threads.max(1) {
+            let listener = listener
+                .try_clone()
+                .map_err(|e| fail("cannot share the listener", e))?;
+            let (done, finished) = oneshot::channel();
+            let (routes, stopping) = (routes.clone(), stopping.clone());
+            std::thread::Builder::new()
+                .name(format!("sylphx-http-{n}"))
+                .spawn(move || serve_thread(listener, routes, stopping, done))
+                .map_err(|e| fail("cannot start an HTTP thread", e))?;
+            serving.threads.spawn(finished);
+        }
+        Ok(serving)
+    }
+
+    /// Resolves only if a thread stops before [`Serving::stop`]: why it did.
+    pub async fn failed(&mut self) -> Error {
+        match self.threads.join_next().await {
+            Some(Ok(Ok(Err(e)))) => e,
+            Some(_) => Error::internal("an HTTP thread stopped"),
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Asks every thread to stop accepting; returns once the requests in
+    /// flight are answered.
+    pub async fn stop(mut self) -> Result<()> {
+        self.signal_stop();
+        let mut result = Ok(());
+        while let Some(r) = self.threads.join_next().await {
+            if let Ok(Ok(Err(e))) = r {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Asks every thread to stop accepting, without waiting.
+    pub fn signal_stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// One HTTP thread: serves `listener` on a current-thread runtime until
+/// `stopping` turns true, reports through `done`, then keeps the runtime's
+/// I/O driver running until the process exits, since sockets it opened
+/// (pooled store connections) may still be used from other threads.
+fn serve_thread(
+    listener: std::net::TcpListener,
+    routes: Router,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+    done: oneshot::Sender<Result<()>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = done.send(Err(Error::internal(format!("HTTP thread runtime: {e}"))));
+            return;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| Error::internal(format!("HTTP thread listener: {e}")))?;
+        // Small SSE chunks and JSON answers must leave at once (AI gateway).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, routes)
+            .with_graceful_shutdown(async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            })
+            .await
+            .map_err(|e| Error::internal(format!("server failed: {e}")))
+    });
+    let _ = done.send(result);
+    runtime.block_on(std::future::pending::<()>());
 }
 
 async fn shutdown_signal() {

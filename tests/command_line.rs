@@ -122,3 +122,21 @@ async fn first_serve_bootstraps_an_admin_token() {
     assert_eq!(status, reqwest::StatusCode::OK);
     assert_eq!(body, serde_json::json!([]));
 }
+
+#[test]
+fn serve_refuses_zero_http_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = binary::run(
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[
+            ("SYLPHX_DATA_DIR", dir.path().to_str().unwrap()),
+            ("SYLPHX_HTTP_THREADS", "0"),
+        ],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("http_threads (SYLPHX_HTTP_THREADS) must be at least 1"),
+        "{stderr}"
+    );
+}

@@ -1,6 +1,7 @@
 //! The durable reconciler as an operator meets it: `sylphx serve` killed
-//! with SIGKILL mid-deploy and started again, and two `serve` processes
-//! sharing one PostgreSQL database.
+//! with SIGKILL mid-deploy and started again, two `serve` processes
+//! sharing one PostgreSQL database, and a SIGTERM that must not lose the
+//! AI usage counted but not yet written.
 
 mod common;
 
@@ -48,6 +49,18 @@ async fn lines_of(path: &Path) -> Vec<String> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The URL of a new, empty database on the test PostgreSQL server
+/// (`SYLPHX_TEST_DATABASE_URL`), or None when there is none.
+async fn fresh_postgres() -> Option<String> {
+    let admin = std::env::var("SYLPHX_TEST_DATABASE_URL").ok()?;
+    let name = format!("sylphx_t_{}", uuid::Uuid::new_v4().simple());
+    let pg = Database::connect(admin.as_str()).await.unwrap();
+    pg.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
 }
 
 fn alive(pid: &str) -> bool {
@@ -176,16 +189,10 @@ async fn killed_mid_deploy_resumes_and_finishes_exactly_once() {
 /// PostgreSQL only: SQLite runs one `serve` per store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_postgres_never_run_a_job_twice() {
-    let Ok(admin) = std::env::var("SYLPHX_TEST_DATABASE_URL") else {
+    let Some(url) = fresh_postgres().await else {
         eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
         return;
     };
-    let name = format!("sylphx_t_{}", uuid::Uuid::new_v4().simple());
-    let pg = Database::connect(admin.as_str()).await.unwrap();
-    pg.execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
 
     let work = tempfile::tempdir().unwrap();
     let master_key = sylphx::secrets::random_hex(32);
@@ -264,4 +271,79 @@ async fn two_servers_on_one_postgres_never_run_a_job_twice() {
     pg.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await
         .unwrap();
+}
+
+/// SIGTERM, as on every upgrade of the control plane: requests answered by
+/// any of the HTTP threads were metered, and the usage not yet written
+/// (the flush interval here is an hour) is written before the process
+/// exits, on PostgreSQL when it is available (store connections opened
+/// on one thread are then used from another), else on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_the_ai_usage_not_yet_flushed() {
+    let upstream = common::serve_router(axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(|| async {
+            axum::Json(json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "stub",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "hi"}}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15}
+            }))
+        }),
+    ))
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let config = work.path().join("sylphx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ai]\nusage_flush_ms = 3600000\n\n[[ai.providers]]\nname = \"stub\"\nbase_url = \"{upstream}/v1\"\nmodels = [\"stub-chat\"]\n"
+        ),
+    )
+    .unwrap();
+    let data = work.path().join("data");
+    let mut env = vec![
+        ("SYLPHX_DATA_DIR", data.to_str().unwrap().to_string()),
+        ("SYLPHX_CONFIG", config.to_str().unwrap().to_string()),
+        ("SYLPHX_HTTP_THREADS", "3".to_string()),
+    ];
+    if let Some(url) = fresh_postgres().await {
+        env.push(("SYLPHX_DATABASE_URL", url));
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let port = free_port();
+    let server = ServeProcess::start(port, &[], &env, work.path()).await;
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let token = token.trim();
+    // A connection of its own for each request, spread over the threads.
+    for _ in 0..6 {
+        let (status, body) = post(
+            &server.base,
+            "/chat/completions",
+            token,
+            json!({"model": "stub-chat", "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["usage"]["total_tokens"], 15, "{body}");
+    }
+    let stderr = server.stderr();
+    let status = server.terminate();
+    assert!(status.success(), "serve exited with {status}: {stderr}");
+
+    let server = ServeProcess::start(port, &[], &env, work.path()).await;
+    let graphql = server.base.replace("/api/v1", "/graphql");
+    let (status, body) = TestServer::send(
+        Client::new()
+            .post(graphql)
+            .bearer_auth(token)
+            .json(&json!({"query": "{ aiUsage { requests promptTokens completionTokens } }"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["data"]["aiUsage"],
+        json!({"requests": 6, "promptTokens": 66, "completionTokens": 24}),
+        "{body}"
+    );
 }

@@ -17,9 +17,9 @@ pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
     /// `…/chat/completions` or `…/v1/messages`, parsed once.
-    pub chat_url: reqwest::Url,
+    pub chat_url: axum::http::Uri,
     /// `…/embeddings` (OpenAI-compatible upstreams only).
-    pub embeddings_url: reqwest::Url,
+    pub embeddings_url: axum::http::Uri,
     /// The header that carries the key (`authorization` or `x-api-key`) and
     /// its value, marked sensitive so it never prints.
     pub auth: Option<(&'static str, HeaderValue)>,
@@ -32,7 +32,7 @@ impl std::fmt::Debug for Provider {
         f.debug_struct("Provider")
             .field("name", &self.name)
             .field("kind", &self.kind)
-            .field("chat_url", &self.chat_url.as_str())
+            .field("chat_url", &self.chat_url)
             .finish_non_exhaustive()
     }
 }
@@ -109,7 +109,7 @@ impl Catalog {
                 )));
             }
             let url = |text: String| {
-                reqwest::Url::parse(&text).map_err(|e| {
+                axum::http::Uri::try_from(text).map_err(|e| {
                     bad(format!(
                         "provider '{}': base_url is not a URL ({e})",
                         p.name
@@ -292,7 +292,7 @@ mod tests {
             c.get("m").unwrap().deployments[0]
                 .provider
                 .chat_url
-                .as_str(),
+                .to_string(),
             "http://a/v1/chat/completions"
         );
         assert!(c.get("nope").is_none());

@@ -11,12 +11,11 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use super::anthropic::{self, StreamTranslator};
 use super::config::ProviderKind;
-use super::upstream::{Body, Endpoint, upstream_error};
+use super::upstream::{Body, Chunks, Endpoint, upstream_error};
 use super::wire::{self, ApiError, ChatRequest, EventSplitter, Usage};
 use super::{Caller, Charge, Gateway, json_response, spender};
 use crate::server::AppState;
@@ -340,7 +339,7 @@ struct Relay {
     charge: Charge,
     request_len: usize,
     first: Option<Bytes>,
-    rest: BoxStream<'static, reqwest::Result<Bytes>>,
+    rest: Chunks,
     splitter: EventSplitter,
     translate: Translate,
     out: VecDeque<Bytes>,

@@ -53,11 +53,15 @@ pub struct Timeouts {
     pub keepalive: Duration,
 }
 
-/// The gateway's shared state: catalog, pooled client, meter and limits.
+/// The gateway's shared state: catalog, pooled clients, meter and limits.
 pub struct Gateway {
     pub catalog: Catalog,
     pub meter: Meter,
-    client: reqwest::Client,
+    /// A pooled upstream client per thread, so that a connection's I/O
+    /// stays on the thread (and runtime) of the requests that use it.
+    clients: thread_local::ThreadLocal<upstream::Client>,
+    connect_timeout: Duration,
+    tls: rustls::ClientConfig,
     limits: Limits,
     timeouts: Timeouts,
     /// Attempts per request: 1 + `retries`.
@@ -101,7 +105,9 @@ impl Gateway {
                 Duration::from_millis(config.usage_flush_ms),
                 Duration::from_secs(config.budget_refresh_secs),
             ),
-            client: upstream::client(Duration::from_secs(config.connect_timeout_secs)),
+            clients: thread_local::ThreadLocal::new(),
+            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
+            tls: upstream::tls()?,
             limits: Limits::new(config.requests_per_minute, config.tokens_per_minute),
             timeouts: Timeouts {
                 request: Duration::from_secs(config.request_timeout_secs),

@@ -1,7 +1,8 @@
-//! Calling upstreams: one pooled client, attempts over a model's
+//! Calling upstreams: pooled clients (one per thread), attempts over a model's
 //! deployments with fallback on connect errors, 429 and 5xx (before any
 //! byte went to the client), timeouts, and upstream errors made safe.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -9,6 +10,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use http_body_util::{BodyDataStream, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_platform_verifier::BuilderVerifierExt;
 use tokio::time::Instant;
 
 use super::Gateway;
@@ -24,16 +30,32 @@ pub enum Endpoint {
     Embeddings,
 }
 
+/// The pooled HTTP/1.1 and HTTP/2 (over TLS, by ALPN) client of upstream calls.
+pub type Client = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+/// An upstream's body, chunk by chunk as it arrives.
+pub type Chunks = BoxStream<'static, Result<Bytes, hyper::Error>>;
+
 /// What an upstream answered.
 pub enum Body {
     /// A complete response (anything but a successful stream).
-    Whole(reqwest::Response),
+    Whole(Whole),
     /// A successful stream: its first chunk, if it came before the
     /// keepalive interval, and the rest.
-    Stream {
-        first: Option<Bytes>,
-        rest: BoxStream<'static, reqwest::Result<Bytes>>,
-    },
+    Stream { first: Option<Bytes>, rest: Chunks },
+}
+
+/// A response whose body is read in one piece.
+pub struct Whole(hyper::Response<Incoming>);
+
+impl Whole {
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, hyper::Error> {
+        Ok(self.0.into_body().collect().await?.to_bytes())
+    }
 }
 
 /// The answer of the deployment that served a request.
@@ -56,15 +78,42 @@ enum Failure {
     },
 }
 
-/// Builds the pooled client every upstream call shares.
-pub fn client(connect_timeout: Duration) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(connect_timeout)
+/// How `https://` upstreams are verified: against the system's trust
+/// store, TLS 1.2 or 1.3, HTTP/2 or HTTP/1.1 by ALPN. Built once at start,
+/// so that a broken trust store is an error at start-up, not per request.
+pub fn tls() -> crate::error::Result<rustls::ClientConfig> {
+    let fail =
+        |e: rustls::Error| crate::error::Error::internal(format!("TLS for AI upstreams: {e}"));
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(fail)?
+    .with_platform_verifier()
+    .map_err(fail)?
+    .with_no_client_auth())
+}
+
+/// Builds a pooled upstream client (the gateway keeps one per thread):
+/// TCP_NODELAY, a connect timeout, TCP keepalive, idle connections kept
+/// 90 s.
+pub fn client(connect_timeout: Duration, tls: rustls::ClientConfig) -> Client {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(30)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .tcp_keepalive(Duration::from_secs(30))
-        .build()
-        .expect("the HTTP client builds")
+        .build(https)
 }
 
 fn retryable(status: StatusCode) -> bool {
@@ -72,6 +121,12 @@ fn retryable(status: StatusCode) -> bool {
 }
 
 impl Gateway {
+    /// This thread's upstream client.
+    fn client(&self) -> &Client {
+        self.clients
+            .get_or(|| client(self.connect_timeout, self.tls.clone()))
+    }
+
     /// Sends `body(deployment)` to the model's deployments in plan order
     /// until one answers with anything but a retryable failure.
     pub async fn call<'m>(
@@ -103,21 +158,32 @@ impl Gateway {
                 }
             };
             let payload = body(d).map_err(IntoResponse::into_response)?;
-            let mut req = self
-                .client
-                .post(url.clone())
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(payload);
-            if let Some((name, value)) = &p.auth {
-                req = req.header(*name, value.clone());
+            let mut req = hyper::Request::post(url.clone()).body(Full::new(payload));
+            if let Ok(req) = &mut req {
+                let h = req.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                if let Some((name, value)) = &p.auth {
+                    h.insert(*name, value.clone());
+                }
+                if p.kind == ProviderKind::Anthropic {
+                    h.insert("anthropic-version", p.anthropic_version.clone());
+                }
             }
-            if p.kind == ProviderKind::Anthropic {
-                req = req.header("anthropic-version", p.anthropic_version.clone());
-            }
+            let req = req.map_err(|e| {
+                tracing::error!(provider = %p.name, error = %e, "AI upstream request");
+                ApiError::upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "The upstream request could not be built.",
+                )
+                .into_response()
+            })?;
             let deadline = Instant::now() + self.timeouts.request;
-            let failure = match tokio::time::timeout_at(deadline, req.send()).await {
+            let failure = match tokio::time::timeout_at(deadline, self.client().request(req)).await
+            {
                 Err(_) => Failure::Timeout,
-                Ok(Err(e)) if e.is_timeout() => Failure::Timeout,
                 Ok(Err(e)) => {
                     tracing::warn!(provider = %p.name, connect = e.is_connect(), error = %e, "AI upstream unreachable");
                     Failure::Connect
@@ -125,7 +191,7 @@ impl Gateway {
                 Ok(Ok(resp)) if retryable(resp.status()) => {
                     let status = resp.status();
                     let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-                    let body = tokio::time::timeout_at(deadline, resp.bytes())
+                    let body = tokio::time::timeout_at(deadline, Whole(resp).bytes())
                         .await
                         .ok()
                         .and_then(Result::ok)
@@ -139,7 +205,7 @@ impl Gateway {
                 }
                 Ok(Ok(resp)) if stream && resp.status().is_success() => {
                     let status = resp.status();
-                    let mut rest = resp.bytes_stream().boxed();
+                    let mut rest: Chunks = BodyDataStream::new(resp.into_body()).boxed();
                     // Wait briefly for the first chunk: a failure before it can still fall back.
                     match tokio::time::timeout(self.timeouts.keepalive, rest.next()).await {
                         Ok(Some(Ok(first))) => {
@@ -171,7 +237,7 @@ impl Gateway {
                     return Ok(Answer {
                         deployment: d,
                         status: resp.status(),
-                        body: Body::Whole(resp),
+                        body: Body::Whole(Whole(resp)),
                         deadline,
                     });
                 }

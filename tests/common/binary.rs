@@ -107,6 +107,14 @@ impl ServeProcess {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// SIGTERM, as a service manager stops it; waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = i32::try_from(self.child.id()).expect("a pid");
+        // SAFETY: signals our own child, which has not been reaped yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        self.child.wait().unwrap()
+    }
+
     /// SIGKILL: no shutdown hook runs.
     pub fn kill9(mut self) {
         self.child.kill().unwrap();

@@ -100,7 +100,7 @@ pub struct TestServer {
     /// The local runtime's app router (`0.0.0.0:0` on Kubernetes).
     pub apps: std::net::SocketAddr,
     http: Client,
-    task: tokio::task::JoinHandle<()>,
+    serving: server::Serving,
     pg: Option<(String, String)>,
 }
 
@@ -162,12 +162,11 @@ impl TestServer {
             .await
             .expect("background tasks")
             .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // Served as `sylphx serve` serves: HTTP threads of their own.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = server::router(app.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router).await.expect("serve");
-        });
+        let serving =
+            server::Serving::start(listener, server::router(app.clone()), 2).expect("HTTP threads");
         TestServer {
             base,
             app,
@@ -179,7 +178,7 @@ impl TestServer {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
-            task,
+            serving,
             pg,
         }
     }
@@ -307,7 +306,7 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.serving.signal_stop();
         if let Some((admin, name)) = self.pg.take() {
             // Best effort: drop the per-test database from a separate runtime.
             let _ = std::thread::spawn(move || {
