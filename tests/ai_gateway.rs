@@ -1860,3 +1860,69 @@ async fn a_stream_relays_its_first_chunk_before_the_upstream_finishes() {
         "stop"
     );
 }
+
+/// An upstream that sends the first event of a stream, then nothing: the
+/// client sees the event, keepalive comments while upstream is silent, and
+/// an error event once the silence reaches `stream_idle_timeout_secs`.
+#[tokio::test]
+async fn a_silent_stream_gets_keepalives_then_an_error_event() {
+    let silent = serve_router(Router::new().route(
+        "/v1/chat/completions",
+        post(|| async {
+            let first = data(
+                json!({"id": "chatcmpl-quiet", "object": "chat.completion.chunk",
+                "created": 1, "model": "quiet",
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                             "finish_reason": null}]}),
+            );
+            let events = futures_util::stream::once(async move { Ok::<_, std::io::Error>(first) })
+                .chain(futures_util::stream::pending());
+            (
+                [("content-type", "text/event-stream")],
+                Body::from_stream(events),
+            )
+                .into_response()
+        }),
+    ))
+    .await;
+    let env = Env::start_with(
+        Backend::Sqlite,
+        "keepalive_secs = 1\nstream_idle_timeout_secs = 3",
+        &provider("quiet", &silent, 1, "stub-quiet", "quiet"),
+    )
+    .await;
+    let resp = env
+        .server
+        .client()
+        .post(env.server.url("/api/v1/chat/completions"))
+        .bearer_auth(&env.server.admin_token)
+        .json(&json!({"model": "stub-quiet", "stream": true,
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert!(events[0].contains("\"content\":\"Hi\""), "{text}");
+    let keepalives = events.iter().filter(|e| **e == ": keepalive").count();
+    assert!(
+        (1..=3).contains(&keepalives),
+        "a keepalive per second of silence: {text}"
+    );
+    let last: Value = serde_json::from_str(
+        events
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("data: "))
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        last["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("silent for too long"),
+        "{text}"
+    );
+}

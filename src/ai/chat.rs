@@ -253,7 +253,8 @@ async fn run(gw: &Arc<Gateway>, caller: &Caller, body: Bytes) -> Response {
                     }
                 },
                 out: VecDeque::new(),
-                silent: std::time::Duration::ZERO,
+                last_heard: tokio::time::Instant::now(),
+                idle: Box::pin(tokio::time::sleep(gw.timeouts.keepalive)),
                 ended: false,
             };
             let stream = futures_util::stream::unfold(relay, Relay::next);
@@ -343,8 +344,11 @@ struct Relay {
     splitter: EventSplitter,
     translate: Translate,
     out: VecDeque<Bytes>,
-    /// How long upstream has been silent.
-    silent: std::time::Duration,
+    /// When upstream last sent a chunk (or the stream started).
+    last_heard: tokio::time::Instant,
+    /// Fires `keepalive` after `last_heard` at the earliest. Not reset per
+    /// chunk: re-armed when it fires early, so chunks cost no timer work.
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
     ended: bool,
 }
 
@@ -362,23 +366,33 @@ impl Relay {
                 continue;
             }
             let keepalive = self.gw.timeouts.keepalive;
-            match tokio::time::timeout(keepalive, self.rest.next()).await {
-                Ok(Some(Ok(chunk))) => {
-                    self.silent = std::time::Duration::ZERO;
+            let next = tokio::select! {
+                biased;
+                next = self.rest.next() => Some(next),
+                () = self.idle.as_mut() => None,
+            };
+            match next {
+                Some(Some(Ok(chunk))) => {
+                    self.last_heard = tokio::time::Instant::now();
                     self.push(chunk);
                 }
-                Ok(Some(Err(e))) => {
+                Some(Some(Err(e))) => {
                     tracing::warn!(error = %e, model = %self.charge.model, "AI upstream stream broke");
                     self.fail("The upstream connection failed mid-stream.");
                 }
-                Ok(None) => self.finish(),
-                Err(_) => {
-                    self.silent += keepalive;
-                    if self.silent >= self.gw.timeouts.stream_idle {
+                Some(None) => self.finish(),
+                None => {
+                    let now = tokio::time::Instant::now();
+                    let silent = now - self.last_heard;
+                    if silent < keepalive {
+                        // Chunks came since it was armed: not silent yet.
+                        self.idle.as_mut().reset(self.last_heard + keepalive);
+                    } else if silent >= self.gw.timeouts.stream_idle {
                         self.fail("The upstream stream went silent for too long.");
                     } else {
                         // A comment: SDKs skip it, idle-timeout proxies see traffic.
                         self.out.push_back(Bytes::from_static(b": keepalive\n\n"));
+                        self.idle.as_mut().reset(now + keepalive);
                     }
                 }
             }
