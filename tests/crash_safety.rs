@@ -51,16 +51,29 @@ async fn lines_of(path: &Path) -> Vec<String> {
     }
 }
 
-/// The URL of a new, empty database on the test PostgreSQL server
-/// (`SYLPHX_TEST_DATABASE_URL`), or None when there is none.
-async fn fresh_postgres() -> Option<String> {
+/// A new, empty database on the test PostgreSQL server
+/// (`SYLPHX_TEST_DATABASE_URL`): its URL and its name; None when there is
+/// no such server.
+async fn fresh_postgres() -> Option<(String, String)> {
     let admin = std::env::var("SYLPHX_TEST_DATABASE_URL").ok()?;
     let name = format!("sylphx_t_{}", uuid::Uuid::new_v4().simple());
     let pg = Database::connect(admin.as_str()).await.unwrap();
     pg.execute_unprepared(&format!("CREATE DATABASE {name}"))
         .await
         .unwrap();
-    Some(format!("{}/{name}", admin.rsplit_once('/').unwrap().0))
+    Some((
+        format!("{}/{name}", admin.rsplit_once('/').unwrap().0),
+        name,
+    ))
+}
+
+/// Drops a database [`fresh_postgres`] made.
+async fn drop_postgres(name: &str) {
+    let admin = std::env::var("SYLPHX_TEST_DATABASE_URL").unwrap();
+    let pg = Database::connect(admin.as_str()).await.unwrap();
+    pg.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
 
 fn alive(pid: &str) -> bool {
@@ -189,7 +202,7 @@ async fn killed_mid_deploy_resumes_and_finishes_exactly_once() {
 /// PostgreSQL only: SQLite runs one `serve` per store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_servers_on_one_postgres_never_run_a_job_twice() {
-    let Some(url) = fresh_postgres().await else {
+    let Some((url, name)) = fresh_postgres().await else {
         eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
         return;
     };
@@ -268,9 +281,7 @@ async fn two_servers_on_one_postgres_never_run_a_job_twice() {
 
     drop((a, b));
     db.close().await.ok();
-    pg.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
+    drop_postgres(&name).await;
 }
 
 /// SIGTERM, as on every upgrade of the control plane: requests answered by
@@ -307,8 +318,9 @@ async fn sigterm_writes_the_ai_usage_not_yet_flushed() {
         ("SYLPHX_CONFIG", config.to_str().unwrap().to_string()),
         ("SYLPHX_HTTP_THREADS", "3".to_string()),
     ];
-    if let Some(url) = fresh_postgres().await {
-        env.push(("SYLPHX_DATABASE_URL", url));
+    let postgres = fresh_postgres().await;
+    if let Some((url, _)) = &postgres {
+        env.push(("SYLPHX_DATABASE_URL", url.clone()));
     }
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let port = free_port();
@@ -346,4 +358,8 @@ async fn sigterm_writes_the_ai_usage_not_yet_flushed() {
         json!({"requests": 6, "promptTokens": 66, "completionTokens": 24}),
         "{body}"
     );
+    drop(server);
+    if let Some((_, name)) = postgres {
+        drop_postgres(&name).await;
+    }
 }
