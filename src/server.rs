@@ -12,6 +12,8 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -561,7 +563,8 @@ pub async fn serve(app: AppState) -> Result<()> {
 /// request (jobs, the app router, usage writes) runs on the main runtime.
 pub struct Serving {
     stop: tokio::sync::watch::Sender<bool>,
-    threads: tokio::task::JoinSet<std::result::Result<Result<()>, oneshot::error::RecvError>>,
+    /// Each thread's outcome, as it stops.
+    threads: FuturesUnordered<oneshot::Receiver<Result<()>>>,
 }
 
 impl Serving {
@@ -576,9 +579,9 @@ impl Serving {
             .set_nonblocking(true)
             .map_err(|e| fail("listener", e))?;
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let mut serving = Serving {
+        let serving = Serving {
             stop,
-            threads: tokio::task::JoinSet::new(),
+            threads: FuturesUnordered::new(),
         };
         for n in 0..threads.max(1) {
             let listener = listener
@@ -590,15 +593,15 @@ impl Serving {
                 .name(format!("sylphx-http-{n}"))
                 .spawn(move || serve_thread(listener, routes, stopping, done))
                 .map_err(|e| fail("cannot start an HTTP thread", e))?;
-            serving.threads.spawn(finished);
+            serving.threads.push(finished);
         }
         Ok(serving)
     }
 
     /// Resolves only if a thread stops before [`Serving::stop`]: why it did.
     pub async fn failed(&mut self) -> Error {
-        match self.threads.join_next().await {
-            Some(Ok(Ok(Err(e)))) => e,
+        match self.threads.next().await {
+            Some(Ok(Err(e))) => e,
             Some(_) => Error::internal("an HTTP thread stopped"),
             None => std::future::pending().await,
         }
@@ -609,8 +612,8 @@ impl Serving {
     pub async fn stop(mut self) -> Result<()> {
         self.signal_stop();
         let mut result = Ok(());
-        while let Some(r) = self.threads.join_next().await {
-            if let Ok(Ok(Err(e))) = r {
+        while let Some(r) = self.threads.next().await {
+            if let Ok(Err(e)) = r {
                 result = Err(e);
             }
         }

@@ -60,8 +60,7 @@ pub struct Gateway {
     /// A pooled upstream client per thread, so that a connection's I/O
     /// stays on the thread (and runtime) of the requests that use it.
     clients: thread_local::ThreadLocal<upstream::Client>,
-    connect_timeout: Duration,
-    tls: rustls::ClientConfig,
+    connector: upstream::Connector,
     limits: Limits,
     timeouts: Timeouts,
     /// Attempts per request: 1 + `retries`.
@@ -106,8 +105,7 @@ impl Gateway {
                 Duration::from_secs(config.budget_refresh_secs),
             ),
             clients: thread_local::ThreadLocal::new(),
-            connect_timeout: Duration::from_secs(config.connect_timeout_secs),
-            tls: upstream::tls()?,
+            connector: upstream::connector(Duration::from_secs(config.connect_timeout_secs))?,
             limits: Limits::new(config.requests_per_minute, config.tokens_per_minute),
             timeouts: Timeouts {
                 request: Duration::from_secs(config.request_timeout_secs),

@@ -30,11 +30,11 @@ pub enum Endpoint {
     Embeddings,
 }
 
+/// How upstream connections are opened: TCP, then TLS for `https://`.
+pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
 /// The pooled HTTP/1.1 and HTTP/2 (over TLS, by ALPN) client of upstream calls.
-pub type Client = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
-    Full<Bytes>,
->;
+pub type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 
 /// An upstream's body, chunk by chunk as it arrives.
 pub type Chunks = BoxStream<'static, Result<Bytes, hyper::Error>>;
@@ -78,42 +78,42 @@ enum Failure {
     },
 }
 
-/// How `https://` upstreams are verified: against the system's trust
-/// store, TLS 1.2 or 1.3, HTTP/2 or HTTP/1.1 by ALPN. Built once at start,
-/// so that a broken trust store is an error at start-up, not per request.
-pub fn tls() -> crate::error::Result<rustls::ClientConfig> {
+/// Opens upstream connections: TCP_NODELAY, a connect timeout, TCP
+/// keepalive; `https://` verified against the system's trust store, TLS 1.2
+/// or 1.3, HTTP/2 or HTTP/1.1 by ALPN. Built once at start, so that a
+/// broken trust store is an error at start-up, not per request.
+pub fn connector(connect_timeout: Duration) -> crate::error::Result<Connector> {
     let fail =
         |e: rustls::Error| crate::error::Error::internal(format!("TLS for AI upstreams: {e}"));
-    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(fail)?
     .with_platform_verifier()
     .map_err(fail)?
-    .with_no_client_auth())
-}
-
-/// Builds a pooled upstream client (the gateway keeps one per thread):
-/// TCP_NODELAY, a connect timeout, TCP keepalive, idle connections kept
-/// 90 s.
-pub fn client(connect_timeout: Duration, tls: rustls::ClientConfig) -> Client {
+    .with_no_client_auth();
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(30)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
+        .wrap_connector(http))
+}
+
+/// A pooled upstream client over `connector` (the gateway keeps one per
+/// thread), idle connections kept 90 s.
+pub fn client(connector: &Connector) -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(90))
-        .build(https)
+        .build(connector.clone())
 }
 
 fn retryable(status: StatusCode) -> bool {
@@ -123,8 +123,7 @@ fn retryable(status: StatusCode) -> bool {
 impl Gateway {
     /// This thread's upstream client.
     fn client(&self) -> &Client {
-        self.clients
-            .get_or(|| client(self.connect_timeout, self.tls.clone()))
+        self.clients.get_or(|| client(&self.connector))
     }
 
     /// Sends `body(deployment)` to the model's deployments in plan order
@@ -158,28 +157,21 @@ impl Gateway {
                 }
             };
             let payload = body(d).map_err(IntoResponse::into_response)?;
-            let mut req = hyper::Request::post(url.clone()).body(Full::new(payload));
-            if let Ok(req) = &mut req {
-                let h = req.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                if let Some((name, value)) = &p.auth {
-                    h.insert(*name, value.clone());
-                }
-                if p.kind == ProviderKind::Anthropic {
-                    h.insert("anthropic-version", p.anthropic_version.clone());
-                }
+            // Method, URI and headers are all parsed already: nothing here can fail.
+            let mut req = hyper::Request::new(Full::new(payload));
+            *req.method_mut() = hyper::Method::POST;
+            *req.uri_mut() = url.clone();
+            let h = req.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            if let Some((name, value)) = &p.auth {
+                h.insert(*name, value.clone());
             }
-            let req = req.map_err(|e| {
-                tracing::error!(provider = %p.name, error = %e, "AI upstream request");
-                ApiError::upstream(
-                    StatusCode::BAD_GATEWAY,
-                    "The upstream request could not be built.",
-                )
-                .into_response()
-            })?;
+            if p.kind == ProviderKind::Anthropic {
+                h.insert("anthropic-version", p.anthropic_version.clone());
+            }
             let deadline = Instant::now() + self.timeouts.request;
             let failure = match tokio::time::timeout_at(deadline, self.client().request(req)).await
             {
