@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Address of the local runtime's app router (routes by Host).
     #[arg(long, env = "SYLPHX_APPS_LISTEN")]
     pub apps_listen: Option<SocketAddr>,
+    /// Run tenant code as this server's own user, without namespaces: no
+    /// isolation between projects (single-user machines only).
+    #[arg(long, env = "SYLPHX_INSECURE_SHARED_SANDBOX")]
+    pub insecure_shared_sandbox: bool,
     #[command(flatten)]
     pub store: StoreArgs,
 }
@@ -69,7 +73,52 @@ struct FileConfig {
     http_threads: Option<u64>,
     github_webhook_secret_file: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
+    insecure_shared_sandbox: Option<bool>,
+    sandbox_ids: Option<String>,
+    sandbox_max_processes: Option<u64>,
+    local_git_roots: Option<Vec<PathBuf>>,
     ai: Option<crate::ai::AiConfig>,
+}
+
+/// The ids of the local runtime's sandboxes: `first-last` in the config.
+/// `first` is the sandboxes' shared group (it may only traverse the data
+/// directory); every project gets one uid (and gid) of the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SandboxIds {
+    pub group: u32,
+    pub first_uid: u32,
+    pub last: u32,
+}
+
+impl SandboxIds {
+    /// The default range: far above ordinary users and the usual
+    /// subordinate id ranges of container tools.
+    pub const DEFAULT: &str = "2000000000-2000099999";
+
+    /// Parses `first-last`; the range must leave the system's ids (below
+    /// 1000) and `nobody` alone and hold at least one uid.
+    pub fn parse(text: &str) -> Result<SandboxIds> {
+        let bad = || {
+            Error::bad_request(format!(
+                "sandbox_ids must be 'first-last' with 1000 <= first < last < 4294967294, not '{text}'"
+            ))
+        };
+        let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
+        let (first, last): (u32, u32) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        let nobody = 65534;
+        if first < 1000 || first >= last || last >= u32::MAX - 1 || (first..=last).contains(&nobody)
+        {
+            return Err(bad());
+        }
+        Ok(SandboxIds {
+            group: first,
+            first_uid: first + 1,
+            last,
+        })
+    }
 }
 
 /// The resolved configuration of one process.
@@ -102,6 +151,16 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// The AI gateway's `[ai]` section (no providers when absent).
     pub ai: crate::ai::AiConfig,
+    /// The config file this came from, never shown to tenant code.
+    pub config_file: Option<PathBuf>,
+    /// Tenant code runs as the server's user, without namespaces.
+    pub insecure_shared_sandbox: bool,
+    /// Ids of sandboxes.
+    pub sandbox_ids: SandboxIds,
+    /// Processes (threads included) one project may have at once.
+    pub sandbox_max_processes: u64,
+    /// Where a local `gitRepository` may point.
+    pub local_git_roots: Vec<PathBuf>,
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
@@ -192,7 +251,7 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Config {
+        Config {
             listen: args
                 .listen
                 .or(file.listen)
@@ -234,7 +293,45 @@ impl Config {
                 .map(PathBuf::from)
                 .or(file.kubeconfig),
             ai: file.ai.unwrap_or_default(),
-        })
+            config_file: args.store.config.clone(),
+            insecure_shared_sandbox: args.insecure_shared_sandbox
+                || file.insecure_shared_sandbox.unwrap_or(false),
+            sandbox_ids: SandboxIds::parse(
+                &std::env::var("SYLPHX_SANDBOX_IDS")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .or(file.sandbox_ids)
+                    .unwrap_or_else(|| SandboxIds::DEFAULT.into()),
+            )?,
+            sandbox_max_processes: match env_u64("SYLPHX_SANDBOX_MAX_PROCESSES")?
+                .or(file.sandbox_max_processes)
+            {
+                Some(n) if n < 16 => {
+                    return Err(Error::bad_request(
+                        "sandbox_max_processes must be at least 16",
+                    ));
+                }
+                Some(n) => n,
+                None => 1024,
+            },
+            local_git_roots: match std::env::var_os("SYLPHX_LOCAL_GIT_ROOTS") {
+                Some(v) if !v.is_empty() => std::env::split_paths(&v).collect(),
+                _ => file
+                    .local_git_roots
+                    .unwrap_or_else(|| vec![std::env::temp_dir(), "/home".into(), "/srv".into()]),
+            },
+        }
+        .checked()
+    }
+
+    fn checked(self) -> Result<Self> {
+        if let Some(r) = self.local_git_roots.iter().find(|r| !r.is_absolute()) {
+            return Err(Error::bad_request(format!(
+                "local_git_roots must be absolute paths, not '{}'",
+                r.display()
+            )));
+        }
+        Ok(self)
     }
 
     /// Creates the data dir (mode 0700) if needed.

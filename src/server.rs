@@ -32,10 +32,34 @@ use crate::graphql::{self, AppSchema};
 use crate::reconcile::{Queue, QueueConfig};
 use crate::rest::{self, Rest};
 use crate::runtime::Runtime;
+use crate::runtime::local::sandbox::SandboxSettings;
 use crate::runtime::local::{LocalConfig, LocalRuntime};
 use crate::secrets::{Keyring, SecretString, random_hex};
 use crate::store::{self, StatementCounter};
 use crate::streams::LogStore;
+
+/// How often the routing table is checked against the store even when
+/// nothing asked for it.
+const ROUTE_REFRESH: Duration = Duration::from_secs(15);
+
+/// The local runtime's settings from the configuration.
+fn local_config(config: &Config) -> LocalConfig {
+    let mut hidden = vec![config.data_dir.clone()];
+    hidden.extend(config.config_file.clone());
+    hidden.extend(config.kubeconfig.clone());
+    hidden.extend(store::sqlite_path(&config.database_url));
+    LocalConfig {
+        data_dir: config.data_dir.clone(),
+        ready_timeout: config.ready_timeout,
+        sandbox: SandboxSettings {
+            insecure_shared: config.insecure_shared_sandbox,
+            ids: config.sandbox_ids,
+            max_processes: config.sandbox_max_processes,
+            hidden,
+        },
+        git_roots: config.local_git_roots.clone(),
+    }
+}
 
 struct Inner {
     config: Config,
@@ -72,13 +96,14 @@ impl AppState {
         };
         let logs = LogStore::default();
         let runtime: Arc<dyn Runtime> = match config.runtime {
-            RuntimeKind::Local => Arc::new(LocalRuntime::new(
-                LocalConfig {
-                    releases_dir: config.data_dir.join("releases"),
-                    ready_timeout: config.ready_timeout,
-                },
-                logs.clone(),
-            )),
+            RuntimeKind::Local => {
+                if store::postgres_without_password(&config.database_url) {
+                    tracing::warn!(
+                        "the store's PostgreSQL accepted a connection without a password while the local runtime runs tenant code on this machine: tenants share its loopback network and can connect to it; require a password (see the README)"
+                    );
+                }
+                Arc::new(LocalRuntime::new(local_config(&config), logs.clone()))
+            }
             RuntimeKind::Kubernetes => crate::runtime::connect_kubernetes(&config).await?,
         };
         let queue = Queue::new(
@@ -94,6 +119,8 @@ impl AppState {
             runtime,
             queue,
             logs,
+            sandbox_ids: config.sandbox_ids,
+            refresh: Arc::default(),
         };
         let ai = Arc::new(crate::ai::Gateway::new(&config.ai, db.clone())?);
         let schema = graphql::build(db.clone(), keyring, deployer.clone(), ai.clone());
@@ -112,14 +139,23 @@ impl AppState {
     }
 
     /// Starts what runs beside the API: the job worker, the local app
-    /// router, and the restore of releases that ran before a restart.
-    /// Returns the app router's address on the local runtime.
+    /// router, the routing refresh, and the restore of releases that ran
+    /// before a restart. Returns the app router's address on the local
+    /// runtime.
     pub async fn start_background(&self) -> Result<Option<std::net::SocketAddr>> {
         let deployer = self.deployer().clone();
         let apps = match deployer.runtime.as_any().downcast_ref::<LocalRuntime>() {
-            Some(local) => Some(local.serve_router(self.config().apps_listen).await?),
+            Some(local) => {
+                local.start().await?;
+                // The table holds every live release before the router
+                // answers: a request for one still coming back waits for it
+                // instead of being told nothing is served there.
+                deployer.refresh_routes().await?;
+                Some(local.serve_router(self.config().apps_listen).await?)
+            }
             None => None,
         };
+        deployer.spawn_route_refresh(ROUTE_REFRESH);
         let restorer = deployer.clone();
         let queue = deployer.queue.clone();
         tokio::spawn(async move {
@@ -541,12 +577,15 @@ pub async fn serve(app: AppState) -> Result<()> {
     let threads = app.config().http_threads;
     tracing::info!(addr = %listen, threads, "listening");
     let ai = app.ai().clone();
+    let runtime = app.deployer().runtime.clone();
     let mut serving = Serving::start(listener, router(app), threads)?;
     let failed = tokio::select! {
         () = shutdown_signal() => None,
         e = serving.failed() => Some(e),
     };
-    let stopped = serving.stop().await;
+    // Tenant processes stop within their own bound, whatever the API's
+    // connections do meanwhile.
+    let (stopped, ()) = tokio::join!(serving.stop(), runtime.shutdown());
     ai.meter.flush().await;
     match failed {
         Some(e) => Err(e),

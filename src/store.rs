@@ -55,10 +55,69 @@ pub async fn connect(url: &str) -> Result<(DatabaseConnection, StatementCounter)
     Migrator::up(&db, None)
         .await
         .map_err(|e| Error::internal(format!("migration failed: {e}")))?;
+    if let Some(path) = sqlite_path(url) {
+        // The store holds hashed tokens and sealed secrets: its owner only.
+        // (SQLite gives its -wal and -shm files the database file's mode.)
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+        }
+    }
     Ok((db, counter))
+}
+
+/// The database file of a `sqlite://` URL.
+pub fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next()?;
+    (!path.is_empty() && path != ":memory:").then(|| path.into())
+}
+
+/// Whether a `postgres://` URL connects without a password (none in the
+/// URL, none in `PGPASSWORD`).
+pub fn postgres_without_password(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let in_url = authority
+        .rsplit_once('@')
+        .and_then(|(user, _)| user.split_once(':'))
+        .is_some_and(|(_, pw)| !pw.is_empty())
+        || url.contains("password=");
+    !in_url && std::env::var_os("PGPASSWORD").is_none_or(|p| p.is_empty())
 }
 
 /// Runs pending migrations only (the `migrate` subcommand).
 pub async fn migrate(url: &str) -> Result<()> {
     connect(url).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/x/sylphx.db?mode=rwc"),
+            Some("/var/lib/x/sylphx.db".into())
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert!(postgres_without_password(
+            "postgres://postgres@127.0.0.1:5432/test"
+        ));
+        assert!(!postgres_without_password("postgres://app:s3cret@db/x"));
+        assert!(!postgres_without_password(
+            "postgres://app@db/x?password=s3cret"
+        ));
+        assert!(!postgres_without_password("sqlite://x.db"));
+    }
 }

@@ -15,6 +15,7 @@ pub mod organizations;
 pub mod projects;
 pub mod resource_bindings;
 pub mod resources;
+pub mod sandbox_users;
 pub mod service_environment_overrides;
 pub mod services;
 pub mod storage;
@@ -38,6 +39,7 @@ pub mod prelude {
     pub use super::projects::Entity as Projects;
     pub use super::resource_bindings::Entity as ResourceBindings;
     pub use super::resources::Entity as Resources;
+    pub use super::sandbox_users::Entity as SandboxUsers;
     pub use super::service_environment_overrides::Entity as ServiceEnvironmentOverrides;
     pub use super::services::Entity as Services;
     pub use super::storage::Entity as Storage;

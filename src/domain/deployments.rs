@@ -4,24 +4,29 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use serde_json::json;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::audit::{self, Target};
-use super::{Ctx, env_vars, environments, new_id, now, parse_id, projects, services};
+use super::{Ctx, env_vars, environments, new_id, now, parse_id, projects, sandboxes, services};
 use crate::auth::Role;
+use crate::config::SandboxIds;
 use crate::error::{Error, Result};
 use crate::reconcile::{self, Handler, NewJob, Queue};
 use crate::runtime::{
     BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LogLine, LogQuery, Release, Runtime,
     ServiceSpec,
 };
+use crate::runtime::{LiveEnvironments, Teardown};
 use crate::secrets::{Keyring, SecretString};
 use crate::streams::LogStore;
 use entity::{deployments, environments as envs, jobs, projects as proj, services as svcs};
@@ -58,6 +63,10 @@ pub struct Deployer {
     pub runtime: Arc<dyn Runtime>,
     pub queue: Queue,
     pub logs: LogStore,
+    /// Where projects' sandbox uids come from (local runtime).
+    pub sandbox_ids: SandboxIds,
+    /// Wakes the routing refresh (a domain changed, something was deleted).
+    pub refresh: Arc<Notify>,
 }
 
 fn seal_vars(keyring: &Keyring, vars: &BTreeMap<String, SecretString>) -> Result<String> {
@@ -386,6 +395,41 @@ pub async fn latest_image<C: ConnectionTrait>(
         })
 }
 
+/// The ids of a project's deployments (of one environment, if given).
+pub async fn ids_of<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+    environment_id: Option<Uuid>,
+) -> Result<Vec<Uuid>> {
+    let mut q = deployments::Entity::find()
+        .select_only()
+        .column(deployments::Column::Id)
+        .filter(deployments::Column::ProjectId.eq(project_id));
+    if let Some(env) = environment_id {
+        q = q.filter(deployments::Column::EnvironmentId.eq(env));
+    }
+    Ok(q.into_tuple().all(conn).await?)
+}
+
+/// Records the job that removes what a deletion leaves on the runtime; call
+/// it in the deleting transaction.
+pub async fn enqueue_teardown<C: ConnectionTrait>(
+    conn: &C,
+    ctx: &Ctx,
+    teardown: &Teardown,
+) -> Result<Uuid> {
+    reconcile::enqueue(
+        conn,
+        NewJob {
+            kind: "teardown",
+            payload: serde_json::to_value(teardown).map_err(Error::internal)?,
+            organization_id: Some(ctx.org_id()),
+            deployment_id: None,
+        },
+    )
+    .await
+}
+
 async fn set_status(
     db: &DatabaseConnection,
     d: &deployments::Model,
@@ -496,6 +540,10 @@ impl Deployer {
             .await?
             .ok_or_else(|| Error::not_found("environment", d.environment_id))?;
         let env_ref = env_ref(&project, &env);
+        let sandbox_uid = self.sandbox_uid(project.id).await?;
+        if let Some(image) = &d.image {
+            self.check_release_owner(image, &project).await?;
+        }
         let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
         let forward = {
             let (logs, env_id) = (self.logs.clone(), env.id);
@@ -520,6 +568,7 @@ impl Deployer {
                         git_commit: d.git_commit.clone(),
                         dockerfile_path: "Dockerfile".into(),
                         build_pack: project.build_pack.clone(),
+                        sandbox_uid,
                     },
                     sink.clone(),
                 )
@@ -541,6 +590,7 @@ impl Deployer {
             image: d.image.clone().unwrap_or_default(),
             env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
             services: release_services(&self.db, &project, &env, &declared).await?,
+            sandbox_uid,
         };
         self.runtime.provision(&env_ref, &release.env_vars).await?;
         self.runtime.deploy(&release, sink).await?;
@@ -579,8 +629,38 @@ impl Deployer {
         Ok(())
     }
 
+    /// The project's sandbox uid, allocated on first use (local runtime only).
+    async fn sandbox_uid(&self, project: Uuid) -> Result<Option<u32>> {
+        if self.runtime.kind() != "local" {
+            return Ok(None);
+        }
+        sandboxes::uid_for(&self.db, &self.sandbox_ids, sandboxes::PROJECT, project)
+            .await
+            .map(Some)
+    }
+
+    /// A `local:<deployment>` image must name a release of this very
+    /// project; the answer is the same whether another project's exists.
+    async fn check_release_owner(&self, image: &str, project: &proj::Model) -> Result<()> {
+        let Some(id) = crate::runtime::local::release_deployment(image) else {
+            return Ok(());
+        };
+        let owned = deployments::Entity::find_by_id(id)
+            .filter(deployments::Column::ProjectId.eq(project.id))
+            .one(&self.db)
+            .await?
+            .is_some();
+        if owned {
+            Ok(())
+        } else {
+            Err(Error::Unprocessable(format!(
+                "'{image}' is not a release of this project"
+            )))
+        }
+    }
+
     /// Brings back what was running before a restart: the newest successful
-    /// deployment of every environment is rolled out again.
+    /// deployment of every environment is rolled out again, a few at once.
     pub async fn restore(&self) -> Result<()> {
         let done = deployments::Entity::find()
             .filter(deployments::Column::Status.eq(SUCCESS))
@@ -588,36 +668,112 @@ impl Deployer {
             .all(&self.db)
             .await?;
         let mut seen = std::collections::HashSet::new();
-        for d in done {
-            if !seen.insert(d.environment_id) {
-                continue;
-            }
-            let (Some(project), Some(env)) = (
-                proj::Entity::find_by_id(d.project_id).one(&self.db).await?,
-                envs::Entity::find_by_id(d.environment_id)
-                    .one(&self.db)
-                    .await?,
-            ) else {
-                continue;
-            };
-            let env_ref = env_ref(&project, &env);
-            let release = Release {
-                deployment_id: d.id,
-                env: env_ref.clone(),
-                image: d.image.clone().unwrap_or_default(),
-                env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
-                services: release_services(&self.db, &project, &env, &[]).await?,
-            };
-            let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
-            let logs = self.logs.clone();
-            tokio::spawn(async move {
-                while let Some(line) = rx.recv().await {
-                    logs.push(env.id, line);
+        let latest: Vec<deployments::Model> = done
+            .into_iter()
+            .filter(|d| seen.insert(d.environment_id))
+            .collect();
+        futures_util::stream::iter(latest)
+            .for_each_concurrent(4, |d| async move {
+                if let Err(e) = self.restore_one(&d).await {
+                    tracing::warn!(deployment.id = %d.id, error = e.message(), "could not restore a release");
                 }
-            });
-            if let Err(e) = self.runtime.deploy(&release, sink).await {
-                tracing::warn!(deployment.id = %d.id, error = e.message(), "could not restore a release");
+            })
+            .await;
+        Ok(())
+    }
+
+    async fn restore_one(&self, d: &deployments::Model) -> Result<()> {
+        let (Some(project), Some(env)) = (
+            proj::Entity::find_by_id(d.project_id).one(&self.db).await?,
+            envs::Entity::find_by_id(d.environment_id)
+                .one(&self.db)
+                .await?,
+        ) else {
+            return Ok(());
+        };
+        let env_ref = env_ref(&project, &env);
+        let release = Release {
+            deployment_id: d.id,
+            env: env_ref.clone(),
+            image: d.image.clone().unwrap_or_default(),
+            env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
+            services: release_services(&self.db, &project, &env, &[]).await?,
+            sandbox_uid: self.sandbox_uid(project.id).await?,
+        };
+        let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                logs.push(env.id, line);
             }
+        });
+        self.runtime.deploy(&release, sink).await
+    }
+
+    /// Every environment of the store with the deployment it serves.
+    async fn live_environments(&self) -> Result<LiveEnvironments> {
+        let read_at = std::time::Instant::now();
+        let rows = envs::Entity::find()
+            .find_also_related(proj::Entity)
+            .all(&self.db)
+            .await?;
+        let serving: std::collections::HashSet<Uuid> = deployments::Entity::find()
+            .select_only()
+            .column(deployments::Column::EnvironmentId)
+            .distinct()
+            .filter(deployments::Column::Status.eq(SUCCESS))
+            .into_tuple::<Uuid>()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .collect();
+        Ok(LiveEnvironments {
+            environments: rows
+                .into_iter()
+                .filter_map(|(e, p)| Some((env_ref(&p?, &e), serving.contains(&e.id))))
+                .collect(),
+            read_at,
+        })
+    }
+
+    /// Brings the runtime's routing table in line with the store now.
+    pub async fn refresh_routes(&self) -> Result<()> {
+        let live = self.live_environments().await?;
+        self.runtime.refresh_routes(&live).await
+    }
+
+    /// Asks for a routing refresh soon (after a domain change or a delete).
+    pub fn routes_changed(&self) {
+        self.refresh.notify_one();
+    }
+
+    /// Refreshes the routing table whenever asked, and every `every` in any
+    /// case, so a table never stays stale (a delete made by another server
+    /// on the same store reaches this one too).
+    pub fn spawn_route_refresh(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = me.refresh.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
+                }
+                if let Err(e) = me.refresh_routes().await {
+                    tracing::warn!(error = e.message(), "refreshing the routing table failed");
+                }
+            }
+        })
+    }
+
+    async fn run_teardown(&self, job: &jobs::Model) -> Result<()> {
+        let t: Teardown = serde_json::from_value(job.payload.clone())
+            .map_err(|e| Error::bad_request(format!("job {} is not a teardown: {e}", job.id)))?;
+        self.runtime.teardown(&t).await?;
+        for env in &t.environments {
+            self.logs.remove(env.environment_id);
+        }
+        if t.whole_project {
+            sandboxes::free(&self.db, t.project_id).await?;
         }
         Ok(())
     }
@@ -635,6 +791,7 @@ impl Handler for Deployer {
         match job.kind.as_str() {
             "deploy" => self.run_deploy(id("deploymentId")?).await,
             "provision" => self.run_provision(id("environmentId")?).await,
+            "teardown" => self.run_teardown(job).await,
             other => Err(Error::bad_request(format!("unknown job kind {other}"))),
         }
     }

@@ -10,9 +10,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Target};
-use super::{Ctx, new_id, now, parse_id, projects, validate};
+use super::{Ctx, deployments, new_id, now, parse_id, projects, validate};
 use crate::auth::Role;
 use crate::error::{Error, Result};
+use crate::runtime::Teardown;
 use entity::environments;
 
 /// The environment every project starts with.
@@ -211,6 +212,49 @@ pub async fn update(
         "environment.update",
         Target::new("environment", env.id).in_project(project.id),
         None,
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(env)
+}
+
+/// Deletes an environment that is not `production` (that one goes with its
+/// project): its env vars, overrides and deployments go with it, and a
+/// teardown job recorded in the same transaction removes what it ran, its
+/// routes, releases and logs.
+pub async fn delete(
+    db: &DatabaseConnection,
+    ctx: &Ctx,
+    project: &str,
+    env_id: &str,
+) -> Result<environments::Model> {
+    ctx.require(Role::Write)?;
+    let txn = db.begin().await?;
+    let project = projects::resolve(&txn, ctx, project).await?;
+    let env = get(&txn, project.id, env_id).await?;
+    if env.name == PRODUCTION {
+        return Err(Error::field(
+            "id",
+            "the production environment is deleted with its project",
+        ));
+    }
+    let teardown = Teardown {
+        project_id: project.id,
+        environments: vec![deployments::env_ref(&project, &env)],
+        deployments: deployments::ids_of(&txn, project.id, Some(env.id)).await?,
+        whole_project: false,
+        sandbox_uid: None,
+    };
+    environments::Entity::delete_by_id(env.id)
+        .exec(&txn)
+        .await?;
+    deployments::enqueue_teardown(&txn, ctx, &teardown).await?;
+    audit::record(
+        &txn,
+        ctx,
+        "environment.delete",
+        Target::new("environment", env.id).in_project(project.id),
+        Some(json!({ "name": env.name })),
     )
     .await?;
     txn.commit().await?;

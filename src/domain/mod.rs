@@ -9,6 +9,7 @@ pub mod env_vars;
 pub mod environments;
 pub mod organizations;
 pub mod projects;
+pub mod sandboxes;
 pub mod services;
 pub mod validate;
 

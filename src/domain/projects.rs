@@ -10,9 +10,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::audit::{self, Target};
-use super::{Ctx, environments, new_id, now, patch, validate};
+use super::deployments::{self, env_ref};
+use super::{Ctx, environments, new_id, now, patch, sandboxes, validate};
 use crate::auth::Role;
 use crate::error::{Error, Result};
+use crate::runtime::Teardown;
 use entity::{environments as envs, projects};
 
 /// How a git project is built.
@@ -290,7 +292,9 @@ pub async fn update(
 }
 
 /// Deletes a project; its environments, services, env vars, config and
-/// bindings go with it (foreign-key cascades).
+/// bindings go with it (foreign-key cascades). What it ran, its routes,
+/// releases and logs are removed by a teardown job recorded in the same
+/// transaction, which also frees its sandbox user afterwards.
 pub async fn delete(
     db: &DatabaseConnection,
     ctx: &Ctx,
@@ -299,9 +303,18 @@ pub async fn delete(
     ctx.require(Role::Write)?;
     let txn = db.begin().await?;
     let project = resolve(&txn, ctx, id_or_slug).await?;
+    let envs = environments::list(&txn, project.id).await?;
+    let teardown = Teardown {
+        project_id: project.id,
+        environments: envs.iter().map(|e| env_ref(&project, e)).collect(),
+        deployments: deployments::ids_of(&txn, project.id, None).await?,
+        whole_project: true,
+        sandbox_uid: sandboxes::uid_of(&txn, project.id).await?,
+    };
     projects::Entity::delete_by_id(project.id)
         .exec(&txn)
         .await?;
+    deployments::enqueue_teardown(&txn, ctx, &teardown).await?;
     audit::record(
         &txn,
         ctx,

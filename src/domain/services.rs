@@ -36,6 +36,37 @@ impl Resources {
         serde_json::to_value(self).map_err(Error::internal)
     }
 
+    /// The CPU quantity in thousandths of a CPU (`250m` → 250, `1.5` → 1500).
+    pub fn cpu_millis(&self) -> Option<u64> {
+        let cpu = self.cpu.as_deref()?;
+        if let Some(m) = cpu.strip_suffix('m') {
+            return m.parse().ok();
+        }
+        let (whole, frac) = cpu.split_once('.').unwrap_or((cpu, ""));
+        let frac: String = frac.chars().chain(std::iter::repeat('0')).take(3).collect();
+        Some(whole.parse::<u64>().ok()? * 1000 + frac.parse::<u64>().ok()?)
+    }
+
+    /// The memory quantity in bytes (`512Mi`, `1G`, `1000`).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let m = self.memory.as_deref()?;
+        const UNITS: [(&str, u64); 8] = [
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("Ti", 1 << 40),
+            ("K", 1_000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+            ("T", 1_000_000_000_000),
+        ];
+        let (digits, unit) = UNITS
+            .iter()
+            .find_map(|(s, n)| m.strip_suffix(s).map(|d| (d, *n)))
+            .unwrap_or((m, 1));
+        digits.parse::<u64>().ok()?.checked_mul(unit)
+    }
+
     /// Reads the stored JSON form.
     pub fn from_json(v: &Option<serde_json::Value>) -> Option<Resources> {
         v.as_ref()
@@ -295,4 +326,31 @@ pub async fn set_override(
     .await?;
     txn.commit().await?;
     Ok(saved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resources;
+
+    #[test]
+    fn quantities() {
+        let r = |cpu: &str, memory: &str| Resources {
+            cpu: Some(cpu.into()),
+            memory: Some(memory.into()),
+        };
+        assert_eq!(r("250m", "512Mi").cpu_millis(), Some(250));
+        assert_eq!(r("1.5", "1Gi").cpu_millis(), Some(1500));
+        assert_eq!(r("2", "1G").cpu_millis(), Some(2000));
+        assert_eq!(r("2", "512Mi").memory_bytes(), Some(512 << 20));
+        assert_eq!(r("2", "1G").memory_bytes(), Some(1_000_000_000));
+        assert_eq!(r("2", "4096").memory_bytes(), Some(4096));
+        assert_eq!(
+            Resources {
+                cpu: None,
+                memory: None
+            }
+            .memory_bytes(),
+            None
+        );
+    }
 }

@@ -21,6 +21,16 @@ pub struct CreateApiKeyInput {
 #[derive(Default)]
 pub struct MutationRoot;
 
+/// After a change the runtime must follow (a delete's teardown job, a new
+/// domain): wakes the job worker and the routing refresh at once rather
+/// than at their next tick.
+fn runtime_follows(ctx: &Context<'_>) {
+    if let Some(d) = ctx.data_opt::<crate::domain::deployments::Deployer>() {
+        d.queue.notify();
+        d.routes_changed();
+    }
+}
+
 #[Object]
 impl MutationRoot {
     /// Creates an API key. The token is in this response and nowhere else, ever.
@@ -69,14 +79,16 @@ impl MutationRoot {
         id: String,
         input: UpdateProjectInput,
     ) -> Result<Project> {
-        Ok(Project(
-            domain::projects::update(db(ctx), domain_ctx(ctx)?, &id, input).await?,
-        ))
+        let p = domain::projects::update(db(ctx), domain_ctx(ctx)?, &id, input).await?;
+        runtime_follows(ctx);
+        Ok(Project(p))
     }
 
-    /// Deletes a project with its environments, services, env vars and config.
+    /// Deletes a project with its environments, services, env vars and
+    /// config; what it ran, its routes, releases and logs follow at once.
     async fn delete_project(&self, ctx: &Context<'_>, id: String) -> Result<Deleted> {
         let p = domain::projects::delete(db(ctx), domain_ctx(ctx)?, &id).await?;
+        runtime_follows(ctx);
         Ok(Deleted {
             id: p.id.to_string(),
             deleted: true,
@@ -101,10 +113,27 @@ impl MutationRoot {
         id: ID,
         input: UpdateEnvironmentInput,
     ) -> Result<Environment> {
-        Ok(Environment(
-            domain::environments::update(db(ctx), domain_ctx(ctx)?, &project_id, &id, input)
-                .await?,
-        ))
+        let env = domain::environments::update(db(ctx), domain_ctx(ctx)?, &project_id, &id, input)
+            .await?;
+        runtime_follows(ctx);
+        Ok(Environment(env))
+    }
+
+    /// Deletes an environment other than `production` with its env vars,
+    /// overrides and deployments; what it ran, its routes, releases and
+    /// logs follow at once.
+    async fn delete_environment(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        id: ID,
+    ) -> Result<Deleted> {
+        let env = domain::environments::delete(db(ctx), domain_ctx(ctx)?, &project_id, &id).await?;
+        runtime_follows(ctx);
+        Ok(Deleted {
+            id: env.id.to_string(),
+            deleted: true,
+        })
     }
 
     async fn create_service(

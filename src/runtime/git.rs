@@ -20,7 +20,12 @@ pub async fn git(args: &[&str], cwd: Option<&Path>) -> Result<String> {
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
-    let what = args.first().copied().unwrap_or_default();
+    // The subcommand, past any `-c key=value` options.
+    let what = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with('-') && (*i == 0 || args[i - 1] != "-c"))
+        .map_or("", |(_, a)| *a);
     let out = tokio::time::timeout(GIT_TIMEOUT, cmd.output())
         .await
         .map_err(|_| {

@@ -65,6 +65,8 @@ pub struct BuildRequest {
     pub git_commit: Option<String>,
     pub dockerfile_path: String,
     pub build_pack: Option<String>,
+    /// The project's sandbox uid (the local runtime builds and runs as it).
+    pub sandbox_uid: Option<u32>,
 }
 
 /// What a build produced.
@@ -87,6 +89,8 @@ pub struct Release {
     pub image: String,
     pub env_vars: EnvVars,
     pub services: Vec<ServiceSpec>,
+    /// The project's sandbox uid (the local runtime runs as it).
+    pub sandbox_uid: Option<u32>,
 }
 
 /// Live state of one service.
@@ -145,6 +149,28 @@ pub struct Runner {
     pub labels: Vec<String>,
 }
 
+/// What a deleted project or environment leaves for the runtime to remove:
+/// recorded with the deletion, carried out by a durable job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Teardown {
+    pub project_id: Uuid,
+    pub environments: Vec<EnvironmentRef>,
+    /// Releases (by deployment) to remove.
+    pub deployments: Vec<Uuid>,
+    /// The whole project goes: all its releases, and its sandbox user.
+    pub whole_project: bool,
+    pub sandbox_uid: Option<u32>,
+}
+
+/// Every environment the store holds, and whether it has a release to
+/// serve (a successful deployment), as read at `read_at`.
+#[derive(Debug, Clone)]
+pub struct LiveEnvironments {
+    pub environments: Vec<(EnvironmentRef, bool)>,
+    pub read_at: std::time::Instant,
+}
+
 /// Receives build and rollout output as it happens.
 pub type LogSink = tokio::sync::mpsc::UnboundedSender<LogLine>;
 
@@ -187,6 +213,25 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Removes everything the environment runs.
     async fn delete(&self, env: &EnvironmentRef) -> Result<()>;
+
+    /// Removes what a deleted project or environment left: what runs,
+    /// routes, releases, logs. Idempotent.
+    async fn teardown(&self, t: &Teardown) -> Result<()> {
+        for env in &t.environments {
+            self.delete(env).await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the runtime's routing table in line with the store: hostnames
+    /// follow domain changes, and environments the store no longer has (and
+    /// that were known before `live.read_at`) are stopped and forgotten.
+    async fn refresh_routes(&self, _live: &LiveEnvironments) -> Result<()> {
+        Ok(())
+    }
+
+    /// Stops what runs on this machine, for a server that is exiting.
+    async fn shutdown(&self) {}
 
     /// Whether the runtime's control plane answers.
     async fn health(&self) -> Result<()>;

@@ -60,6 +60,14 @@ impl LogStore {
         out
     }
 
+    /// Forgets an environment's history (it was deleted).
+    pub fn remove(&self, environment_id: Uuid) {
+        self.inner
+            .lock()
+            .expect("log store")
+            .remove(&environment_id);
+    }
+
     /// New lines of an environment as they arrive.
     pub fn subscribe(&self, environment_id: Uuid) -> broadcast::Receiver<LogLine> {
         let mut map = self.inner.lock().expect("log store");

@@ -407,8 +407,9 @@ impl Runtime for KubernetesRuntime {
         let req = match &req.git_commit {
             Some(_) => req,
             None => {
-                let head =
-                    crate::runtime::git::branch_head(&req.git_repository, &req.git_branch).await?;
+                // Checked as the build checks it before git touches it.
+                let url = manifests::clone_url(&req.git_repository, &req.git_branch)?;
+                let head = crate::runtime::git::branch_head(&url, &req.git_branch).await?;
                 resolved = BuildRequest {
                     git_commit: Some(head),
                     ..req.clone()

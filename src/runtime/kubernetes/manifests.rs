@@ -408,6 +408,21 @@ fn git_context(repo: &str, branch: &str, commit: &str) -> Result<GitContext> {
     })
 }
 
+/// The URL the build clones `repo` from (`https://<host>/<path>.git`, or
+/// `http://` for plain-HTTP repositories), after the same checks as the
+/// build itself: a local path or `file://` URL is refused, so nothing on
+/// the server's own disk is ever read for a tenant.
+pub fn clone_url(repo: &str, branch: &str) -> Result<String> {
+    let ctx = git_context(repo, branch, "0")?;
+    let host_path = ctx
+        .url
+        .strip_prefix("git://")
+        .and_then(|u| u.split('#').next())
+        .unwrap_or_default();
+    let scheme = if ctx.plain_http { "http" } else { "https" };
+    Ok(format!("{scheme}://{host_path}"))
+}
+
 /// A commit sha as given (7 to 40 hex digits), lowercased.
 pub fn commit_sha(req: &BuildRequest) -> Result<String> {
     let commit = req.git_commit.as_deref().ok_or_else(|| {
@@ -608,6 +623,7 @@ pub(crate) mod tests {
             image: image.into(),
             env_vars: vars(db),
             services: vec![web(), worker()],
+            sandbox_uid: None,
         }
     }
 
@@ -620,6 +636,27 @@ pub(crate) mod tests {
             git_commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
             dockerfile_path: "Dockerfile".into(),
             build_pack: None,
+            sandbox_uid: None,
+        }
+    }
+
+    #[test]
+    fn clone_urls_never_name_local_paths() {
+        assert_eq!(
+            clone_url("acme/shop", "main").unwrap(),
+            "https://github.com/acme/shop.git"
+        );
+        assert_eq!(
+            clone_url("http://git.internal/a/b", "main").unwrap(),
+            "http://git.internal/a/b.git"
+        );
+        for local in ["/srv/repo", "file:///srv/repo", "./repo"] {
+            let err = clone_url(local, "main").unwrap_err();
+            assert!(
+                err.message().contains("local path"),
+                "{local}: {}",
+                err.message()
+            );
         }
     }
 

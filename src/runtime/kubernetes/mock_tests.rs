@@ -844,6 +844,7 @@ async fn smoke_against_a_real_cluster() {
         image: "busybox:1.37".into(),
         env_vars: vars("postgres://smoke"),
         services: vec![worker],
+        sandbox_uid: None,
     };
     let (tx, _rx) = mpsc::unbounded_channel();
     let deployed = rt.deploy(&release, tx).await;

@@ -1,43 +1,72 @@
-//! The `local` runtime: runs apps for real on this machine. Each deploy
-//! clones the repository at a commit into a release directory (kept for
-//! rollback), runs the Procfile's `release:` command, starts the new
-//! replicas, waits for them to accept connections, switches the router and
-//! only then stops the old ones.
+//! The `local` runtime: runs apps for real on this machine, each project in
+//! sandboxes of its own (see [`sandbox`]). Each deploy clones the
+//! repository at a commit into a release directory (kept for rollback),
+//! runs the Procfile's `release:` command, starts the new replicas, waits
+//! for them to accept connections, switches the router and only then stops
+//! the old ones.
 
+mod cgroups;
+mod host;
 mod process;
 mod router;
+pub mod sandbox;
 pub mod source;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
 use super::{
-    BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LogLine, LogQuery,
-    LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus,
+    BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LiveEnvironments,
+    LogLine, LogQuery, LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus, Teardown,
 };
+use crate::domain::services::Resources;
 use crate::error::{Error, Result};
 use crate::streams::LogStore;
-use process::{Replica, ReplicaSpec, ReplicaState, port_open};
-use source::Procfile;
+use cgroups::Limits;
+use process::{Replica, ReplicaSpec, ReplicaState, Supervision, port_open, read_lines};
+use sandbox::{SandboxSettings, Sandboxes, Spec};
+use source::{Procfile, SourceRoots};
 
 /// Settings of the local runtime.
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
-    /// Where release directories live.
-    pub releases_dir: PathBuf,
+    /// The data directory; releases live in `<data>/releases/<project>/<deployment>`.
+    pub data_dir: PathBuf,
     /// How long new replicas get to accept connections.
     pub ready_timeout: Duration,
+    pub sandbox: SandboxSettings,
+    /// Where `gitRepository` paths may point (`local_git_roots`).
+    pub git_roots: Vec<PathBuf>,
 }
+
+/// Replicas that declare no `resources` get these.
+pub const DEFAULT_MEMORY_BYTES: u64 = 512 << 20;
+pub const DEFAULT_CPU_MILLIS: u64 = 1000;
+
+/// How long a `release:` command may run.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// A replica being retired after a switch gets this long for the router's
+/// requests in flight to it, then this long after SIGTERM.
+const RETIRE_DRAIN: Duration = Duration::from_secs(30);
+const RETIRE_GRACE: Duration = Duration::from_secs(10);
+
+/// On shutdown: the same, shorter, so that every tenant process is gone
+/// within eight seconds of SIGTERM.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct RunningService {
     spec: ServiceSpec,
@@ -48,12 +77,28 @@ struct RunningEnv {
     env: EnvironmentRef,
     deployment_id: Option<Uuid>,
     services: Vec<RunningService>,
+    /// When the runtime learnt of it (a refresh only forgets what it knew
+    /// before reading the store).
+    known_since: Instant,
+}
+
+impl RunningEnv {
+    fn new(env: EnvironmentRef) -> RunningEnv {
+        RunningEnv {
+            env,
+            deployment_id: None,
+            services: Vec::new(),
+            known_since: Instant::now(),
+        }
+    }
 }
 
 /// State shared with the router.
 #[derive(Default)]
 pub(crate) struct Shared {
     envs: Mutex<HashMap<Uuid, RunningEnv>>,
+    /// Woken when a replica's readiness or the table changes.
+    changed: Arc<Notify>,
 }
 
 /// The hostnames an environment answers to: its domain, and
@@ -80,8 +125,12 @@ fn web_service(services: &[RunningService]) -> Option<&RunningService> {
 }
 
 impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, RunningEnv>> {
+        self.envs.lock().expect("local runtime")
+    }
+
     fn pick(&self, host: &str, n: usize) -> Option<(u16, Arc<ReplicaState>)> {
-        let envs = self.envs.lock().expect("local runtime");
+        let envs = self.lock();
         let env = envs
             .values()
             .find(|e| hostnames(&e.env).iter().any(|h| h == host))?;
@@ -95,9 +144,20 @@ impl Shared {
     }
 
     fn knows(&self, host: &str) -> bool {
-        let envs = self.envs.lock().expect("local runtime");
-        envs.values()
+        self.lock()
+            .values()
             .any(|e| hostnames(&e.env).iter().any(|h| h == host))
+    }
+
+    fn entry<'a>(
+        envs: &'a mut HashMap<Uuid, RunningEnv>,
+        env: &EnvironmentRef,
+    ) -> &'a mut RunningEnv {
+        let entry = envs
+            .entry(env.environment_id)
+            .or_insert_with(|| RunningEnv::new(env.clone()));
+        entry.env = env.clone();
+        entry
     }
 }
 
@@ -106,8 +166,15 @@ pub struct LocalRuntime {
     config: LocalConfig,
     shared: Arc<Shared>,
     logs: LogStore,
+    sandboxes: Arc<Sandboxes>,
+    sources: SourceRoots,
     /// Serialises rollouts per environment.
     rollouts: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
+    /// Environments deleted while this process ran: a deploy that was
+    /// already under way for one of them must not bring it back.
+    deleted: Mutex<HashSet<Uuid>>,
+    /// Set once the server is stopping: nothing new starts.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 fn free_port() -> Result<u16> {
@@ -121,14 +188,103 @@ fn release_id(deployment_id: Uuid, commit: &str) -> String {
     format!("local:{deployment_id}@{}", &commit[..commit.len().min(12)])
 }
 
+/// The deployment a `local:<deployment>@<commit>` image names.
+pub fn release_deployment(image: &str) -> Option<Uuid> {
+    image
+        .strip_prefix("local:")
+        .and_then(|rest| rest.split('@').next())
+        .and_then(|id| Uuid::parse_str(id).ok())
+}
+
+fn limits(resources: Option<&Resources>, max_processes: u64) -> Limits {
+    Limits {
+        memory_bytes: Some(
+            resources
+                .and_then(Resources::memory_bytes)
+                .unwrap_or(DEFAULT_MEMORY_BYTES),
+        ),
+        cpu_millis: Some(
+            resources
+                .and_then(Resources::cpu_millis)
+                .unwrap_or(DEFAULT_CPU_MILLIS),
+        ),
+        max_processes: Some(max_processes),
+    }
+}
+
+fn set_mode(path: &Path, mode: u32, group: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: std::io::Error| Error::internal(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(path).map_err(fail)?;
+    if let Some(g) = group {
+        std::os::unix::fs::chown(path, None, Some(g)).map_err(fail)?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(fail)
+}
+
 impl LocalRuntime {
     pub fn new(config: LocalConfig, logs: LogStore) -> Self {
+        let sources = SourceRoots {
+            roots: config.git_roots.clone(),
+            forbidden: config.data_dir.clone(),
+        };
         LocalRuntime {
+            sandboxes: Arc::new(Sandboxes::new(config.sandbox.clone())),
+            sources,
             config,
             shared: Arc::default(),
             logs,
             rollouts: Mutex::default(),
+            deleted: Mutex::default(),
+            stopping: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Checks that sandboxes can be made (logging why not) and prepares
+    /// the data directory: the sandboxes' group may traverse it and
+    /// `releases/` (and read nothing), each project's releases are its own.
+    pub async fn start(&self) -> Result<()> {
+        if let Err(e) = self.sandboxes.check().await {
+            tracing::error!(
+                reason = e.message(),
+                "the local runtime cannot run tenant code"
+            );
+        } else if self.sandboxes.shared() {
+            tracing::warn!(
+                "--insecure-shared-sandbox: tenant code runs as this server's own user, without isolation between projects"
+            );
+        }
+        if let Some(why) = self.sandboxes.limits_unavailable().await {
+            tracing::warn!(reason = %why, "cpu and memory limits of replicas are not enforced");
+        }
+        self.prepare_dirs()
+    }
+
+    fn prepare_dirs(&self) -> Result<()> {
+        if self.sandboxes.shared() {
+            return set_mode(&self.releases_dir(), 0o700, None);
+        }
+        let group = Some(self.sandboxes.group());
+        set_mode(&self.config.data_dir, 0o710, group)?;
+        set_mode(&self.releases_dir(), 0o710, group)
+    }
+
+    fn releases_dir(&self) -> PathBuf {
+        self.config.data_dir.join("releases")
+    }
+
+    fn project_dir(&self, project: Uuid) -> PathBuf {
+        self.releases_dir().join(project.to_string())
+    }
+
+    /// The project's release directory, owned by its uid and closed to others.
+    fn prepare_project_dir(&self, project: Uuid, uid: u32) -> Result<PathBuf> {
+        let dir = self.project_dir(project);
+        self.prepare_dirs()?;
+        set_mode(&dir, 0o700, None)?;
+        std::os::unix::fs::chown(&dir, Some(uid), Some(uid))
+            .map_err(|e| Error::internal(format!("{}: {e}", dir.display())))?;
+        Ok(dir)
     }
 
     /// Serves the app router on `addr` until the process ends.
@@ -145,6 +301,7 @@ impl LocalRuntime {
                 .build()
                 .map_err(Error::internal)?,
             next: Arc::new(AtomicUsize::new(0)),
+            hold: self.config.ready_timeout.min(Duration::from_secs(30)),
         };
         let app = axum::Router::new()
             .fallback(router::proxy)
@@ -155,17 +312,38 @@ impl LocalRuntime {
         Ok(local)
     }
 
-    fn release_dir(&self, image: &str) -> Result<PathBuf> {
-        let id = image
-            .strip_prefix("local:")
-            .and_then(|rest| rest.split('@').next())
-            .and_then(|id| Uuid::parse_str(id).ok())
-            .ok_or_else(|| {
-                Error::Unprocessable(format!(
-                    "'{image}' is a container image: the local runtime runs git sources only (use --runtime kubernetes for dockerImage projects)"
-                ))
-            })?;
-        Ok(self.config.releases_dir.join(id.to_string()))
+    /// The release a deploy of `release` runs: only a release of the same
+    /// project (a `local:` image naming another project's deployment is
+    /// not found here).
+    fn release_dir(&self, release: &Release, uid: u32) -> Result<PathBuf> {
+        let id = release_deployment(&release.image).ok_or_else(|| {
+            Error::Unprocessable(format!(
+                "'{}' is a container image: the local runtime runs git sources only (use --runtime kubernetes for dockerImage projects)",
+                release.image
+            ))
+        })?;
+        let dir = self
+            .project_dir(release.env.project_id)
+            .join(id.to_string());
+        if !dir.is_dir() {
+            // Releases of earlier versions lived in `releases/<deployment>`;
+            // the store has already checked that this one is the project's.
+            let legacy = self.releases_dir().join(id.to_string());
+            if legacy.is_dir() {
+                self.prepare_project_dir(release.env.project_id, uid)?;
+                std::fs::rename(&legacy, &dir)
+                    .and_then(|()| source::chown_tree(&dir, uid))
+                    .map_err(|e| Error::internal(format!("moving {}: {e}", legacy.display())))?;
+            }
+        }
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(Error::Unprocessable(format!(
+                "release {} of this project is not on this machine",
+                release.image
+            )))
+        }
     }
 
     fn lock_env(&self, env: Uuid) -> Arc<tokio::sync::Mutex<()>> {
@@ -177,57 +355,129 @@ impl LocalRuntime {
             .clone()
     }
 
-    fn say(&self, sink: &LogSink, env: &EnvironmentRef, deployment: Uuid, msg: String) {
+    fn supervision(&self) -> Supervision {
+        Supervision {
+            logs: self.logs.clone(),
+            sandboxes: self.sandboxes.clone(),
+            changed: self.shared.changed.clone(),
+        }
+    }
+
+    fn is_stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    fn say(sink: &LogSink, deployment: Uuid, source: &str, level: &str, msg: String) {
         let _ = sink.send(LogLine {
             ts: chrono::Utc::now(),
-            source: "deploy".into(),
-            level: "info".into(),
+            source: source.into(),
+            level: level.into(),
             msg,
             deployment_id: Some(deployment),
         });
-        let _ = env;
     }
 
+    /// Runs the `release:` command in the project's sandbox, its output
+    /// going to the deployment's log as it comes.
     async fn run_release_command(
         &self,
-        dir: &std::path::Path,
+        dir: &Path,
         command: &str,
         env: &BTreeMap<String, String>,
         sink: &LogSink,
         release: &Release,
+        uid: u32,
     ) -> Result<()> {
-        let out = process::app_command(command, dir, env)
-            .output()
-            .await
-            .map_err(|e| Error::internal(format!("cannot run the release command: {e}")))?;
-        for (level, bytes) in [("info", &out.stdout), ("error", &out.stderr)] {
-            for line in String::from_utf8_lossy(bytes).lines() {
-                let _ = sink.send(LogLine {
-                    ts: chrono::Utc::now(),
-                    source: "release".into(),
-                    level: level.into(),
-                    msg: line.to_string(),
-                    deployment_id: Some(release.deployment_id),
-                });
+        let mut sandbox = self
+            .sandboxes
+            .spawn(
+                &Spec {
+                    uid,
+                    dir,
+                    command,
+                    env,
+                    limits: limits(None, self.config.sandbox.max_processes),
+                },
+                Stdio::piped(),
+                Stdio::piped(),
+            )
+            .await?;
+        let deployment = release.deployment_id;
+        let pumps: Vec<_> = [
+            sandbox
+                .child
+                .stdout
+                .take()
+                .map(|r| (Box::pin(r) as _, "info")),
+            sandbox
+                .child
+                .stderr
+                .take()
+                .map(|r| (Box::pin(r) as _, "error")),
+        ]
+        .into_iter()
+        .flatten()
+        .map(
+            |(reader, level): (std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>, _)| {
+                let sink = sink.clone();
+                tokio::spawn(read_lines(reader, move |line| {
+                    Self::say(&sink, deployment, "release", level, line)
+                }))
+            },
+        )
+        .collect();
+        let mut stopping = self.stopping.subscribe();
+        let outcome = tokio::select! {
+            status = tokio::time::timeout(RELEASE_TIMEOUT, sandbox.wait()) => status,
+            () = async { drop(stopping.wait_for(|s| *s).await) } => {
+                sandbox.stop(SHUTDOWN_GRACE).await;
+                return Err(Error::Unavailable("the server is stopping".into()));
             }
-        }
-        if out.status.success() {
+        };
+        let status = match outcome {
+            Ok(status) => status.map_err(|e| Error::internal(format!("release command: {e}")))?,
+            Err(_) => {
+                sandbox.stop(Duration::from_secs(1)).await;
+                return Err(Error::Unprocessable(format!(
+                    "the release command did not finish within {} minutes",
+                    RELEASE_TIMEOUT.as_secs() / 60
+                )));
+            }
+        };
+        let oom = sandbox.out_of_memory();
+        sandbox.settle().await;
+        futures_util::future::join_all(pumps).await;
+        if status.success() {
             Ok(())
+        } else if oom {
+            Err(Error::Unprocessable(
+                "the release command ran out of memory".into(),
+            ))
         } else {
             Err(Error::Unprocessable(format!(
-                "the release command failed ({})",
-                out.status
+                "the release command failed ({status})"
             )))
         }
     }
+
+    fn start_replica(&self, spec: ReplicaSpec) -> Replica {
+        Replica::start(spec, self.supervision())
+    }
 }
 
-async fn stop_all(services: Vec<RunningService>) {
+async fn stop_all(services: Vec<RunningService>, drain: Duration, grace: Duration) {
     let stops = services
         .into_iter()
         .flat_map(|s| s.replicas)
-        .map(Replica::stop);
+        .map(|r| r.stop(drain, grace));
     futures_util::future::join_all(stops).await;
+}
+
+fn all_ready(services: &[RunningService]) -> bool {
+    services
+        .iter()
+        .flat_map(|s| &s.replicas)
+        .all(|r| r.state.ready.load(Ordering::SeqCst))
 }
 
 #[async_trait]
@@ -241,36 +491,30 @@ impl Runtime for LocalRuntime {
     }
 
     async fn provision(&self, env: &EnvironmentRef, _vars: &EnvVars) -> Result<()> {
-        let mut envs = self.shared.envs.lock().expect("local runtime");
-        let entry = envs
-            .entry(env.environment_id)
-            .or_insert_with(|| RunningEnv {
-                env: env.clone(),
-                deployment_id: None,
-                services: Vec::new(),
-            });
-        entry.env = env.clone();
+        Shared::entry(&mut self.shared.lock(), env);
         Ok(())
     }
 
     async fn build(&self, req: &BuildRequest, logs: LogSink) -> Result<BuildOutput> {
-        let repo = source::local_repository(&req.git_repository)?;
-        let dir = self.config.releases_dir.join(req.deployment_id.to_string());
-        let say = |msg: String| {
-            let _ = logs.send(LogLine {
-                ts: chrono::Utc::now(),
-                source: "build".into(),
-                level: "info".into(),
-                msg,
-                deployment_id: Some(req.deployment_id),
-            });
-        };
+        self.sandboxes.check().await?;
+        let uid = req
+            .sandbox_uid
+            .ok_or_else(|| Error::internal("a local build needs the project's sandbox uid"))?;
+        let repo = self.sources.repository(&req.git_repository)?;
+        let project_dir = self.prepare_project_dir(req.env.project_id, uid)?;
+        let dir = project_dir.join(req.deployment_id.to_string());
+        let say = |msg: String| Self::say(&logs, req.deployment_id, "build", "info", msg);
         say(format!(
             "cloning {} ({})",
             req.git_repository, req.git_branch
         ));
         let commit =
             source::checkout(&repo, &req.git_branch, req.git_commit.as_deref(), &dir).await?;
+        let owned = dir.clone();
+        tokio::task::spawn_blocking(move || source::chown_tree(&owned, uid))
+            .await
+            .map_err(Error::internal)?
+            .map_err(|e| Error::internal(format!("cannot hand the release over: {e}")))?;
         say(format!("checked out {commit}"));
         let procfile = Procfile::read(&dir).await?;
         let declared = procfile
@@ -297,10 +541,15 @@ impl Runtime for LocalRuntime {
     }
 
     async fn deploy(&self, release: &Release, logs: LogSink) -> Result<()> {
-        let dir = self.release_dir(&release.image)?;
+        self.sandboxes.check().await?;
+        let uid = release
+            .sandbox_uid
+            .ok_or_else(|| Error::internal("a local deploy needs the project's sandbox uid"))?;
+        let dir = self.release_dir(release, uid)?;
         let procfile = Procfile::read(&dir).await?;
         let lock = self.lock_env(release.env.environment_id);
         let _guard = lock.lock().await;
+        let deployment = release.deployment_id;
         let vars: BTreeMap<String, String> = release
             .env_vars
             .0
@@ -308,14 +557,18 @@ impl Runtime for LocalRuntime {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect();
         if let Some(cmd) = &procfile.release {
-            self.say(
+            Self::say(
                 &logs,
-                &release.env,
-                release.deployment_id,
+                deployment,
+                "deploy",
+                "info",
                 "running the release command".into(),
             );
-            self.run_release_command(&dir, cmd, &vars, &logs, release)
+            self.run_release_command(&dir, cmd, &vars, &logs, release, uid)
                 .await?;
+        }
+        if self.is_stopping() {
+            return Err(Error::Unavailable("the server is stopping".into()));
         }
         // Start the new replicas beside the old ones.
         let mut started = Vec::new();
@@ -333,18 +586,17 @@ impl Runtime for LocalRuntime {
                     Some(_) => Some(free_port()?),
                     None => None,
                 };
-                replicas.push(Replica::start(
-                    ReplicaSpec {
-                        name: format!("{}.{}", svc.name, i + 1),
-                        command: command.clone(),
-                        dir: dir.clone(),
-                        env: vars.clone(),
-                        port,
-                        environment_id: release.env.environment_id,
-                        deployment_id: release.deployment_id,
-                    },
-                    self.logs.clone(),
-                ));
+                replicas.push(self.start_replica(ReplicaSpec {
+                    name: format!("{}.{}", svc.name, i + 1),
+                    command: command.clone(),
+                    dir: dir.clone(),
+                    env: vars.clone(),
+                    port,
+                    environment_id: release.env.environment_id,
+                    deployment_id: deployment,
+                    uid,
+                    limits: limits(svc.resources.as_ref(), self.config.sandbox.max_processes),
+                }));
             }
             started.push(RunningService {
                 spec: svc.clone(),
@@ -356,63 +608,76 @@ impl Runtime for LocalRuntime {
                 "the release has no process to run".into(),
             ));
         }
-        self.say(
+        Self::say(
             &logs,
-            &release.env,
-            release.deployment_id,
+            deployment,
+            "deploy",
+            "info",
             "waiting for the new replicas to become ready".into(),
         );
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
-        let all_ready = |services: &[RunningService]| {
-            services
-                .iter()
-                .flat_map(|s| &s.replicas)
-                .all(|r| r.state.ready.load(Ordering::SeqCst))
-        };
         while !all_ready(&started) {
-            if tokio::time::Instant::now() >= deadline {
+            let changed = self.shared.changed.notified();
+            if all_ready(&started) {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline || self.is_stopping() {
                 let names: Vec<String> = started
                     .iter()
                     .flat_map(|s| &s.replicas)
                     .filter(|r| !r.state.ready.load(Ordering::SeqCst))
                     .map(|r| r.spec.name.clone())
                     .collect();
-                stop_all(started).await;
+                stop_all(started, Duration::ZERO, Duration::from_secs(1)).await;
                 return Err(Error::Unprocessable(format!(
                     "{} did not become ready within {:?}; the previous release keeps serving",
                     names.join(", "),
                     self.config.ready_timeout
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = tokio::time::timeout_at(deadline, changed).await;
         }
-        // Switch the router, then retire the old release.
-        let old = {
-            let mut envs = self.shared.envs.lock().expect("local runtime");
-            let entry = envs
-                .entry(release.env.environment_id)
-                .or_insert_with(|| RunningEnv {
-                    env: release.env.clone(),
-                    deployment_id: None,
-                    services: Vec::new(),
-                });
-            entry.env = release.env.clone();
-            entry.deployment_id = Some(release.deployment_id);
-            std::mem::replace(&mut entry.services, started)
+        // Switch the router, then retire the old release — unless the
+        // environment was deleted meanwhile.
+        let switched = {
+            let mut envs = self.shared.lock();
+            let gone = self
+                .deleted
+                .lock()
+                .expect("deleted")
+                .contains(&release.env.environment_id);
+            if gone || self.is_stopping() {
+                Err(started)
+            } else {
+                let entry = Shared::entry(&mut envs, &release.env);
+                entry.deployment_id = Some(deployment);
+                Ok(std::mem::replace(&mut entry.services, started))
+            }
         };
-        self.say(
+        let old = match switched {
+            Ok(old) => old,
+            Err(started) => {
+                stop_all(started, Duration::ZERO, Duration::from_secs(1)).await;
+                return Err(Error::NotFound(
+                    "the environment was deleted during the deploy".into(),
+                ));
+            }
+        };
+        self.shared.changed.notify_waiters();
+        Self::say(
             &logs,
-            &release.env,
-            release.deployment_id,
+            deployment,
+            "deploy",
+            "info",
             "switched traffic to the new release".into(),
         );
-        stop_all(old).await;
+        stop_all(old, RETIRE_DRAIN, RETIRE_GRACE).await;
         Ok(())
     }
 
     async fn scale(&self, env: &EnvironmentRef, service: &str, replicas: u32) -> Result<()> {
-        let (to_stop, to_start) = {
-            let mut envs = self.shared.envs.lock().expect("local runtime");
+        let to_stop = {
+            let mut envs = self.shared.lock();
             let running = envs
                 .get_mut(&env.environment_id)
                 .and_then(|e| e.services.iter_mut().find(|s| s.spec.name == service))
@@ -420,10 +685,9 @@ impl Runtime for LocalRuntime {
             running.spec.replicas = replicas;
             let have = running.replicas.len() as u32;
             if replicas < have {
-                (running.replicas.split_off(replicas as usize), Vec::new())
+                running.replicas.split_off(replicas as usize)
             } else {
                 let template = running.replicas.first().map(|r| r.spec.clone());
-                let mut new = Vec::new();
                 if let Some(t) = template {
                     for i in have..replicas {
                         let mut spec = t.clone();
@@ -432,20 +696,23 @@ impl Runtime for LocalRuntime {
                             Some(_) => Some(free_port()?),
                             None => None,
                         };
-                        new.push(Replica::start(spec, self.logs.clone()));
+                        running.replicas.push(self.start_replica(spec));
                     }
                 }
-                running.replicas.extend(new);
-                (Vec::new(), Vec::<Replica>::new())
+                Vec::new()
             }
         };
-        drop(to_start);
-        futures_util::future::join_all(to_stop.into_iter().map(Replica::stop)).await;
+        futures_util::future::join_all(
+            to_stop
+                .into_iter()
+                .map(|r| r.stop(RETIRE_DRAIN, RETIRE_GRACE)),
+        )
+        .await;
         Ok(())
     }
 
     async fn status(&self, env: &EnvironmentRef) -> Result<EnvironmentStatus> {
-        let envs = self.shared.envs.lock().expect("local runtime");
+        let envs = self.shared.lock();
         let Some(running) = envs
             .get(&env.environment_id)
             .filter(|e| e.deployment_id.is_some())
@@ -524,16 +791,102 @@ impl Runtime for LocalRuntime {
     }
 
     async fn delete(&self, env: &EnvironmentRef) -> Result<()> {
-        let removed = self
-            .shared
-            .envs
+        self.deleted
             .lock()
-            .expect("local runtime")
-            .remove(&env.environment_id);
+            .expect("deleted")
+            .insert(env.environment_id);
+        let removed = self.shared.lock().remove(&env.environment_id);
+        self.shared.changed.notify_waiters();
         if let Some(running) = removed {
-            stop_all(running.services).await;
+            stop_all(running.services, Duration::ZERO, SHUTDOWN_GRACE).await;
+        }
+        self.logs.remove(env.environment_id);
+        Ok(())
+    }
+
+    async fn teardown(&self, t: &Teardown) -> Result<()> {
+        for env in &t.environments {
+            self.delete(env).await?;
+        }
+        if let Some(uid) = t
+            .sandbox_uid
+            .filter(|_| t.whole_project && !self.sandboxes.shared())
+        {
+            // Anything of the project's user still alive (a release command
+            // of a deploy that raced the delete) goes too.
+            for pid in host::processes_of(uid) {
+                // SAFETY: kill(2) on a process of the deleted project's user.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let remove = |dir: PathBuf| match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::internal(format!(
+                "cannot remove {}: {e}",
+                dir.display()
+            ))),
+            _ => Ok(()),
+        };
+        let project = self.project_dir(t.project_id);
+        if t.whole_project {
+            remove(project)?;
+        } else {
+            for d in &t.deployments {
+                remove(project.join(d.to_string()))?;
+            }
+        }
+        for d in &t.deployments {
+            remove(self.releases_dir().join(d.to_string()))?;
         }
         Ok(())
+    }
+
+    async fn refresh_routes(&self, live: &LiveEnvironments) -> Result<()> {
+        let stale: Vec<RunningEnv> = {
+            let mut envs = self.shared.lock();
+            let alive: HashSet<Uuid> = live
+                .environments
+                .iter()
+                .map(|(e, _)| e.environment_id)
+                .collect();
+            let gone: Vec<Uuid> = envs
+                .iter()
+                .filter(|(id, e)| !alive.contains(id) && e.known_since < live.read_at)
+                .map(|(id, _)| *id)
+                .collect();
+            for (env, serving) in &live.environments {
+                match envs.get_mut(&env.environment_id) {
+                    Some(entry) => entry.env = env.clone(),
+                    // Known to the store with a release to serve: routed
+                    // (requests wait for its replicas) until it is restored.
+                    None if *serving => {
+                        envs.insert(env.environment_id, RunningEnv::new(env.clone()));
+                    }
+                    None => {}
+                }
+            }
+            gone.iter().filter_map(|id| envs.remove(id)).collect()
+        };
+        self.shared.changed.notify_waiters();
+        for env in stale {
+            tracing::info!(environment.id = %env.env.environment_id, "stopping an environment the store no longer has");
+            self.logs.remove(env.env.environment_id);
+            stop_all(env.services, Duration::ZERO, SHUTDOWN_GRACE).await;
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&self) {
+        self.stopping.send_replace(true);
+        let all: Vec<RunningService> = self
+            .shared
+            .lock()
+            .values_mut()
+            .flat_map(|e| std::mem::take(&mut e.services))
+            .collect();
+        self.shared.changed.notify_waiters();
+        stop_all(all, SHUTDOWN_DRAIN, SHUTDOWN_GRACE).await;
     }
 
     async fn health(&self) -> Result<()> {

@@ -1,6 +1,6 @@
-//! One replica: a supervised child process. Its output goes to the log
-//! store; a crash restarts it with backoff; readiness is its port accepting
-//! connections.
+//! One replica: a supervised sandbox. Its output goes to the log store; a
+//! crash restarts it with backoff; it is ready when its port accepts
+//! connections on a socket that the sandbox's own user owns.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -9,11 +9,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
+use super::cgroups::Limits;
+use super::host;
+use super::sandbox::{Sandboxes, Spec};
 use crate::runtime::LogLine;
 use crate::streams::LogStore;
 
@@ -27,6 +29,9 @@ pub struct ReplicaSpec {
     pub port: Option<u16>,
     pub environment_id: Uuid,
     pub deployment_id: Uuid,
+    /// The project's sandbox uid.
+    pub uid: u32,
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ReplicaSpec {
@@ -48,57 +53,54 @@ pub struct ReplicaState {
     pub in_flight: AtomicUsize,
 }
 
+/// What every replica shares: where output goes, how sandboxes are made,
+/// whom to tell when readiness changes.
+#[derive(Clone)]
+pub struct Supervision {
+    pub logs: LogStore,
+    pub sandboxes: Arc<Sandboxes>,
+    /// Woken whenever a replica becomes ready or stops being ready.
+    pub changed: Arc<Notify>,
+}
+
 /// A running replica; stopping it ends its supervisor.
 pub struct Replica {
     pub spec: ReplicaSpec,
     pub state: Arc<ReplicaState>,
-    stop: watch::Sender<bool>,
+    /// `Some(grace)` asks the supervisor to stop the sandbox.
+    stop: watch::Sender<Option<Duration>>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// `sh -c command` in `dir` with only PATH, HOME and `env`, in its own
-/// process group, killed when dropped and when this process dies (so no
-/// app or release command outlives a crashed control plane).
-pub(super) fn app_command(
-    command: &str,
-    dir: &std::path::Path,
-    env: &BTreeMap<String, String>,
-) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(dir)
-        .env_clear()
-        .env(
-            "PATH",
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
-        )
-        .env(
-            "HOME",
-            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
-        )
-        .envs(env)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe; it makes the child die with us
-    // rather than outlive a crashed control plane holding its port.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    cmd
-}
+/// Longest log line kept; longer output is split.
+const MAX_LINE: usize = 8 * 1024;
 
-fn spawn_child(spec: &ReplicaSpec) -> std::io::Result<Child> {
-    let mut cmd = app_command(&spec.command, &spec.dir, &spec.env);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    if let Some(port) = spec.port {
-        cmd.env("PORT", port.to_string());
+/// Reads `reader` to its end, calling `line` for each line (without its
+/// newline, at most [`MAX_LINE`] bytes, invalid UTF-8 replaced).
+pub async fn read_lines(mut reader: impl AsyncRead + Unpin, mut line: impl FnMut(String)) {
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        for &b in &chunk[..n] {
+            if b == b'\n' {
+                line(String::from_utf8_lossy(&pending).into_owned());
+                pending.clear();
+            } else {
+                pending.push(b);
+                if pending.len() == MAX_LINE {
+                    line(String::from_utf8_lossy(&pending).into_owned());
+                    pending.clear();
+                }
+            }
+        }
     }
-    cmd.spawn()
+    if !pending.is_empty() {
+        line(String::from_utf8_lossy(&pending).into_owned());
+    }
 }
 
 fn pump(
@@ -108,41 +110,18 @@ fn pump(
     logs: LogStore,
 ) {
     let (env, deployment, source) = (spec.environment_id, spec.deployment_id, spec.name.clone());
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        while let Ok(Some(msg)) = lines.next_line().await {
-            logs.push(
-                env,
-                LogLine {
-                    ts: chrono::Utc::now(),
-                    source: source.clone(),
-                    level: level.into(),
-                    msg,
-                    deployment_id: Some(deployment),
-                },
-            );
-        }
-    });
-}
-
-/// Sends SIGTERM to the process group, then SIGKILL after a grace period.
-async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: signalling our own child's process group.
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGTERM);
-        }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        unsafe {
-            libc::kill(-(pid as i32), libc::SIGKILL);
-        }
-    }
-    let _ = child.kill().await;
+    tokio::spawn(read_lines(reader, move |msg| {
+        logs.push(
+            env,
+            LogLine {
+                ts: chrono::Utc::now(),
+                source: source.clone(),
+                level: level.into(),
+                msg,
+                deployment_id: Some(deployment),
+            },
+        )
+    }));
 }
 
 /// Whether something accepts connections on the port.
@@ -152,70 +131,19 @@ pub async fn port_open(port: u16) -> bool {
         .is_ok()
 }
 
+/// Ready: the port accepts connections, and the socket answering
+/// `127.0.0.1:port` belongs to the sandbox's user, not to another
+/// tenant's process that took the port first.
+async fn listening_as(port: u16, uid: u32) -> bool {
+    port_open(port).await && host::loopback_listener_uid(port) == Some(uid)
+}
+
 impl Replica {
     /// Starts the replica and its supervisor.
-    pub fn start(spec: ReplicaSpec, logs: LogStore) -> Replica {
+    pub fn start(spec: ReplicaSpec, sup: Supervision) -> Replica {
         let state = Arc::new(ReplicaState::default());
-        let (stop, mut stopped) = watch::channel(false);
-        let task = {
-            let (spec, state) = (spec.clone(), state.clone());
-            tokio::spawn(async move {
-                let mut backoff = Duration::from_millis(500);
-                loop {
-                    let mut child = match spawn_child(&spec) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            push_event(&logs, &spec, format!("cannot start: {e}"));
-                            state.crashed.store(true, Ordering::SeqCst);
-                            return;
-                        }
-                    };
-                    if let Some(out) = child.stdout.take() {
-                        pump(out, &spec, "info", logs.clone());
-                    }
-                    if let Some(err) = child.stderr.take() {
-                        pump(err, &spec, "error", logs.clone());
-                    }
-                    let ready_watch = {
-                        let (spec, state) = (spec.clone(), state.clone());
-                        tokio::spawn(async move {
-                            match spec.port {
-                                Some(port) => loop {
-                                    if port_open(port).await {
-                                        state.ready.store(true, Ordering::SeqCst);
-                                        state.crashed.store(false, Ordering::SeqCst);
-                                        break;
-                                    }
-                                    tokio::time::sleep(Duration::from_millis(50)).await;
-                                },
-                                None => state.ready.store(true, Ordering::SeqCst),
-                            }
-                        })
-                    };
-                    tokio::select! {
-                        status = child.wait() => {
-                            ready_watch.abort();
-                            state.ready.store(false, Ordering::SeqCst);
-                            state.crashed.store(true, Ordering::SeqCst);
-                            state.restarts.fetch_add(1, Ordering::SeqCst);
-                            let code = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                            push_event(&logs, &spec, format!("process exited ({code}); restarting in {backoff:?}"));
-                            tokio::select! {
-                                _ = tokio::time::sleep(backoff) => {}
-                                _ = stopped.changed() => return,
-                            }
-                            backoff = (backoff * 2).min(Duration::from_secs(30));
-                        }
-                        _ = stopped.changed() => {
-                            ready_watch.abort();
-                            state.ready.store(false, Ordering::SeqCst);
-                            terminate(&mut child).await;
-                            return;
-                        }
-                    }
-                }
-            })
-        };
+        let (stop, stopping) = watch::channel(None);
+        let task = tokio::spawn(supervise(spec.clone(), state.clone(), sup, stopping));
         Replica {
             spec,
             state,
@@ -224,17 +152,119 @@ impl Replica {
         }
     }
 
-    /// Stops the replica once the router has no request in flight to it.
-    pub async fn stop(self) {
+    /// Stops the replica once the router has no request in flight to it
+    /// (waiting at most `drain`), giving its processes `grace` to exit
+    /// after SIGTERM.
+    pub async fn stop(self, drain: Duration, grace: Duration) {
         self.state.ready.store(false, Ordering::SeqCst);
-        for _ in 0..300 {
-            if self.state.in_flight.load(Ordering::SeqCst) == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let deadline = tokio::time::Instant::now() + drain;
+        while self.state.in_flight.load(Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = self.stop.send(true);
+        let _ = self.stop.send(Some(grace));
         let _ = self.task.await;
+    }
+}
+
+fn set_ready(state: &ReplicaState, sup: &Supervision, ready: bool) {
+    state.ready.store(ready, Ordering::SeqCst);
+    sup.changed.notify_waiters();
+}
+
+async fn supervise(
+    spec: ReplicaSpec,
+    state: Arc<ReplicaState>,
+    sup: Supervision,
+    mut stopping: watch::Receiver<Option<Duration>>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let mut env = spec.env.clone();
+    if let Some(port) = spec.port {
+        env.insert("PORT".into(), port.to_string());
+    }
+    let owner = sup.sandboxes.effective_uid(spec.uid);
+    loop {
+        if stopping.borrow().is_some() {
+            return;
+        }
+        let started = sup
+            .sandboxes
+            .spawn(
+                &Spec {
+                    uid: spec.uid,
+                    dir: &spec.dir,
+                    command: &spec.command,
+                    env: &env,
+                    limits: spec.limits,
+                },
+                Stdio::piped(),
+                Stdio::piped(),
+            )
+            .await;
+        let mut sandbox = match started {
+            Ok(s) => s,
+            Err(e) => {
+                push_event(
+                    &sup.logs,
+                    &spec,
+                    format!("cannot start: {}; retrying in {backoff:?}", e.message()),
+                );
+                state.crashed.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopping.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        if let Some(out) = sandbox.child.stdout.take() {
+            pump(out, &spec, "info", sup.logs.clone());
+        }
+        if let Some(err) = sandbox.child.stderr.take() {
+            pump(err, &spec, "error", sup.logs.clone());
+        }
+        let ready_watch = {
+            let (port, state, sup) = (spec.port, state.clone(), sup.clone());
+            tokio::spawn(async move {
+                if let Some(port) = port {
+                    while !listening_as(port, owner).await {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                state.crashed.store(false, Ordering::SeqCst);
+                set_ready(&state, &sup, true);
+            })
+        };
+        tokio::select! {
+            status = sandbox.wait() => {
+                ready_watch.abort();
+                set_ready(&state, &sup, false);
+                state.crashed.store(true, Ordering::SeqCst);
+                state.restarts.fetch_add(1, Ordering::SeqCst);
+                let why = if sandbox.out_of_memory() {
+                    format!("killed: out of memory (limit {} MiB)", spec.limits.memory_bytes.unwrap_or(0) >> 20)
+                } else {
+                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                };
+                sandbox.settle().await;
+                push_event(&sup.logs, &spec, format!("process exited ({why}); restarting in {backoff:?}"));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopping.changed() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+            _ = stopping.changed() => {
+                ready_watch.abort();
+                set_ready(&state, &sup, false);
+                let grace = stopping.borrow().unwrap_or_default();
+                sandbox.stop(grace).await;
+                return;
+            }
+        }
     }
 }
 
@@ -249,4 +279,20 @@ fn push_event(logs: &LogStore, spec: &ReplicaSpec, msg: String) {
             deployment_id: Some(spec.deployment_id),
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_split_and_bounded() {
+        let mut input = b"one\ntwo\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', MAX_LINE + 5));
+        let mut got = Vec::new();
+        read_lines(&input[..], |l| got.push(l)).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!((got[0].as_str(), got[1].as_str()), ("one", "two"));
+        assert_eq!((got[2].len(), got[3].len()), (MAX_LINE, 5));
+    }
 }

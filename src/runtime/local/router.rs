@@ -37,6 +37,36 @@ pub(super) struct RouterState {
     pub shared: Arc<Shared>,
     pub client: reqwest::Client,
     pub next: Arc<AtomicUsize>,
+    /// How long a request for a known host waits for a ready replica (a
+    /// release coming back after a restart, a crashed one restarting).
+    pub hold: std::time::Duration,
+}
+
+/// A ready replica for `host`: at once, or once one becomes ready within
+/// the hold time. `Err` is the answer when there is none.
+async fn target(
+    st: &RouterState,
+    host: &str,
+) -> Result<(u16, Arc<super::process::ReplicaState>), Response> {
+    let deadline = tokio::time::Instant::now() + st.hold;
+    loop {
+        // Registered before looking, so no change is missed.
+        let changed = st.shared.changed.notified();
+        if let Some(t) = st
+            .shared
+            .pick(host, st.next.fetch_add(1, Ordering::Relaxed))
+        {
+            return Ok(t);
+        }
+        if !st.shared.knows(host) {
+            return Err(
+                (StatusCode::NOT_FOUND, format!("no app is served at {host}")).into_response(),
+            );
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, "no ready replica").into_response());
+        }
+    }
 }
 
 /// Counts a request in flight to a replica for as long as it lives.
@@ -52,15 +82,9 @@ pub(super) async fn proxy(State(st): State<RouterState>, req: Request) -> Respon
     let Some(host) = host(req.headers()) else {
         return (StatusCode::BAD_REQUEST, "missing Host header").into_response();
     };
-    let target = st
-        .shared
-        .pick(&host, st.next.fetch_add(1, Ordering::Relaxed));
-    let Some((port, state)) = target else {
-        return if st.shared.knows(&host) {
-            (StatusCode::SERVICE_UNAVAILABLE, "no ready replica").into_response()
-        } else {
-            (StatusCode::NOT_FOUND, format!("no app is served at {host}")).into_response()
-        };
+    let (port, state) = match target(&st, &host).await {
+        Ok(t) => t,
+        Err(answer) => return answer,
     };
     state.in_flight.fetch_add(1, Ordering::SeqCst);
     let guard = InFlight(state);

@@ -1,7 +1,7 @@
 //! Sources on the local runtime: a git clone per deployment, kept for
 //! rollback, and the Procfile that names its processes.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::runtime::git::git;
@@ -48,15 +48,33 @@ impl Procfile {
         Ok(out)
     }
 
-    /// Reads `<dir>/Procfile`.
+    /// Reads `<dir>/Procfile`: a regular file of the release (never a
+    /// link out of it, which would make the server read a host file), at
+    /// most 64 KiB.
     pub async fn read(dir: &Path) -> Result<Procfile> {
-        match tokio::fs::read_to_string(dir.join("Procfile")).await {
-            Ok(text) => Procfile::parse(&text),
-            Err(_) => Err(Error::Unprocessable(
+        const MAX: u64 = 64 * 1024;
+        let path = dir.join("Procfile");
+        let meta = tokio::fs::symlink_metadata(&path).await.map_err(|_| {
+            Error::Unprocessable(
                 "the repository has no Procfile: the local runtime runs the processes it names"
                     .into(),
-            )),
+            )
+        })?;
+        if !meta.is_file() {
+            return Err(Error::Unprocessable(
+                "the Procfile must be a regular file (not a link)".into(),
+            ));
         }
+        if meta.len() > MAX {
+            return Err(Error::Unprocessable(format!(
+                "the Procfile is larger than {} KiB",
+                MAX / 1024
+            )));
+        }
+        let text = tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|_| Error::Unprocessable("the Procfile is not UTF-8 text".into()))?;
+        Procfile::parse(&text)
     }
 
     pub fn command(&self, name: &str) -> Option<&str> {
@@ -67,20 +85,80 @@ impl Procfile {
     }
 }
 
-/// A local path for `gitRepository`: a path or a `file://` URL.
-pub fn local_repository(repo: &str) -> Result<PathBuf> {
-    let path = PathBuf::from(repo.strip_prefix("file://").unwrap_or(repo));
-    if path.is_absolute() && path.exists() {
-        Ok(path)
-    } else {
-        Err(Error::Unprocessable(format!(
-            "the local runtime builds from a local git repository (an absolute path or file:// URL); '{repo}' is not one"
-        )))
+/// Where local repositories may be cloned from.
+#[derive(Debug, Clone)]
+pub struct SourceRoots {
+    /// Allowed directories (`local_git_roots`).
+    pub roots: Vec<PathBuf>,
+    /// Never allowed, whatever the roots say: the data directory.
+    pub forbidden: PathBuf,
+}
+
+/// `path` without `.` and `..` components, without touching the filesystem.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+impl SourceRoots {
+    fn allows(&self, path: &Path) -> bool {
+        let forbidden = [self.forbidden.clone(), lexically_normal(&self.forbidden)]
+            .into_iter()
+            .chain(self.forbidden.canonicalize().ok())
+            .collect::<Vec<_>>();
+        let inside_roots = self.roots.iter().any(|r| {
+            let real = r.canonicalize().unwrap_or_else(|_| lexically_normal(r));
+            path.starts_with(&real) && path != real
+        });
+        inside_roots && !forbidden.iter().any(|f| path.starts_with(f))
+    }
+
+    /// The local repository `gitRepository` names: an absolute path or
+    /// `file://` URL under one of the roots and outside the data
+    /// directory, symlinks resolved. The error is the same whether the
+    /// path exists or not, so it tells nothing about the host.
+    pub fn repository(&self, repo: &str) -> Result<PathBuf> {
+        let refuse = || {
+            let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
+            Error::Unprocessable(format!(
+                "gitRepository must be a local git repository (an absolute path or file:// URL) under one of the allowed roots ({}); '{repo}' is not",
+                roots.join(", ")
+            ))
+        };
+        let raw = repo.strip_prefix("file://").unwrap_or(repo);
+        let path = Path::new(raw);
+        if !path.is_absolute() {
+            return Err(refuse());
+        }
+        // Checked before and after resolving links: a path outside the
+        // roots is refused without looking at the filesystem.
+        let lexical = lexically_normal(path);
+        if !self.allows(&lexical) {
+            return Err(refuse());
+        }
+        let real = lexical.canonicalize().map_err(|_| refuse())?;
+        if !self.allows(&real) || !real.is_dir() {
+            return Err(refuse());
+        }
+        Ok(real)
     }
 }
 
-/// Clones `branch` of `repo` into `dest` (replacing a partial earlier attempt)
-/// and checks out `commit` if given. Returns the full commit.
+/// Clones `branch` of `repo` into `dest` (replacing a partial earlier
+/// attempt) and checks out `commit` if given. Returns the full commit.
+///
+/// The server clones as itself: over git's own protocol (`--no-local`, so
+/// only git objects are copied, never hard links or files the repository
+/// points at), trusting that one repository despite its owner.
 pub async fn checkout(
     repo: &Path,
     branch: &str,
@@ -92,14 +170,27 @@ pub async fn checkout(
             .await
             .map_err(|e| Error::internal(format!("cannot clear {}: {e}", dest.display())))?;
     }
-    if let Some(parent) = dest.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(|e| Error::internal(format!("cannot create {}: {e}", parent.display())))?;
+    if branch.starts_with('-') || commit.is_some_and(|c| c.starts_with('-')) {
+        return Err(Error::field("gitBranch", "not a valid branch name"));
     }
     let (src, dst) = (repo.to_string_lossy(), dest.to_string_lossy());
+    let safe = format!("safe.directory={src}");
     git(
-        &["clone", "--quiet", "--branch", branch, "--", &src, &dst],
+        &[
+            "-c",
+            &safe,
+            "-c",
+            "protocol.file.allow=always",
+            "clone",
+            "--quiet",
+            "--no-local",
+            "--no-hardlinks",
+            "--branch",
+            branch,
+            "--",
+            &src,
+            &dst,
+        ],
         None,
     )
     .await?;
@@ -107,6 +198,18 @@ pub async fn checkout(
         git(&["checkout", "--quiet", c], Some(dest)).await?;
     }
     git(&["rev-parse", "HEAD"], Some(dest)).await
+}
+
+/// Gives `dir` and everything in it to `uid` (links themselves, never
+/// what they point at).
+pub fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(uid))?;
+    if std::fs::symlink_metadata(dir)?.is_dir() {
+        for entry in std::fs::read_dir(dir)? {
+            chown_tree(&entry?.path(), uid)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
