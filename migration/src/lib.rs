@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_initial;
 mod m20261128_000002_ai_usage;
+mod m20261130_000001_environment_domains;
 
 pub struct Migrator;
 
@@ -13,6 +14,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_ai_usage::Migration),
+            Box::new(m20261130_000001_environment_domains::Migration),
         ]
     }
 }
