@@ -74,6 +74,7 @@ async fn deploy_redeploy_rollback(backend: Backend) {
     assert_eq!(first["gitBranch"], "main");
     assert_eq!(first["gitCommit"].as_str().unwrap().len(), 40);
     assert!(first["startedAt"].is_string() && first["finishedAt"].is_string());
+    assert_eq!(first.get("error"), Some(&Value::Null), "{first}");
     assert_eq!(
         served(&s, "app.example.test").await,
         (StatusCode::OK, "hello-1".into())
@@ -209,6 +210,13 @@ async fn failed_deploys_keep_the_old_release(backend: Backend) {
     set_greeting(&s, "keep", "bad").await;
     let d = deploy(&s, "keep").await;
     assert_eq!(d["status"], "failed");
+    assert!(
+        d["error"]
+            .as_str()
+            .unwrap()
+            .contains("release command failed"),
+        "the list says why: {d}"
+    );
     assert_eq!(
         served(&s, "keep.test").await,
         (StatusCode::OK, "good".into())

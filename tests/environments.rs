@@ -140,6 +140,122 @@ async fn production_domain_follows_the_project(backend: Backend) {
     assert_eq!(project["domain"], "www.example.com");
 }
 
+async fn environment_domains_are_owned(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let other = s.token("other-org", sylphx::auth::Role::Write).await;
+    let (status, body) = s
+        .post(
+            "/projects",
+            &s.admin_token,
+            json!({"name": "Shop", "slug": "shop", "domain": "shop.example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mine = s.project(&other, "mine").await;
+    let prod = mine["environments"][0]["id"].as_str().unwrap();
+    let base = "/projects/mine/environments";
+    let (status, staging) = s.post(base, &other, json!({"name": "staging"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{staging}");
+    let staging_id = staging["id"].as_str().unwrap();
+
+    // Another organisation's domain, in another case.
+    let (status, body) = s
+        .post(
+            base,
+            &other,
+            json!({"name": "preview", "domain": "Shop.Example.COM"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], "domain 'shop.example.com' is already in use");
+    for env in [staging_id, prod] {
+        for method in [Method::PATCH, Method::PUT] {
+            let (status, body) = s
+                .call(
+                    method,
+                    &format!("{base}/{env}"),
+                    &other,
+                    Some(json!({"domain": "SHOP.example.com"})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert_eq!(body["error"], "domain 'shop.example.com' is already in use");
+        }
+    }
+
+    // Generated hostnames are reserved.
+    for domain in [
+        "localhost",
+        "victim.localhost",
+        "Victim.LOCALHOST",
+        "staging.shop.localhost",
+    ] {
+        let (status, body) = s
+            .post(base, &other, json!({"name": "preview", "domain": domain}))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{domain}: {body}");
+        assert_eq!(body["details"]["field"], "domain", "{domain}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("reserved"),
+            "{body}"
+        );
+        for method in [Method::PATCH, Method::PUT] {
+            let (status, body) = s
+                .call(
+                    method.clone(),
+                    &format!("{base}/{staging_id}"),
+                    &other,
+                    Some(json!({"domain": domain})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {domain}: {body}");
+            assert_eq!(body["details"]["field"], "domain", "{method} {domain}");
+        }
+    }
+
+    // Nothing above changed anything.
+    let (_, list) = s.get(base, &other).await;
+    assert_eq!(list, json!([mine["environments"][0], staging]));
+}
+
+async fn concurrent_creates_take_a_domain_once(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.project(&s.admin_token, "race").await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let req = s
+                .api(Method::POST, "/projects/race/environments", &s.admin_token)
+                .json(&json!({"name": format!("env-{i}"), "domain": "race.example.com"}));
+            tokio::spawn(TestServer::send(req))
+        })
+        .collect();
+    let (mut created, mut conflicts) = (0, 0);
+    for r in requests {
+        let (status, body) = r.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {
+                assert_eq!(body["error"], "domain 'race.example.com' is already in use");
+                conflicts += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!((created, conflicts), (1, 19));
+    let (_, list) = s.get("/projects/race/environments", &s.admin_token).await;
+    let domains: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["domain"])
+        .collect();
+    assert_eq!(
+        domains,
+        [&Value::Null, &json!("race.example.com")],
+        "production and the one created"
+    );
+}
+
 async fn services_lifecycle(backend: Backend) {
     let s = TestServer::start(backend).await;
     let t = &s.admin_token;
@@ -305,5 +421,7 @@ async fn services_lifecycle(backend: Backend) {
 backend_tests!(
     environments_lifecycle,
     production_domain_follows_the_project,
+    environment_domains_are_owned,
+    concurrent_creates_take_a_domain_once,
     services_lifecycle,
 );

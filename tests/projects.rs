@@ -280,6 +280,156 @@ async fn slugs_are_unique_across_organisations(backend: Backend) {
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
+/// The hostnames the local runtime generates; a custom domain may not be one.
+const RESERVED: [&str; 4] = [
+    "localhost",
+    "victim.localhost",
+    "Victim.LOCALHOST",
+    "www.victim.localhost",
+];
+
+async fn localhost_domains_are_reserved(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = &s.admin_token;
+    let p = s.project(t, "victim").await;
+    let id = p["id"].as_str().unwrap();
+    for domain in RESERVED {
+        let (status, body) = s
+            .post(
+                "/projects",
+                t,
+                json!({"name": "x", "slug": "squatter", "domain": domain}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{domain}: {body}");
+        assert_eq!(body["details"]["field"], "domain", "{domain}: {body}");
+        assert_eq!(
+            body["error"],
+            "domain: `.localhost` names are reserved for generated hostnames"
+        );
+        for method in [Method::PATCH, Method::PUT] {
+            let (status, body) = s
+                .call(
+                    method.clone(),
+                    &format!("/projects/{id}"),
+                    t,
+                    Some(json!({"domain": domain})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {domain}: {body}");
+            assert_eq!(body["details"]["field"], "domain", "{method} {domain}");
+        }
+    }
+    let gql = s
+        .graphql(
+            t,
+            "mutation { createProject(input: {name: \"x\", slug: \"squatter\", domain: \"victim.localhost\"}) { id } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        gql["errors"][0]["extensions"]["code"], "BAD_REQUEST",
+        "{gql}"
+    );
+    assert_eq!(gql["errors"][0]["extensions"]["details"]["field"], "domain");
+
+    // Nothing above changed anything.
+    let (_, list) = s.get("/projects", t).await;
+    assert_eq!(list, json!([p]));
+
+    // A name that only mentions localhost is a domain like any other.
+    let (status, body) = s
+        .call(
+            Method::PATCH,
+            &format!("/projects/{id}"),
+            t,
+            Some(json!({"domain": "localhost.example.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["domain"], "localhost.example.com");
+}
+
+async fn domains_are_unique_across_organisations(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let other = s.token("other-org", sylphx::auth::Role::Write).await;
+    let (status, shop) = s
+        .post(
+            "/projects",
+            &s.admin_token,
+            json!({"name": "Shop", "slug": "shop", "domain": "shop.example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{shop}");
+    let in_use = "domain 'shop.example.com' is already in use";
+
+    let (status, body) = s
+        .post(
+            "/projects",
+            &other,
+            json!({"name": "x", "slug": "squatter", "domain": "Shop.Example.COM"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"], in_use);
+    let mine = s.project(&other, "mine").await;
+    for method in [Method::PATCH, Method::PUT] {
+        let (status, body) = s
+            .call(
+                method,
+                "/projects/mine",
+                &other,
+                Some(json!({"domain": "SHOP.example.com"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert_eq!(body["error"], in_use);
+    }
+    let (_, list) = s.get("/projects", &other).await;
+    assert_eq!(list, json!([mine]), "the refused requests changed nothing");
+
+    // Setting a project's own domain again is no conflict.
+    let (status, body) = s
+        .call(
+            Method::PATCH,
+            "/projects/shop",
+            &s.admin_token,
+            Some(json!({"domain": "SHOP.example.com"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["domain"], "shop.example.com");
+}
+
+async fn concurrent_creates_take_a_domain_once(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let requests: Vec<_> = (0..20)
+        .map(|i| {
+            let req = s.api(Method::POST, "/projects", &s.admin_token).json(
+                &json!({"name": "Race", "slug": format!("race-{i}"), "domain": "race.example.com"}),
+            );
+            tokio::spawn(TestServer::send(req))
+        })
+        .collect();
+    let (mut created, mut conflicts) = (0, 0);
+    for r in requests {
+        let (status, body) = r.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {
+                assert_eq!(body["error"], "domain 'race.example.com' is already in use");
+                conflicts += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!((created, conflicts), (1, 19));
+    let (_, list) = s.get("/projects", &s.admin_token).await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1, "the refused creates left nothing behind");
+    assert_eq!(list[0]["environments"][0]["domain"], "race.example.com");
+}
+
 async fn unknown_endpoints_and_methods(backend: Backend) {
     let s = TestServer::start(backend).await;
     let (status, body) = s.get("/nothing-here", &s.admin_token).await;
@@ -298,5 +448,8 @@ backend_tests!(
     listing_returns_every_page,
     bad_input_is_refused_and_changes_nothing,
     slugs_are_unique_across_organisations,
+    localhost_domains_are_reserved,
+    domains_are_unique_across_organisations,
+    concurrent_creates_take_a_domain_once,
     unknown_endpoints_and_methods,
 );

@@ -12,6 +12,7 @@ pub struct Model {
     pub project_id: Uuid,
     #[sea_orm(unique_key = "project_name")]
     pub name: String,
+    /// Lowercased; unique across all environments (index on `lower(domain)`).
     pub domain: Option<String>,
     pub replicas: i32,
     pub provisioned_at: Option<DateTimeUtc>,

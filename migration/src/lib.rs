@@ -4,6 +4,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_initial;
 mod m20261128_000002_ai_usage;
+mod m20261130_000001_environment_domains;
 mod m20261130_000002_sandbox_users;
 
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_initial::Migration),
             Box::new(m20261128_000002_ai_usage::Migration),
+            Box::new(m20261130_000001_environment_domains::Migration),
             Box::new(m20261130_000002_sandbox_users::Migration),
         ]
     }

@@ -179,6 +179,41 @@ async fn exercise(db: &DatabaseConnection) {
         "expected a unique violation, got {dup:?}"
     );
     assert_eq!(projects::Entity::find().count(db).await.unwrap(), 1);
+
+    // A domain serves one environment, whatever its case; environments
+    // without a domain do not collide.
+    let sites = new_project(org.id, "sites")
+        .insert(db)
+        .await
+        .expect("insert project");
+    let environment = |name: &str, domain: Option<&str>| environments::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        project_id: Set(sites.id),
+        name: Set(name.to_owned()),
+        domain: Set(domain.map(str::to_owned)),
+        replicas: Set(1),
+        provisioned_at: Set(None),
+        created_at: Set(now),
+        updated_at: Set(now),
+    };
+    for (name, domain) in [
+        ("production", Some("sites.example.com")),
+        ("staging", None),
+        ("preview", None),
+    ] {
+        environment(name, domain)
+            .insert(db)
+            .await
+            .expect("insert environment");
+    }
+    let dup = environment("qa", Some("Sites.Example.COM"))
+        .insert(db)
+        .await
+        .expect_err("a domain taken in another case must be rejected");
+    assert!(
+        matches!(dup.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))),
+        "expected a unique violation, got {dup:?}"
+    );
 }
 
 #[tokio::test]
@@ -245,4 +280,47 @@ async fn postgres_roundtrip() {
     if let Err(e) = result {
         std::panic::resume_unwind(e.into_panic());
     }
+}
+
+#[tokio::test]
+async fn a_domain_held_twice_is_named_before_the_index() {
+    let db = Database::connect("sqlite::memory:").await.expect("connect");
+    Migrator::up(&db, Some(2))
+        .await
+        .expect("migrate up to ai_usage");
+    let org = insert_org(&db, "acme").await;
+    let now = Utc::now();
+    let mut envs = Vec::new();
+    for (slug, domain) in [("a", "shop.example.com"), ("b", "Shop.Example.com")] {
+        let project = new_project(org.id, slug).insert(&db).await.unwrap();
+        let env = environments::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            project_id: Set(project.id),
+            name: Set("production".to_owned()),
+            domain: Set(Some(domain.to_owned())),
+            replicas: Set(1),
+            provisioned_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&db)
+        .await
+        .unwrap();
+        envs.push(env);
+    }
+    let err = Migrator::up(&db, None)
+        .await
+        .expect_err("two environments hold one domain");
+    assert!(
+        err.to_string()
+            .contains("several environments have the domain 'shop.example.com'"),
+        "{err}"
+    );
+
+    let mut second: environments::ActiveModel = envs.pop().unwrap().into();
+    second.domain = Set(None);
+    second.update(&db).await.unwrap();
+    Migrator::up(&db, None)
+        .await
+        .expect("migrates once the domain is held once");
 }

@@ -3,8 +3,8 @@
 
 use async_graphql::{InputObject, MaybeUndefined};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, Set, SqlErr, TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -32,6 +32,26 @@ pub struct UpdateEnvironmentInput {
     pub replicas: Option<i32>,
 }
 
+/// The store's unique index on `lower(domain)` (migration
+/// `m20261130_000001_environment_domains`): a domain serves one environment.
+const DOMAIN_INDEX: &str = "uq_environments_domain_lower";
+
+fn domain_in_use(domain: &str) -> Error {
+    Error::Conflict(format!("domain '{domain}' is already in use"))
+}
+
+/// The error of a write that set `domain` on an environment: a violation of
+/// the domain index (another request took the domain after
+/// `ensure_domain_free` looked) names the domain.
+fn write_error(err: DbErr, domain: Option<&str>) -> Error {
+    match (domain, err.sql_err()) {
+        (Some(d), Some(SqlErr::UniqueConstraintViolation(m))) if m.contains(DOMAIN_INDEX) => {
+            domain_in_use(d)
+        }
+        _ => err.into(),
+    }
+}
+
 /// Inserts an environment row (callers validate and audit).
 pub async fn insert<C: ConnectionTrait>(
     conn: &C,
@@ -41,18 +61,34 @@ pub async fn insert<C: ConnectionTrait>(
     replicas: i32,
 ) -> Result<environments::Model> {
     let now = now();
-    Ok(environments::ActiveModel {
+    environments::ActiveModel {
         id: Set(new_id()),
         project_id: Set(project_id),
         name: Set(name.to_string()),
-        domain: Set(domain),
+        domain: Set(domain.clone()),
         replicas: Set(replicas),
         provisioned_at: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
     }
     .insert(conn)
-    .await?)
+    .await
+    .map_err(|e| write_error(e, domain.as_deref()))
+}
+
+/// Sets an environment's domain (callers validate, check it is free and audit).
+pub async fn set_domain<C: ConnectionTrait>(
+    conn: &C,
+    env: environments::Model,
+    domain: Option<String>,
+) -> Result<environments::Model> {
+    let mut active = env.into_active_model();
+    active.domain = Set(domain.clone());
+    active.updated_at = Set(now());
+    active
+        .update(conn)
+        .await
+        .map_err(|e| write_error(e, domain.as_deref()))
 }
 
 /// Refuses a hostname already served by another environment.
@@ -66,9 +102,7 @@ pub async fn ensure_domain_free<C: ConnectionTrait>(
         q = q.filter(environments::Column::Id.ne(id));
     }
     if q.one(conn).await?.is_some() {
-        Err(Error::Conflict(format!(
-            "domain '{domain}' is already in use"
-        )))
+        Err(domain_in_use(domain))
     } else {
         Ok(())
     }
@@ -139,7 +173,7 @@ pub async fn create(
     let domain = input
         .domain
         .as_deref()
-        .map(|d| validate::hostname("domain", d))
+        .map(|d| validate::domain("domain", d))
         .transpose()?;
     let replicas = input.replicas.unwrap_or(1);
     validate::replicas("replicas", replicas)?;
@@ -179,7 +213,7 @@ pub async fn update(
         validate::replicas("replicas", r)?;
     }
     let domain = match &input.domain {
-        MaybeUndefined::Value(d) => Some(Some(validate::hostname("domain", d)?)),
+        MaybeUndefined::Value(d) => Some(Some(validate::domain("domain", d)?)),
         MaybeUndefined::Null => Some(None),
         MaybeUndefined::Undefined => None,
     };
@@ -205,7 +239,10 @@ pub async fn update(
         }
     }
     active.updated_at = Set(now());
-    let env = active.update(&txn).await?;
+    let env = active
+        .update(&txn)
+        .await
+        .map_err(|e| write_error(e, domain.as_ref().and_then(|d| d.as_deref())))?;
     audit::record(
         &txn,
         ctx,

@@ -4,7 +4,7 @@
 use async_graphql::{Enum, InputObject, MaybeUndefined};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -107,17 +107,17 @@ pub async fn page<C: ConnectionTrait>(
     Ok(q.all(conn).await?)
 }
 
+fn slug_taken(slug: &str) -> Error {
+    Error::Conflict(format!("slug '{slug}' is already taken"))
+}
+
 async fn ensure_slug_free<C: ConnectionTrait>(conn: &C, slug: &str) -> Result<()> {
     let taken = projects::Entity::find()
         .filter(projects::Column::Slug.eq(slug))
         .one(conn)
         .await?
         .is_some();
-    if taken {
-        Err(Error::Conflict(format!("slug '{slug}' is already taken")))
-    } else {
-        Ok(())
-    }
+    if taken { Err(slug_taken(slug)) } else { Ok(()) }
 }
 
 /// Creates a project and its `production` environment.
@@ -169,7 +169,7 @@ pub async fn create(
     let domain = input
         .domain
         .as_deref()
-        .map(|d| validate::hostname("domain", d))
+        .map(|d| validate::domain("domain", d))
         .transpose()?;
 
     let txn = db.begin().await?;
@@ -196,9 +196,11 @@ pub async fn create(
     }
     .insert(&txn)
     .await
-    .map_err(|e| match Error::from(e) {
-        Error::Conflict(_) => Error::Conflict(format!("slug '{}' is already taken", input.slug)),
-        other => other,
+    // The slug is the project row's only unique key; the domain's is the
+    // environment's, checked when that row goes in.
+    .map_err(|e| match e.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(_)) => slug_taken(&input.slug),
+        _ => e.into(),
     })?;
     environments::insert(&txn, project.id, environments::PRODUCTION, domain, 1).await?;
     audit::record(
@@ -252,7 +254,7 @@ pub async fn update(
         active.is_active = Set(a);
     }
     let new_domain = match &input.domain {
-        MaybeUndefined::Value(d) => Some(Some(validate::hostname("domain", d)?)),
+        MaybeUndefined::Value(d) => Some(Some(validate::domain("domain", d)?)),
         MaybeUndefined::Null => Some(None),
         MaybeUndefined::Undefined => None,
     };
@@ -271,10 +273,7 @@ pub async fn update(
         }
         active.domain = Set(domain.clone());
         if let Some(env) = production {
-            let mut env = env.into_active_model();
-            env.domain = Set(domain.clone());
-            env.updated_at = Set(now());
-            env.update(&txn).await?;
+            environments::set_domain(&txn, env, domain.clone()).await?;
         }
     }
     active.updated_at = Set(now());

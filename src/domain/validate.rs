@@ -22,17 +22,25 @@ pub fn dns_label(field: &str, value: &str) -> Result<()> {
     }
 }
 
-/// A hostname: dot-separated DNS labels, at most 253 characters. Returns it lowercased.
-pub fn hostname(field: &str, value: &str) -> Result<String> {
+/// A custom domain: a hostname of dot-separated DNS labels, at most 253
+/// characters, outside `localhost` and `*.localhost`. Returns it lowercased.
+pub fn domain(field: &str, value: &str) -> Result<String> {
     let host = value.trim().to_ascii_lowercase();
     let ok = !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|l| dns_label(field, l).is_ok());
-    if ok {
-        Ok(host)
-    } else {
-        Err(Error::field(field, "must be a valid hostname"))
+    if !ok {
+        return Err(Error::field(field, "must be a valid hostname"));
     }
+    // The local runtime answers `<slug>.localhost` and `<env>.<slug>.localhost`
+    // for every project: a custom domain there could take another's traffic.
+    if host == "localhost" || host.ends_with(".localhost") {
+        return Err(Error::field(
+            field,
+            "`.localhost` names are reserved for generated hostnames",
+        ));
+    }
+    Ok(host)
 }
 
 /// A TCP port.
@@ -161,10 +169,21 @@ mod tests {
     #[test]
     fn hosts_ports_and_keys() {
         assert_eq!(
-            hostname("domain", "MyApp.Sylphx.app").unwrap(),
+            domain("domain", "MyApp.Sylphx.app").unwrap(),
             "myapp.sylphx.app"
         );
-        assert!(hostname("domain", "bad..host").is_err());
+        assert!(domain("domain", "bad..host").is_err());
+        assert!(domain("domain", "localhost.example.com").is_ok());
+        assert!(domain("domain", "mylocalhost").is_ok());
+        for reserved in [
+            "localhost",
+            "app.localhost",
+            "Victim.LOCALHOST",
+            "a.b.localhost",
+        ] {
+            let err = domain("domain", reserved).unwrap_err();
+            assert!(err.message().contains("reserved"), "{reserved}");
+        }
         assert!(port("port", 0).is_err());
         assert!(port("port", 65536).is_err());
         assert!(port("port", 65535).is_ok());

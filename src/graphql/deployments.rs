@@ -43,7 +43,7 @@ impl Deployment {
     async fn image(&self) -> Option<&str> {
         self.0.image.as_deref()
     }
-    /// Why it failed.
+    /// Why it failed; null unless `status` is `failed`.
     async fn error(&self) -> Option<&str> {
         self.0.error.as_deref()
     }
