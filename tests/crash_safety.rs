@@ -5,51 +5,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::time::Duration;
-
 use common::TestServer;
-use common::apps::{finished, repo};
-use common::binary::{ServeProcess, create_token, free_port};
+use common::apps::{GATE, Gate, finished, repo, repo_with};
+use common::binary::{ServeProcess, create_token, free_port, get, post};
+use common::procs;
 use reqwest::{Client, StatusCode};
 use sea_orm::{ConnectionTrait, Database, EntityTrait};
 use serde_json::{Value, json};
-
-async fn get(base: &str, path: &str, token: &str) -> (StatusCode, Value) {
-    TestServer::send(
-        Client::new()
-            .get(format!("{base}{path}"))
-            .bearer_auth(token),
-    )
-    .await
-}
-
-async fn post(base: &str, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
-    TestServer::send(
-        Client::new()
-            .post(format!("{base}{path}"))
-            .bearer_auth(token)
-            .json(&body),
-    )
-    .await
-}
-
-/// Polls until `path` exists with at least one line; returns its lines.
-async fn lines_of(path: &Path) -> Vec<String> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if !text.is_empty() {
-            return text.lines().map(str::to_string).collect();
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never written",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// A new, empty database on the test PostgreSQL server
 /// (`SYLPHX_TEST_DATABASE_URL`): its URL and its name; None when there is
@@ -76,26 +38,22 @@ async fn drop_postgres(name: &str) {
         .unwrap();
 }
 
-fn alive(pid: &str) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
+/// `kill -9` of `serve` while a deploy's release command runs, then a
+/// restart, several times over: nothing the dead server started lives on,
+/// the interrupted deploy resumes and finishes exactly once, and the moment
+/// it says `success` the router serves the new release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_mid_deploy_resumes_and_finishes_exactly_once() {
+    const ROUNDS: usize = 3;
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
-    let marks = work.path().join("release-runs");
-    let gate = work.path().join("gate");
-    // The release command records its pid, then waits for the gate: the
-    // deploy is held mid-way until the test opens it.
-    let src = repo(&format!(
-        "release: echo $$ >> {marks}; while [ ! -e {gate} ]; do sleep 0.05; done\nweb: exec python3 app.py\n",
-        marks = marks.display(),
-        gate = gate.display(),
-    ));
+    let marker = format!("gate-{}", uuid::Uuid::new_v4().simple());
+    // The release command waits at the test's gate: the deploy is held
+    // mid-way until the test opens it.
+    let src = repo_with(
+        &format!("release: python3 gate.py {marker}\nweb: exec python3 app.py {marker}\n"),
+        &[("gate.py", GATE)],
+    );
     let data_s = data.to_str().unwrap().to_string();
     let envs = [
         ("SYLPHX_DATA_DIR", data_s.as_str()),
@@ -105,82 +63,94 @@ async fn killed_mid_deploy_resumes_and_finishes_exactly_once() {
     let (port, apps_port) = (free_port(), free_port());
     let apps = format!("127.0.0.1:{apps_port}");
     let extra = ["--apps-listen", apps.as_str()];
-    let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
-    let base = server.base.clone();
+    let mut server = ServeProcess::start(port, &extra, &envs, work.path()).await;
 
     let (status, _) = post(
-        &base,
+        &server.base,
         "/projects",
         &token,
         json!({"name": "Crash", "slug": "crash", "gitRepository": src.path().to_str().unwrap(), "domain": "crash.test"}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = post(
-        &base,
-        "/projects/crash/env-vars",
-        &token,
-        json!({"envType": "production", "vars": [{"key": "GREETING", "value": "survived"}]}),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
-    let (status, body) = post(&base, "/projects/crash/deploy", &token, json!({})).await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    let id = body["deploymentId"].as_str().unwrap().to_string();
+    let mut gates = Vec::new();
+    let mut ids = Vec::new();
+    for round in 0..ROUNDS {
+        let gate = Gate::start().await;
+        let greeting = format!("round-{round}");
+        let (status, _) = post(
+            &server.base,
+            "/projects/crash/env-vars",
+            &token,
+            json!({"envType": "production", "vars": [
+                {"key": "GREETING", "value": greeting},
+                {"key": "GATE_PORT", "value": gate.port.to_string()},
+            ]}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = post(&server.base, "/projects/crash/deploy", &token, json!({})).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let id = body["deploymentId"].as_str().unwrap().to_string();
 
-    // Mid-deploy: the release command is running.
-    let first = lines_of(&marks).await;
-    assert_eq!(first.len(), 1);
-    let (_, list) = get(&base, "/projects/crash/deployments", &token).await;
-    assert_eq!(list[0]["status"], "deploying", "{list}");
+        // Mid-deploy: the release command is at the gate.
+        gate.wait_arrivals(1).await;
+        let (_, list) = get(&server.base, "/projects/crash/deployments", &token).await;
+        assert_eq!(list[0]["status"], "deploying", "{list}");
+        // The release command, and the previous round's app.
+        let tenant = procs::with_marker(&marker);
+        assert!(tenant.len() >= if round == 0 { 1 } else { 2 }, "{tenant:?}");
 
-    server.kill9();
-    // Nothing the dead server started lives on.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while alive(&first[0]) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "release command {} outlived the server",
-            first[0]
+        server.kill9();
+        // Nothing the dead server started lives on.
+        procs::wait_gone(&tenant).await;
+
+        server = ServeProcess::start(port, &extra, &envs, work.path()).await;
+        // The resumed deploy runs its release command again, and waits.
+        gate.wait_arrivals(2).await;
+        gate.open();
+        let done = finished(&server.base, &token, "crash", &id).await;
+        assert_eq!(done["status"], "success", "{done}");
+        assert!(done["finishedAt"].is_string(), "{done}");
+        // Reported success: served, at once.
+        let served = Client::new()
+            .get(format!("http://{apps}/"))
+            .header("Host", "crash.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(served.status(), StatusCode::OK, "round {round}");
+        assert_eq!(served.text().await.unwrap(), greeting);
+        assert_eq!(
+            gate.arrivals(),
+            2,
+            "the release command ran once per attempt"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        gates.push(gate);
+        ids.push(id);
     }
 
-    std::fs::write(&gate, "open").unwrap();
-    let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
-    let done = finished(&server.base, &token, "crash", &id).await;
-    assert_eq!(done["status"], "success", "{done}");
-    assert!(done["finishedAt"].is_string(), "{done}");
-
-    // One deployment, run to its end once: the interrupted release step ran
-    // again on resume, and one web replica serves the deployed value.
     let (_, list) = get(&server.base, "/projects/crash/deployments", &token).await;
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(std::fs::read_to_string(&marks).unwrap().lines().count(), 2);
+    assert_eq!(list.as_array().unwrap().len(), ROUNDS, "{list}");
     let (_, status) = get(&server.base, "/projects/crash/status", &token).await;
     assert_eq!(
         status["replicas"],
         json!({"ready": 1, "desired": 1}),
         "{status}"
     );
-    let served = Client::new()
-        .get(format!("http://{apps}/"))
-        .header("Host", "crash.test")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(served.status(), StatusCode::OK);
-    assert_eq!(served.text().await.unwrap(), "survived");
+    let last = ids.last().unwrap();
     let (_, logs) = get(
         &server.base,
-        &format!("/projects/crash/logs?deploymentId={id}"),
+        &format!("/projects/crash/logs?deploymentId={last}"),
         &token,
     )
     .await;
     let logs = logs.as_str().unwrap();
     assert_eq!(logs.matches("listening on").count(), 1, "{logs}");
 
-    // The job is done after two claims (the killed one and the resumed one).
+    // Each deploy job is done after two claims (the killed one and the
+    // resumed one).
+    drop(server);
     let db = Database::connect(format!(
         "sqlite://{}?mode=ro",
         data.join("sylphx.db").display()
@@ -188,15 +158,17 @@ async fn killed_mid_deploy_resumes_and_finishes_exactly_once() {
     .await
     .unwrap();
     let jobs = entity::jobs::Entity::find().all(&db).await.unwrap();
-    let deploys: Vec<_> = jobs
-        .iter()
-        .filter(|j| j.deployment_id.map(|d| d.to_string()) == Some(id.clone()))
-        .collect();
-    assert_eq!(deploys.len(), 1, "{jobs:?}");
-    assert_eq!(
-        (deploys[0].status.as_str(), deploys[0].attempts),
-        ("done", 2)
-    );
+    for id in &ids {
+        let deploys: Vec<_> = jobs
+            .iter()
+            .filter(|j| j.deployment_id.map(|d| d.to_string()).as_deref() == Some(id.as_str()))
+            .collect();
+        assert_eq!(deploys.len(), 1, "{jobs:?}");
+        assert_eq!(
+            (deploys[0].status.as_str(), deploys[0].attempts),
+            ("done", 2)
+        );
+    }
 }
 
 /// PostgreSQL only: SQLite runs one `serve` per store.

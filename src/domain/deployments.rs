@@ -591,6 +591,7 @@ impl Deployer {
             env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
             services: release_services(&self.db, &project, &env, &declared).await?,
             sandbox_uid,
+            restore: false,
         };
         self.runtime.provision(&env_ref, &release.env_vars).await?;
         self.runtime.deploy(&release, sink).await?;
@@ -699,6 +700,7 @@ impl Deployer {
             env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
             services: release_services(&self.db, &project, &env, &[]).await?,
             sandbox_uid: self.sandbox_uid(project.id).await?,
+            restore: true,
         };
         let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
         let logs = self.logs.clone();

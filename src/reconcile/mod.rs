@@ -65,7 +65,8 @@ pub async fn enqueue<C: ConnectionTrait>(conn: &C, job: NewJob) -> Result<Uuid> 
 pub trait Handler: Send + Sync + 'static {
     /// Does the work. Errors other than bad input are retried.
     async fn run(&self, job: &jobs::Model) -> Result<()>;
-    /// Called once when a job is given up, with the last error.
+    /// Called once when a job is given up, with the last error as users may
+    /// read it (an internal error's detail stays in the job row and the log).
     async fn gave_up(&self, job: &jobs::Model, error: &str);
 }
 
@@ -222,14 +223,23 @@ impl Queue {
         match outcome {
             Ok(()) => self.finish(&job, "done", None).await,
             Err(err) => {
+                // The job row keeps the detail for operators; what the
+                // handler records for users (a deployment's `error`) never
+                // carries an internal one (paths, SQL).
                 let message = err.message().to_string();
+                let public = match &err {
+                    Error::Internal(_) => {
+                        "an internal error stopped it (the server log has the detail)".to_string()
+                    }
+                    other => other.message().to_string(),
+                };
                 let permanent = matches!(
                     err,
                     Error::BadRequest { .. } | Error::Unprocessable(_) | Error::NotFound(_)
                 );
                 if permanent || job.attempts >= job.max_attempts {
                     tracing::warn!(job.id = %job.id, kind = job.kind, error = %message, "job given up");
-                    handler.gave_up(&job, &message).await;
+                    handler.gave_up(&job, &public).await;
                     self.finish(&job, "failed", Some(message)).await
                 } else {
                     tracing::info!(job.id = %job.id, kind = job.kind, attempt = job.attempts, error = %message, "job will be retried");

@@ -91,6 +91,9 @@ pub struct Release {
     pub services: Vec<ServiceSpec>,
     /// The project's sandbox uid (the local runtime runs as it).
     pub sandbox_uid: Option<u32>,
+    /// Bringing back a release that ran before a restart: its processes
+    /// start again, its release command does not run again.
+    pub restore: bool,
 }
 
 /// Live state of one service.

@@ -70,3 +70,91 @@ pub async fn finished(api: &str, token: &str, project: &str, id: &str) -> Value 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Connects to the test's gate (`$GATE_PORT` on loopback, which sandboxes
+/// share) and waits for it to open: a release command the test holds
+/// mid-deploy. Its arguments only mark its command line.
+pub const GATE: &str = r#"
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", int(os.environ["GATE_PORT"])))
+print("at the gate", flush=True)
+sys.exit(0 if s.recv(1) == b"g" else 1)
+"#;
+
+/// A gate on loopback: counts the release commands that reached it and
+/// lets them all through once opened.
+pub struct Gate {
+    pub port: u16,
+    arrivals: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    reached: std::sync::Arc<tokio::sync::Notify>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gate {
+    pub async fn start() -> Gate {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let arrivals = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reached = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (open, opened) = tokio::sync::watch::channel(false);
+        {
+            let (arrivals, reached) = (arrivals.clone(), reached.clone());
+            tokio::spawn(async move {
+                while let Ok((mut conn, _)) = listener.accept().await {
+                    arrivals.fetch_add(1, Ordering::SeqCst);
+                    reached.notify_waiters();
+                    let mut opened = opened.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncWriteExt;
+                        if opened.wait_for(|o| *o).await.is_ok() {
+                            let _ = conn.write_all(b"g").await;
+                        }
+                    });
+                }
+            });
+        }
+        Gate {
+            port,
+            arrivals,
+            reached,
+            open,
+        }
+    }
+
+    /// How many release commands reached the gate so far.
+    pub fn arrivals(&self) -> usize {
+        self.arrivals.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until `n` release commands in all have reached the gate.
+    pub async fn wait_arrivals(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let reached = self.reached.notified();
+            if self.arrivals() >= n {
+                return;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, reached).await.is_ok(),
+                "only {} release commands reached the gate, not {n}",
+                self.arrivals()
+            );
+        }
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+/// A repository holding `files` besides the app, with `procfile`.
+pub fn repo_with(procfile: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = repo(procfile);
+    for (name, body) in files {
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    git(dir.path(), &["add", "-A"]);
+    git(dir.path(), &["commit", "-qm", "files"]);
+    dir
+}

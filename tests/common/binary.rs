@@ -58,10 +58,14 @@ impl ServeProcess {
         let n = std::fs::read_dir(logs).map(|d| d.count()).unwrap_or(0);
         let stdout = logs.join(format!("serve-{port}-{n}.out"));
         let stderr = logs.join(format!("serve-{port}-{n}.err"));
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env_remove("SYLPHX_DATABASE_URL")
+            .env_remove("SYLPHX_DATABASE_URL");
+        if !envs.iter().any(|(k, _)| *k == "SYLPHX_SANDBOX_IDS") {
+            cmd.env("SYLPHX_SANDBOX_IDS", super::sandbox_ids());
+        }
+        let child = cmd
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&stdout).unwrap())
@@ -127,4 +131,30 @@ impl Drop for ServeProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET <base><path>` with `token`: status and JSON (or text) body.
+pub async fn get(base: &str, path: &str, token: &str) -> (reqwest::StatusCode, serde_json::Value) {
+    super::TestServer::send(
+        reqwest::Client::new()
+            .get(format!("{base}{path}"))
+            .bearer_auth(token),
+    )
+    .await
+}
+
+/// `POST <base><path>` with `token` and a JSON body.
+pub async fn post(
+    base: &str,
+    path: &str,
+    token: &str,
+    body: serde_json::Value,
+) -> (reqwest::StatusCode, serde_json::Value) {
+    super::TestServer::send(
+        reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body),
+    )
+    .await
 }

@@ -4,6 +4,7 @@
 
 pub mod apps;
 pub mod binary;
+pub mod procs;
 
 use std::time::Duration;
 
@@ -62,6 +63,14 @@ macro_rules! backend_tests {
             )*
         }
     };
+}
+
+/// A range of sandbox ids of its own for each test server: servers with
+/// stores of their own on one machine must not hand one uid to two
+/// tenants.
+pub fn sandbox_ids() -> String {
+    let base = 2_100_000_000 + rand::random_range(0..40_000u32) * 1000;
+    format!("{base}-{}", base + 999)
 }
 
 /// Replaces the database name in a PostgreSQL URL.
@@ -150,6 +159,7 @@ impl TestServer {
         config.github_webhook_secret = Some(sylphx::secrets::SecretString::new(WEBHOOK_SECRET));
         // New replicas that never listen fail fast in tests.
         config.ready_timeout = Duration::from_secs(5);
+        config.sandbox_ids = sylphx::config::SandboxIds::parse(&sandbox_ids()).unwrap();
         let app = AppState::new(config).await.expect("app state");
         let admin_token = server::bootstrap(&app)
             .await

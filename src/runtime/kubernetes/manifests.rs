@@ -624,6 +624,7 @@ pub(crate) mod tests {
             env_vars: vars(db),
             services: vec![web(), worker()],
             sandbox_uid: None,
+            restore: false,
         }
     }
 

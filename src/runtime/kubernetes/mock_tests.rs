@@ -845,6 +845,7 @@ async fn smoke_against_a_real_cluster() {
         env_vars: vars("postgres://smoke"),
         services: vec![worker],
         sandbox_uid: None,
+        restore: false,
     };
     let (tx, _rx) = mpsc::unbounded_channel();
     let deployed = rt.deploy(&release, tx).await;

@@ -556,7 +556,7 @@ impl Runtime for LocalRuntime {
             .iter()
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect();
-        if let Some(cmd) = &procfile.release {
+        if let Some(cmd) = procfile.release.as_ref().filter(|_| !release.restore) {
             Self::say(
                 &logs,
                 deployment,

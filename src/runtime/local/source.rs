@@ -130,7 +130,7 @@ impl SourceRoots {
         let refuse = || {
             let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();
             Error::Unprocessable(format!(
-                "gitRepository must be a local git repository (an absolute path or file:// URL) under one of the allowed roots ({}); '{repo}' is not",
+                "gitRepository must name a local git repository (an absolute path or file:// URL) under one of the allowed roots ({}), outside the server's data directory",
                 roots.join(", ")
             ))
         };
