@@ -161,6 +161,8 @@ pub struct Config {
     pub sandbox_max_processes: u64,
     /// Where a local `gitRepository` may point.
     pub local_git_roots: Vec<PathBuf>,
+    /// The bubblewrap binary (`SYLPHX_BWRAP`); found on `PATH` when absent.
+    pub bwrap: Option<PathBuf>,
 }
 
 /// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
@@ -314,6 +316,9 @@ impl Config {
                 Some(n) => n,
                 None => 1024,
             },
+            bwrap: std::env::var_os("SYLPHX_BWRAP")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
             local_git_roots: match std::env::var_os("SYLPHX_LOCAL_GIT_ROOTS") {
                 Some(v) if !v.is_empty() => std::env::split_paths(&v).collect(),
                 _ => file

@@ -56,6 +56,7 @@ fn local_config(config: &Config) -> LocalConfig {
             ids: config.sandbox_ids,
             max_processes: config.sandbox_max_processes,
             hidden,
+            bwrap: config.bwrap.clone(),
         },
         git_roots: config.local_git_roots.clone(),
     }

@@ -5,38 +5,13 @@
 
 mod common;
 
-use common::TestServer;
 use common::apps::{GATE, Gate, finished, repo, repo_with};
 use common::binary::{ServeProcess, create_token, free_port, get, post};
 use common::procs;
+use common::{TestServer, drop_postgres, fresh_postgres};
 use reqwest::{Client, StatusCode};
-use sea_orm::{ConnectionTrait, Database, EntityTrait};
-use serde_json::{Value, json};
-
-/// A new, empty database on the test PostgreSQL server
-/// (`SYLPHX_TEST_DATABASE_URL`): its URL and its name; None when there is
-/// no such server.
-async fn fresh_postgres() -> Option<(String, String)> {
-    let admin = std::env::var("SYLPHX_TEST_DATABASE_URL").ok()?;
-    let name = format!("sylphx_t_{}", uuid::Uuid::new_v4().simple());
-    let pg = Database::connect(admin.as_str()).await.unwrap();
-    pg.execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    Some((
-        format!("{}/{name}", admin.rsplit_once('/').unwrap().0),
-        name,
-    ))
-}
-
-/// Drops a database [`fresh_postgres`] made.
-async fn drop_postgres(name: &str) {
-    let admin = std::env::var("SYLPHX_TEST_DATABASE_URL").unwrap();
-    let pg = Database::connect(admin.as_str()).await.unwrap();
-    pg.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-}
+use sea_orm::{Database, EntityTrait};
+use serde_json::json;
 
 /// `kill -9` of `serve` while a deploy's release command runs, then a
 /// restart, several times over: nothing the dead server started lives on,

@@ -355,6 +355,9 @@ async fn a_hostile_tenant_reaches_nothing_of_others() {
     assert_ne!(victim_uid, 0);
     assert_ne!(hostile_uid, 0);
     assert_ne!(victim_uid, hostile_uid);
+    // Its release belongs to it alone.
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&victim_release).unwrap());
+    assert_eq!(owner, victim_uid);
     // The secret reaches the victim's own process, and no root process.
     assert!(
         procs::environ(victim_pid)
@@ -728,4 +731,76 @@ async fn a_tenant_cannot_exhaust_processes_or_memory() {
         server.served("fine.localhost").await,
         (StatusCode::OK, "fine".into())
     );
+}
+
+/// On a machine that cannot make sandboxes (here: a bubblewrap that always
+/// fails, as it does without user namespaces), tenant code does not run,
+/// and the deployment says why; `--insecure-shared-sandbox` runs it anyway,
+/// as the server's own user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_sandboxes_tenant_code_runs_only_when_sharing_is_asked_for() {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let src = repo(&format!("web: exec python3 app.py nosandbox-{tag}\n"));
+    let server = Server::start(&[("SYLPHX_BWRAP", "/bin/false")]).await;
+    let token = server.token("acme");
+    let d = server.deploy_new(&token, "app", src.path(), &[]).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot make sandboxes") && error.contains("--insecure-shared-sandbox"),
+        "{error}"
+    );
+    assert_eq!(
+        procs::with_marker(&format!("nosandbox-{tag}")),
+        Vec::<i32>::new()
+    );
+    assert_eq!(
+        server.served("app.localhost").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let stderr = server.process.as_ref().unwrap().stderr();
+    assert!(stderr.contains("cannot run tenant code"), "{stderr}");
+
+    let mut shared = Server::start(&[
+        ("SYLPHX_BWRAP", "/bin/false"),
+        ("SYLPHX_INSECURE_SHARED_SANDBOX", "true"),
+    ])
+    .await;
+    let token = shared.token("acme");
+    let d = shared
+        .deploy_new(&token, "app", src.path(), &[("GREETING", "shared")])
+        .await;
+    assert_eq!(d["status"], "success", "{d}");
+    assert_eq!(
+        shared.served("app.localhost").await,
+        (StatusCode::OK, "shared".into())
+    );
+    let pid = app_pid(&format!("nosandbox-{tag}")).await;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(procs::uid(pid), Some(unsafe { libc::geteuid() }));
+    let stderr = shared.process.as_ref().unwrap().stderr();
+    assert!(
+        stderr.contains("without isolation between projects"),
+        "{stderr}"
+    );
+    shared.stop().kill9();
+    procs::wait_gone(&[pid]).await;
+}
+
+/// With the store on a PostgreSQL that took no password, `serve` says at
+/// start that tenants on this machine could reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_warns_when_the_store_takes_no_password() {
+    let Some((url, name)) = common::fresh_postgres().await else {
+        eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let mut server = Server::start(&[("SYLPHX_DATABASE_URL", &url)]).await;
+    let stderr = server.process.as_ref().unwrap().stderr();
+    assert!(
+        stderr.contains("accepted a connection without a password"),
+        "{stderr}"
+    );
+    drop(server.stop());
+    common::drop_postgres(&name).await;
 }

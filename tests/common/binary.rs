@@ -58,6 +58,7 @@ impl ServeProcess {
         let n = std::fs::read_dir(logs).map(|d| d.count()).unwrap_or(0);
         let stdout = logs.join(format!("serve-{port}-{n}.out"));
         let stderr = logs.join(format!("serve-{port}-{n}.err"));
+        super::ensure_bubblewrap();
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(extra)

@@ -65,12 +65,69 @@ macro_rules! backend_tests {
     };
 }
 
+/// The local runtime's sandboxes need bubblewrap: installed from Debian's
+/// packages when it is missing, once per test binary.
+pub fn ensure_bubblewrap() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let found = || {
+            std::process::Command::new("sh")
+                .args(["-c", "command -v bwrap"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        if found() {
+            return;
+        }
+        let apt = |args: &[&str]| {
+            std::process::Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !apt(&["install", "-y", "-qq", "bubblewrap"]) {
+            apt(&["update", "-qq"]);
+            apt(&["install", "-y", "-qq", "bubblewrap"]);
+        }
+        assert!(
+            found(),
+            "the tests need bubblewrap (bwrap): install the 'bubblewrap' package"
+        );
+    });
+}
+
 /// A range of sandbox ids of its own for each test server: servers with
 /// stores of their own on one machine must not hand one uid to two
 /// tenants.
 pub fn sandbox_ids() -> String {
     let base = 2_100_000_000 + rand::random_range(0..40_000u32) * 1000;
     format!("{base}-{}", base + 999)
+}
+
+/// A new, empty database on the test PostgreSQL server
+/// (`SYLPHX_TEST_DATABASE_URL`): its URL and its name; None when there is
+/// no such server.
+pub async fn fresh_postgres() -> Option<(String, String)> {
+    let admin = std::env::var("SYLPHX_TEST_DATABASE_URL").ok()?;
+    let name = format!("sylphx_t_{}", uuid::Uuid::new_v4().simple());
+    let pg = Database::connect(admin.as_str()).await.unwrap();
+    pg.execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    Some((
+        format!("{}/{name}", admin.rsplit_once('/').unwrap().0),
+        name,
+    ))
+}
+
+/// Drops a database [`fresh_postgres`] made.
+pub async fn drop_postgres(name: &str) {
+    let admin = std::env::var("SYLPHX_TEST_DATABASE_URL").unwrap();
+    let pg = Database::connect(admin.as_str()).await.unwrap();
+    pg.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
 }
 
 /// Replaces the database name in a PostgreSQL URL.
@@ -123,6 +180,7 @@ impl TestServer {
         backend: Backend,
         config_file: Option<std::path::PathBuf>,
     ) -> TestServer {
+        ensure_bubblewrap();
         let dir = tempfile::tempdir().expect("tempdir");
         let (database_url, pg) = match &backend {
             Backend::Sqlite => (

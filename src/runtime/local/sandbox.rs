@@ -59,6 +59,8 @@ pub struct SandboxSettings {
     /// The server's own files: never visible in a sandbox, whatever their
     /// place (data directory, config file, store file).
     pub hidden: Vec<PathBuf>,
+    /// bubblewrap; looked up on `PATH` when `None`.
+    pub bwrap: Option<PathBuf>,
 }
 
 /// What a sandbox runs.
@@ -379,9 +381,13 @@ fn prepare(settings: &SandboxSettings) -> std::result::Result<Ready, String> {
             "the local runtime runs each project as a user of its own and needs root for that: start the server as root, {HOW}"
         ));
     }
-    let bwrap = find_in_path("bwrap").ok_or_else(|| {
-        format!("bubblewrap (bwrap) is not installed: install the 'bubblewrap' package, {HOW}")
-    })?;
+    let bwrap = settings
+        .bwrap
+        .clone()
+        .or_else(|| find_in_path("bwrap"))
+        .ok_or_else(|| {
+            format!("bubblewrap (bwrap) is not installed: install the 'bubblewrap' package, {HOW}")
+        })?;
     let group = settings.ids.group;
     let mut args: Vec<OsString> = [
         "--unshare-user",
