@@ -223,25 +223,12 @@ async fn concurrent_creates_take_a_domain_once(backend: Backend) {
     s.project(&s.admin_token, "race").await;
     let requests: Vec<_> = (0..20)
         .map(|i| {
-            let req = s
-                .api(Method::POST, "/projects/race/environments", &s.admin_token)
-                .json(&json!({"name": format!("env-{i}"), "domain": "race.example.com"}));
-            tokio::spawn(TestServer::send(req))
+            s.api(Method::POST, "/projects/race/environments", &s.admin_token)
+                .json(&json!({"name": format!("env-{i}"), "domain": "race.example.com"}))
         })
         .collect();
-    let (mut created, mut conflicts) = (0, 0);
-    for r in requests {
-        let (status, body) = r.await.unwrap();
-        match status {
-            StatusCode::CREATED => created += 1,
-            StatusCode::CONFLICT => {
-                assert_eq!(body["error"], "domain 'race.example.com' is already in use");
-                conflicts += 1;
-            }
-            other => panic!("{other}: {body}"),
-        }
-    }
-    assert_eq!((created, conflicts), (1, 19));
+    let created = common::race(requests, "domain 'race.example.com' is already in use").await;
+    assert_eq!(created, 1, "one of 20 concurrent creates takes the domain");
     let (_, list) = s.get("/projects/race/environments", &s.admin_token).await;
     let domains: Vec<&Value> = list
         .as_array()

@@ -591,7 +591,16 @@ async fn no_tenant_process_outlives_the_server_and_releases_come_back() {
     let token = server.token("acme");
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let mut sources = Vec::new();
-    for (slug, greeting) in [("one", "first"), ("two", "second")] {
+    const APPS: [(&str, &str); 2] = [("one", "first"), ("two", "second")];
+    async fn all_served(server: &Server) {
+        for (slug, greeting) in APPS {
+            assert_eq!(
+                server.served(&format!("{slug}.localhost")).await,
+                (StatusCode::OK, greeting.to_string())
+            );
+        }
+    }
+    for (slug, greeting) in APPS {
         // A process tree, not one process: the shell stays and forks.
         let src = repo(&format!(
             "web: sleep 600 & python3 app.py life-{tag}; wait\n"
@@ -623,28 +632,14 @@ async fn no_tenant_process_outlives_the_server_and_releases_come_back() {
 
     // The last releases come back with the server.
     server.restart().await;
-    assert_eq!(
-        server.served("one.localhost").await,
-        (StatusCode::OK, "first".into())
-    );
-    assert_eq!(
-        server.served("two.localhost").await,
-        (StatusCode::OK, "second".into())
-    );
+    all_served(&server).await;
 
     // SIGKILL: no shutdown hook runs, and still nothing is left.
     let tenants = procs::wait_for(&marker, 2).await;
     server.stop().kill9();
     procs::wait_gone(&tenants).await;
     server.restart().await;
-    assert_eq!(
-        server.served("one.localhost").await,
-        (StatusCode::OK, "first".into())
-    );
-    assert_eq!(
-        server.served("two.localhost").await,
-        (StatusCode::OK, "second".into())
-    );
+    all_served(&server).await;
 }
 
 /// Forks until refused, reports how many it got, exits.

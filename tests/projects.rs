@@ -405,25 +405,13 @@ async fn concurrent_creates_take_a_domain_once(backend: Backend) {
     let s = TestServer::start(backend).await;
     let requests: Vec<_> = (0..20)
         .map(|i| {
-            let req = s.api(Method::POST, "/projects", &s.admin_token).json(
+            s.api(Method::POST, "/projects", &s.admin_token).json(
                 &json!({"name": "Race", "slug": format!("race-{i}"), "domain": "race.example.com"}),
-            );
-            tokio::spawn(TestServer::send(req))
+            )
         })
         .collect();
-    let (mut created, mut conflicts) = (0, 0);
-    for r in requests {
-        let (status, body) = r.await.unwrap();
-        match status {
-            StatusCode::CREATED => created += 1,
-            StatusCode::CONFLICT => {
-                assert_eq!(body["error"], "domain 'race.example.com' is already in use");
-                conflicts += 1;
-            }
-            other => panic!("{other}: {body}"),
-        }
-    }
-    assert_eq!((created, conflicts), (1, 19));
+    let created = common::race(requests, "domain 'race.example.com' is already in use").await;
+    assert_eq!(created, 1, "one of 20 concurrent creates takes the domain");
     let (_, list) = s.get("/projects", &s.admin_token).await;
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 1, "the refused creates left nothing behind");

@@ -156,6 +156,25 @@ pub async fn serve_router(router: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// Sends `requests` all at once; returns how many created (201). Every
+/// other answer must be 409 with `conflict` as its error.
+pub async fn race(requests: Vec<RequestBuilder>, conflict: &str) -> usize {
+    let sent: Vec<_> = requests
+        .into_iter()
+        .map(|r| tokio::spawn(TestServer::send(r)))
+        .collect();
+    let mut created = 0;
+    for r in sent {
+        let (status, body) = r.await.unwrap();
+        match status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => assert_eq!(body["error"], conflict, "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    created
+}
+
 /// A running server.
 pub struct TestServer {
     pub base: String,
