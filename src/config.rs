@@ -70,6 +70,7 @@ struct FileConfig {
     apps_listen: Option<SocketAddr>,
     ready_timeout_secs: Option<u64>,
     job_lease_secs: Option<u64>,
+    job_workers: Option<u64>,
     http_threads: Option<u64>,
     github_webhook_secret_file: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
@@ -141,6 +142,9 @@ pub struct Config {
     pub ready_timeout: std::time::Duration,
     /// How long a job claim lasts without renewal (crash recovery delay).
     pub job_lease: std::time::Duration,
+    /// Jobs (deploys, teardowns) one process runs at once: one tenant's
+    /// slow deploy does not hold up everyone else's.
+    pub job_workers: usize,
     /// Threads serving HTTP connections, each with its own single-threaded
     /// event loop (a connection and its upstream calls stay on one thread).
     pub http_threads: usize,
@@ -280,6 +284,15 @@ impl Config {
                     .unwrap_or(30)
                     .max(1),
             ),
+            job_workers: match env_u64("SYLPHX_JOB_WORKERS")?.or(file.job_workers) {
+                Some(0) => {
+                    return Err(Error::bad_request(
+                        "job_workers (SYLPHX_JOB_WORKERS) must be at least 1",
+                    ));
+                }
+                Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(64),
+                None => 4,
+            },
             http_threads: match env_u64("SYLPHX_HTTP_THREADS")?.or(file.http_threads) {
                 Some(0) => {
                     return Err(Error::bad_request(

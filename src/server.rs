@@ -159,12 +159,16 @@ impl AppState {
         deployer.spawn_route_refresh(ROUTE_REFRESH);
         let restorer = deployer.clone();
         let queue = deployer.queue.clone();
+        let workers = self.config().job_workers;
         tokio::spawn(async move {
             // Releases come back before queued work resumes.
             if let Err(e) = restorer.restore().await {
                 tracing::warn!(error = e.message(), "restoring releases failed");
             }
-            queue.spawn_worker(Arc::new(restorer));
+            let handler: Arc<dyn crate::reconcile::Handler> = Arc::new(restorer);
+            for _ in 0..workers {
+                queue.spawn_worker(handler.clone());
+            }
         });
         Ok(apps)
     }

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::apps::{finished, repo, repo_with};
+use common::apps::{GATE, Gate, finished, repo, repo_with};
 use common::binary::{ServeProcess, create_token, free_port, get, post};
 use common::procs;
 use reqwest::{Client, StatusCode};
@@ -717,6 +717,28 @@ async fn a_tenant_cannot_exhaust_processes_or_memory() {
     assert_eq!(hog["status"], "failed", "{hog}");
     let (_, logs) = get(&server.base(), "/projects/hog/logs?tail=1000", &token).await;
     assert!(logs.as_str().unwrap().contains("out of memory"), "{logs}");
+
+    // A deploy that never ends its release command holds up no one else's.
+    let gate = Gate::start().await;
+    let slow_src = repo_with(
+        "release: python3 gate.py\nweb: exec python3 app.py\n",
+        &[("gate.py", GATE)],
+    );
+    let (status, _) = post(
+        &server.base(),
+        "/projects",
+        &token,
+        json!({"name": "slow", "slug": "slow", "gitRepository": slow_src.path().to_str().unwrap()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let gate_port = gate.port.to_string();
+    server
+        .set_vars(&token, "slow", "production", &[("GATE_PORT", &gate_port)])
+        .await;
+    let (status, slow) = post(&server.base(), "/projects/slow/deploy", &token, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{slow}");
+    gate.wait_arrivals(1).await;
     let other = repo("web: exec python3 app.py\n");
     let fine = server
         .deploy_new(&token, "fine", other.path(), &[("GREETING", "fine")])
@@ -726,6 +748,15 @@ async fn a_tenant_cannot_exhaust_processes_or_memory() {
         server.served("fine.localhost").await,
         (StatusCode::OK, "fine".into())
     );
+    gate.open();
+    let slow = finished(
+        &server.base(),
+        &token,
+        "slow",
+        slow["deploymentId"].as_str().unwrap(),
+    )
+    .await;
+    assert_eq!(slow["status"], "success", "{slow}");
 }
 
 /// On a machine that cannot make sandboxes (here: a bubblewrap that always

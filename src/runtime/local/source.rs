@@ -52,27 +52,42 @@ impl Procfile {
     /// link out of it, which would make the server read a host file), at
     /// most 64 KiB.
     pub async fn read(dir: &Path) -> Result<Procfile> {
+        use tokio::io::AsyncReadExt;
         const MAX: u64 = 64 * 1024;
-        let path = dir.join("Procfile");
-        let meta = tokio::fs::symlink_metadata(&path).await.map_err(|_| {
-            Error::Unprocessable(
-                "the repository has no Procfile: the local runtime runs the processes it names"
-                    .into(),
-            )
-        })?;
+        // Opened without following a link and checked through the open
+        // file: a tenant that swaps the file for a link meanwhile (it owns
+        // the release) gets an error, never a host file read as root.
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(dir.join("Procfile"))
+            .await
+            .map_err(|e| {
+                Error::Unprocessable(if e.raw_os_error() == Some(libc::ELOOP) {
+                    "the Procfile must be a regular file (not a link)".into()
+                } else {
+                    "the repository has no Procfile: the local runtime runs the processes it names"
+                        .into()
+                })
+            })?;
+        let meta = file.metadata().await.map_err(Error::internal)?;
         if !meta.is_file() {
             return Err(Error::Unprocessable(
                 "the Procfile must be a regular file (not a link)".into(),
             ));
         }
-        if meta.len() > MAX {
+        let mut bytes = Vec::new();
+        file.take(MAX + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(Error::internal)?;
+        if bytes.len() as u64 > MAX {
             return Err(Error::Unprocessable(format!(
                 "the Procfile is larger than {} KiB",
                 MAX / 1024
             )));
         }
-        let text = tokio::fs::read_to_string(&path)
-            .await
+        let text = String::from_utf8(bytes)
             .map_err(|_| Error::Unprocessable("the Procfile is not UTF-8 text".into()))?;
         Procfile::parse(&text)
     }
@@ -215,6 +230,26 @@ pub fn chown_tree(dir: &Path, uid: u32) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_procfile_that_links_elsewhere_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("Procfile")).unwrap();
+        let err = Procfile::read(dir.path()).await.unwrap_err();
+        assert!(err.message().contains("not a link"), "{}", err.message());
+        std::fs::remove_file(dir.path().join("Procfile")).unwrap();
+        std::fs::create_dir(dir.path().join("Procfile")).unwrap();
+        assert!(Procfile::read(dir.path()).await.is_err());
+        std::fs::remove_dir(dir.path().join("Procfile")).unwrap();
+        std::fs::write(dir.path().join("Procfile"), "web: x\n".repeat(20_000)).unwrap();
+        let err = Procfile::read(dir.path()).await.unwrap_err();
+        assert!(err.message().contains("larger than"), "{}", err.message());
+        std::fs::write(dir.path().join("Procfile"), "web: ./serve\n").unwrap();
+        assert_eq!(
+            Procfile::read(dir.path()).await.unwrap().command("web"),
+            Some("./serve")
+        );
+    }
 
     #[test]
     fn procfile() {
