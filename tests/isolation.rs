@@ -803,7 +803,18 @@ async fn without_sandboxes_tenant_code_runs_only_when_sharing_is_asked_for() {
     );
     let pid = app_pid(&format!("nosandbox-{tag}")).await;
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(procs::uid(pid), Some(unsafe { libc::geteuid() }));
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(procs::uid(pid), Some(me));
+    let (_, project) = get(&shared.base(), "/projects/app", &token).await;
+    let release = shared
+        .data()
+        .join("releases")
+        .join(project["id"].as_str().unwrap())
+        .join(d["id"].as_str().unwrap());
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&release).unwrap()),
+        me
+    );
     let stderr = shared.process.as_ref().unwrap().stderr();
     assert!(
         stderr.contains("without isolation between projects"),

@@ -411,13 +411,16 @@ pub async fn ids_of<C: ConnectionTrait>(
     Ok(q.into_tuple().all(conn).await?)
 }
 
-/// Records the job that removes what a deletion leaves on the runtime; call
-/// it in the deleting transaction.
-pub async fn enqueue_teardown<C: ConnectionTrait>(
+/// Records a deletion: the job that removes what it leaves on the runtime,
+/// and the audit event. Call it in the deleting transaction.
+pub async fn record_deletion<C: ConnectionTrait>(
     conn: &C,
     ctx: &Ctx,
     teardown: &Teardown,
-) -> Result<Uuid> {
+    action: &str,
+    target: Target<'_>,
+    detail: serde_json::Value,
+) -> Result<()> {
     reconcile::enqueue(
         conn,
         NewJob {
@@ -427,7 +430,8 @@ pub async fn enqueue_teardown<C: ConnectionTrait>(
             deployment_id: None,
         },
     )
-    .await
+    .await?;
+    audit::record(conn, ctx, action, target, Some(detail)).await
 }
 
 async fn set_status(

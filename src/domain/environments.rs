@@ -285,13 +285,13 @@ pub async fn delete(
     environments::Entity::delete_by_id(env.id)
         .exec(&txn)
         .await?;
-    deployments::enqueue_teardown(&txn, ctx, &teardown).await?;
-    audit::record(
+    deployments::record_deletion(
         &txn,
         ctx,
+        &teardown,
         "environment.delete",
         Target::new("environment", env.id).in_project(project.id),
-        Some(json!({ "name": env.name })),
+        json!({ "name": env.name }),
     )
     .await?;
     txn.commit().await?;

@@ -313,13 +313,13 @@ pub async fn delete(
     projects::Entity::delete_by_id(project.id)
         .exec(&txn)
         .await?;
-    deployments::enqueue_teardown(&txn, ctx, &teardown).await?;
-    audit::record(
+    deployments::record_deletion(
         &txn,
         ctx,
+        &teardown,
         "project.delete",
         Target::new("project", project.id).in_project(project.id),
-        Some(json!({ "slug": project.slug })),
+        json!({ "slug": project.slug }),
     )
     .await?;
     txn.commit().await?;

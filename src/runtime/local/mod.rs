@@ -277,12 +277,14 @@ impl LocalRuntime {
         self.releases_dir().join(project.to_string())
     }
 
-    /// The project's release directory, owned by its uid and closed to others.
+    /// The project's release directory, owned by the user its code runs
+    /// as and closed to others.
     fn prepare_project_dir(&self, project: Uuid, uid: u32) -> Result<PathBuf> {
         let dir = self.project_dir(project);
         self.prepare_dirs()?;
         set_mode(&dir, 0o700, None)?;
-        std::os::unix::fs::chown(&dir, Some(uid), Some(uid))
+        let owner = self.sandboxes.effective_uid(uid);
+        std::os::unix::fs::chown(&dir, Some(owner), Some(owner))
             .map_err(|e| Error::internal(format!("{}: {e}", dir.display())))?;
         Ok(dir)
     }
@@ -332,7 +334,7 @@ impl LocalRuntime {
             if legacy.is_dir() {
                 self.prepare_project_dir(release.env.project_id, uid)?;
                 std::fs::rename(&legacy, &dir)
-                    .and_then(|()| source::chown_tree(&dir, uid))
+                    .and_then(|()| source::chown_tree(&dir, self.sandboxes.effective_uid(uid)))
                     .map_err(|e| Error::internal(format!("moving {}: {e}", legacy.display())))?;
             }
         }
@@ -511,7 +513,8 @@ impl Runtime for LocalRuntime {
         let commit =
             source::checkout(&repo, &req.git_branch, req.git_commit.as_deref(), &dir).await?;
         let owned = dir.clone();
-        tokio::task::spawn_blocking(move || source::chown_tree(&owned, uid))
+        let owner = self.sandboxes.effective_uid(uid);
+        tokio::task::spawn_blocking(move || source::chown_tree(&owned, owner))
             .await
             .map_err(Error::internal)?
             .map_err(|e| Error::internal(format!("cannot hand the release over: {e}")))?;
