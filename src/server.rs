@@ -57,6 +57,7 @@ fn local_config(config: &Config) -> LocalConfig {
             max_processes: config.sandbox_max_processes,
             hidden,
             bwrap: config.bwrap.clone(),
+            data_dir: config.data_dir.clone(),
         },
         git_roots: config.local_git_roots.clone(),
     }
@@ -152,11 +153,11 @@ impl AppState {
                 // answers: a request for one still coming back waits for it
                 // instead of being told nothing is served there.
                 deployer.refresh_routes().await?;
+                deployer.spawn_route_refresh(ROUTE_REFRESH);
                 Some(local.serve_router(self.config().apps_listen).await?)
             }
             None => None,
         };
-        deployer.spawn_route_refresh(ROUTE_REFRESH);
         let restorer = deployer.clone();
         let queue = deployer.queue.clone();
         let workers = self.config().job_workers;

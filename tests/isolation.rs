@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -77,6 +78,13 @@ struct Server {
 
 impl Server {
     async fn start(extra_env: &[(&str, &str)]) -> Server {
+        let mut s = Server::new(extra_env);
+        s.restart().await;
+        s
+    }
+
+    /// A server not started yet.
+    fn new(extra_env: &[(&str, &str)]) -> Server {
         let work = tempfile::tempdir().unwrap();
         let data = work.path().join("data");
         let mut envs = vec![
@@ -91,15 +99,13 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        let mut s = Server {
+        Server {
             work,
             port: free_port(),
             apps: format!("127.0.0.1:{}", free_port()),
             envs,
             process: None,
-        };
-        s.restart().await;
-        s
+        }
     }
 
     fn envs(&self) -> Vec<(&str, &str)> {
@@ -786,6 +792,23 @@ async fn without_sandboxes_tenant_code_runs_only_when_sharing_is_asked_for() {
     );
     let stderr = server.process.as_ref().unwrap().stderr();
     assert!(stderr.contains("cannot run tenant code"), "{stderr}");
+
+    // A data directory under a directory other users may not search (a
+    // home directory, say): the sandboxes could not reach their releases,
+    // and the error says which directory and what to do.
+    let mut closed = Server::new(&[]);
+    std::fs::set_permissions(closed.work.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    closed.restart().await;
+    let token = closed.token("acme");
+    let d = closed.deploy_new(&token, "app", src.path(), &[]).await;
+    assert_eq!(d["status"], "failed", "{d}");
+    let error = d["error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot reach the data directory")
+            && error.contains(&closed.work.path().display().to_string()),
+        "{error}"
+    );
+    drop(closed);
 
     let mut shared = Server::start(&[
         ("SYLPHX_BWRAP", "/bin/false"),

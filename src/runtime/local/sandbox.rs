@@ -61,6 +61,9 @@ pub struct SandboxSettings {
     pub hidden: Vec<PathBuf>,
     /// bubblewrap; looked up on `PATH` when `None`.
     pub bwrap: Option<PathBuf>,
+    /// The data directory, which bubblewrap must traverse (as the
+    /// project's user) to reach a release.
+    pub data_dir: PathBuf,
 }
 
 /// What a sandbox runs.
@@ -122,6 +125,17 @@ fn reachable(path: &Path, group: u32) -> bool {
             .unwrap_or(false)
     };
     path.exists() && path.ancestors().skip(1).all(searchable)
+}
+
+/// The first directory above `dir` that other users may not search (the
+/// data directory itself is opened to the sandboxes' group).
+fn closed_ancestor(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let real = dir.canonicalize().ok()?;
+    real.ancestors()
+        .skip(1)
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| m.mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
 }
 
 fn os(s: impl Into<OsString>) -> OsString {
@@ -388,6 +402,12 @@ fn prepare(settings: &SandboxSettings) -> std::result::Result<Ready, String> {
         .ok_or_else(|| {
             format!("bubblewrap (bwrap) is not installed: install the 'bubblewrap' package, {HOW}")
         })?;
+    if let Some(closed) = closed_ancestor(&settings.data_dir) {
+        return Err(format!(
+            "the sandboxes cannot reach the data directory: {closed} may not be searched by other users; give the server a data directory they can reach (for example --data-dir /var/lib/sylphx) or allow the search (chmod o+x {closed})",
+            closed = closed.display()
+        ));
+    }
     let group = settings.ids.group;
     let mut args: Vec<OsString> = [
         "--unshare-user",
