@@ -254,9 +254,6 @@ impl LocalRuntime {
                 "--insecure-shared-sandbox: tenant code runs as this server's own user, without isolation between projects"
             );
         }
-        if let Some(why) = self.sandboxes.limits_unavailable().await {
-            tracing::warn!(reason = %why, "cpu and memory limits of replicas are not enforced");
-        }
         self.prepare_dirs()
     }
 

@@ -142,6 +142,28 @@ fn os(s: impl Into<OsString>) -> OsString {
     s.into()
 }
 
+/// bubblewrap running `sh -c command` with `base_args`, the release `dir`
+/// bound at [`APP_DIR`]; its options come from the returned memory file
+/// (which the new process must inherit), so that the sandbox's init shows
+/// no host path.
+fn bwrap_command(
+    bwrap: &Path,
+    base_args: &[OsString],
+    dir: &Path,
+    command: &str,
+) -> io::Result<(std::process::Command, std::fs::File)> {
+    let mut args = base_args.to_vec();
+    args.extend([os("--bind"), dir.into(), os(APP_DIR)]);
+    args.extend(["--chdir", APP_DIR].map(os));
+    let file = args_memfd(&args)?;
+    let mut cmd = std::process::Command::new(bwrap);
+    cmd.arg("--args")
+        .arg(file.as_raw_fd().to_string())
+        .args(["--", "/bin/sh", "-c"])
+        .arg(command);
+    Ok((cmd, file))
+}
+
 /// A sealed-off memory file holding `args` NUL-separated, read from its
 /// start (bubblewrap's `--args`).
 fn args_memfd(args: &[OsString]) -> io::Result<std::fs::File> {
@@ -214,15 +236,6 @@ impl Sandboxes {
             .map_err(Clone::clone)
     }
 
-    /// Why cpu/memory limits are not applied here, if they are not.
-    pub async fn limits_unavailable(&self) -> Option<String> {
-        match self.ready().await {
-            Ok(r) if r.cgroups.is_some() => None,
-            Ok(_) => Some("cgroups are not writable here".into()),
-            Err(why) => Some(why),
-        }
-    }
-
     /// Starts `spec` in a new sandbox.
     pub async fn spawn(&self, spec: &Spec<'_>, stdout: Stdio, stderr: Stdio) -> Result<Sandboxed> {
         let ready = self.ready().await.map_err(Error::Unprocessable)?;
@@ -236,23 +249,11 @@ impl Sandboxes {
             ),
             None => None,
         };
-        // bubblewrap reads its options from a memory file, so that the
-        // sandbox's init does not show host paths.
-        let mut args_file = None;
-        let (mut cmd, home) = match &ready.bwrap {
+        let (mut cmd, args_file, home) = match &ready.bwrap {
             Some(bwrap) => {
-                let mut args = ready.base_args.clone();
-                args.extend([os("--bind"), spec.dir.into(), os(APP_DIR)]);
-                args.extend(["--chdir", APP_DIR].map(os));
-                let file = args_memfd(&args)
+                let (cmd, file) = bwrap_command(bwrap, &ready.base_args, spec.dir, spec.command)
                     .map_err(|e| Error::internal(format!("sandbox arguments: {e}")))?;
-                let mut cmd = Command::new(bwrap);
-                cmd.arg("--args")
-                    .arg(file.as_raw_fd().to_string())
-                    .args(["--", "/bin/sh", "-c"])
-                    .arg(spec.command);
-                args_file = Some(file);
-                (cmd, Path::new(APP_DIR))
+                (Command::from(cmd), Some(file), Path::new(APP_DIR))
             }
             None => {
                 let mut cmd = Command::new("/bin/sh");
@@ -260,7 +261,7 @@ impl Sandboxes {
                     .arg(spec.command)
                     .current_dir(spec.dir)
                     .process_group(0);
-                (cmd, spec.dir)
+                (cmd, None, spec.dir)
             }
         };
         cmd.env_clear()
@@ -505,25 +506,21 @@ fn probe_in(
     dir: &Path,
 ) -> std::result::Result<(), String> {
     let uid = settings.ids.last;
+    let (mut cmd, file) = bwrap_command(
+        bwrap,
+        &ready.base_args,
+        dir,
+        &format!("test \"$(id -u)\" = {uid} && test \"$$\" -lt 10 && touch {APP_DIR}/ok"),
+    )
+    .map_err(|e| format!("sandbox check: {e}"))?;
     let join = JoinSteps {
-        inherit: None,
+        inherit: Some(file.as_raw_fd()),
         cgroup_procs: Vec::new(),
         user: Some((uid, settings.ids.group)),
         max_processes: settings.max_processes,
         parent: std::process::id(),
     };
-    let mut cmd = std::process::Command::new(bwrap);
-    cmd.args(&ready.base_args)
-        .arg("--bind")
-        .arg(dir)
-        .arg(APP_DIR)
-        .args(["--chdir", APP_DIR, "--", "/bin/sh", "-c"])
-        .arg(format!(
-            "test \"$(id -u)\" = {uid} && test \"$$\" -lt 10 && touch {APP_DIR}/ok"
-        ))
-        .env_clear()
-        .env("PATH", PATH)
-        .stdin(Stdio::null());
+    cmd.env_clear().env("PATH", PATH).stdin(Stdio::null());
     // SAFETY: as in `Sandboxes::spawn`.
     unsafe {
         cmd.pre_exec(move || join.run());
