@@ -78,7 +78,7 @@ struct FileConfig {
     sandbox_ids: Option<String>,
     sandbox_max_processes: Option<u64>,
     local_git_roots: Option<Vec<PathBuf>>,
-    ai: Option<crate::ai::AiConfig>,
+    ai: Option<crate::ai::config::AiConfig>,
 }
 
 /// The ids of the local runtime's sandboxes: `first-last` in the config.
@@ -154,7 +154,7 @@ pub struct Config {
     /// `~/.kube/config`, in-cluster service account) when absent.
     pub kubeconfig: Option<PathBuf>,
     /// The AI gateway's `[ai]` section (no providers when absent).
-    pub ai: crate::ai::AiConfig,
+    pub ai: crate::ai::config::AiConfig,
     /// The config file this came from, never shown to tenant code.
     pub config_file: Option<PathBuf>,
     /// Tenant code runs as the server's user, without namespaces.

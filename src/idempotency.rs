@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::domain::{Ctx, new_id, now};
 use crate::error::{Error, Result};
 use crate::secrets::sha256_hex;
-use crate::server::AppState;
+use crate::state::AppState;
 use entity::idempotency_keys as keys;
 
 /// The request header.

@@ -13,6 +13,7 @@ pub mod rest;
 pub mod runtime;
 pub mod secrets;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod streams;
 pub mod webhooks;

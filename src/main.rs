@@ -10,6 +10,9 @@ use sylphx::config::{Config, ServeArgs, StoreArgs};
 use sylphx::domain::{self, Ctx};
 use sylphx::server::{self, AppState};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "sylphx", version, about = "The Sylphx control plane")]
 struct Cli {
@@ -78,7 +81,7 @@ fn store_config(store: StoreArgs) -> sylphx::Result<Config> {
 async fn run(cli: Cli) -> sylphx::Result<()> {
     match cli.command {
         Command::Serve(args) => {
-            let app = AppState::new(Config::load(&args)?).await?;
+            let app = server::App::new(Config::load(&args)?).await?;
             let apps = app.start_background().await?;
             if let Some(token) = server::bootstrap(&app).await? {
                 let path = app.config().data_dir.join("admin-token");

@@ -4,140 +4,73 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::{Request, State, WebSocketUpgrade};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::{Extension, Json, Router};
+use axum::{Json, Router};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use tokio::sync::oneshot;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::auth::session::{self, SessionKeys};
-use crate::auth::tokens::TokenAuthenticator;
+use crate::ai::{AiState, Gateway};
 use crate::auth::{Actor, Principal, Role};
-use crate::config::{Config, RuntimeKind, read_or_create_secret_file};
-use crate::domain::deployments::Deployer;
 use crate::domain::{self, Ctx};
 use crate::error::{Error, Result};
-use crate::graphql::{self, AppSchema};
-use crate::reconcile::{Queue, QueueConfig};
-use crate::rest::{self, Rest};
-use crate::runtime::Runtime;
-use crate::runtime::local::sandbox::SandboxSettings;
-use crate::runtime::local::{LocalConfig, LocalRuntime};
-use crate::secrets::{Keyring, SecretString, random_hex};
-use crate::store::{self, StatementCounter};
-use crate::streams::LogStore;
+use crate::graphql::http::{GraphqlState, graphql_error};
+use crate::graphql::{self, Core};
+use crate::rest::{self, Rest, RestState};
+use crate::runtime::local::LocalRuntime;
+use crate::secrets::SecretString;
+pub use crate::state::AppState;
+use crate::state::request_id;
 
 /// How often the routing table is checked against the store even when
 /// nothing asked for it.
 const ROUTE_REFRESH: Duration = Duration::from_secs(15);
 
-/// The local runtime's settings from the configuration.
-fn local_config(config: &Config) -> LocalConfig {
-    let mut hidden = vec![config.data_dir.clone()];
-    hidden.extend(config.config_file.clone());
-    hidden.extend(config.kubeconfig.clone());
-    hidden.extend(store::sqlite_path(&config.database_url));
-    LocalConfig {
-        data_dir: config.data_dir.clone(),
-        ready_timeout: config.ready_timeout,
-        sandbox: SandboxSettings {
-            insecure_shared: config.insecure_shared_sandbox,
-            ids: config.sandbox_ids,
-            max_processes: config.sandbox_max_processes,
-            hidden,
-            bwrap: config.bwrap.clone(),
-            data_dir: config.data_dir.clone(),
-        },
-        git_roots: config.local_git_roots.clone(),
+/// The whole application: the shared state and what each entry point adds.
+#[derive(Clone)]
+pub struct App {
+    pub state: AppState,
+    pub graphql: Core,
+    pub rest: Arc<Rest>,
+    pub ai: Arc<Gateway>,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.state
     }
 }
 
-struct Inner {
-    config: Config,
-    deployer: Deployer,
-    db: DatabaseConnection,
-    schema: AppSchema,
-    rest: Arc<Rest>,
-    tokens: TokenAuthenticator,
-    sessions: SessionKeys,
-    statements: StatementCounter,
-    ai: Arc<crate::ai::Gateway>,
-}
-
-/// Everything a request handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-impl AppState {
+impl App {
     /// Opens the store, loads keys and compiles the schema and route table.
-    pub async fn new(config: Config) -> Result<AppState> {
-        config.ensure_data_dir()?;
-        let (db, statements) = store::connect(&config.database_url).await?;
-        let keyring = Arc::new(Keyring::load(
-            config.master_key.as_ref(),
-            &config.previous_master_keys,
-            &config.data_dir,
-        )?);
-        let session_secret = match &config.session_secret {
-            Some(s) => s.clone(),
-            None => SecretString::new(read_or_create_secret_file(
-                &config.data_dir.join("session.key"),
-                || random_hex(32),
-            )?),
-        };
-        let logs = LogStore::default();
-        let runtime: Arc<dyn Runtime> = match config.runtime {
-            RuntimeKind::Local => {
-                if store::postgres_without_password(&config.database_url) {
-                    tracing::warn!(
-                        "the store's PostgreSQL accepted a connection without a password while the local runtime runs tenant code on this machine: tenants share its loopback network and can connect to it; require a password (see the README)"
-                    );
-                }
-                Arc::new(LocalRuntime::new(local_config(&config), logs.clone()))
-            }
-            RuntimeKind::Kubernetes => crate::runtime::connect_kubernetes(&config).await?,
-        };
-        let queue = Queue::new(
-            db.clone(),
-            QueueConfig {
-                lease: config.job_lease,
-                ..QueueConfig::default()
-            },
-        );
-        let deployer = Deployer {
-            db: db.clone(),
-            keyring: keyring.clone(),
-            runtime,
-            queue,
-            logs,
-            sandbox_ids: config.sandbox_ids,
-            refresh: Arc::default(),
-        };
-        let ai = Arc::new(crate::ai::Gateway::new(&config.ai, db.clone())?);
-        let schema = graphql::build(db.clone(), keyring, deployer.clone(), ai.clone());
-        let rest = Rest::load(&schema).await?;
-        Ok(AppState(Arc::new(Inner {
-            config,
-            deployer,
-            db,
-            schema,
+    pub async fn new(config: crate::config::Config) -> Result<App> {
+        let state = AppState::new(config).await?;
+        let ai = Arc::new(Gateway::new(&state.config().ai, state.db().clone())?);
+        let graphql = graphql::build(graphql::Shared {
+            db: state.db().clone(),
+            keyring: state.deployer().keyring.clone(),
+            deployer: state.deployer().clone(),
+            ai: ai.clone(),
+            tokens: state.tokens().clone(),
+        });
+        let rest = Rest::load(graphql.schema()).await?;
+        Ok(App {
+            state,
+            graphql,
             rest,
-            tokens: TokenAuthenticator::default(),
-            sessions: SessionKeys::new(&session_secret)?,
-            statements,
             ai,
-        })))
+        })
     }
 
     /// Starts what runs beside the API: the job worker, the local app
@@ -173,98 +106,6 @@ impl AppState {
         });
         Ok(apps)
     }
-
-    /// Deployments, runtime and job queue.
-    pub fn deployer(&self) -> &Deployer {
-        &self.0.deployer
-    }
-
-    pub fn db(&self) -> &DatabaseConnection {
-        &self.0.db
-    }
-    pub fn schema(&self) -> &AppSchema {
-        &self.0.schema
-    }
-    pub fn rest(&self) -> &Rest {
-        &self.0.rest
-    }
-    pub fn config(&self) -> &Config {
-        &self.0.config
-    }
-    /// SQL statements sent so far (for tests and diagnostics).
-    pub fn statements(&self) -> u64 {
-        self.0.statements.get()
-    }
-    /// Signs dashboard sessions.
-    pub fn sessions(&self) -> &SessionKeys {
-        &self.0.sessions
-    }
-    /// The AI gateway.
-    pub fn ai(&self) -> &Arc<crate::ai::Gateway> {
-        &self.0.ai
-    }
-
-    /// Resolves the caller from `Authorization: Bearer …` or the session cookie.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
-        if let Some(value) = headers.get(header::AUTHORIZATION) {
-            let token = value
-                .to_str()
-                .ok()
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim)
-                .ok_or_else(|| {
-                    Error::Unauthenticated("malformed Authorization header: expected Bearer".into())
-                })?;
-            return self.authenticate_token(token).await;
-        }
-        if let Some(jwt) = session_cookie(headers) {
-            let principal = self.0.sessions.verify(&jwt)?;
-            domain::organizations::get(self.db(), principal.org_id)
-                .await
-                .map_err(|_| Error::Unauthenticated("invalid session".into()))?;
-            return Ok(principal);
-        }
-        Err(Error::Unauthenticated(
-            "missing credentials: send Authorization: Bearer slx_cli_…".into(),
-        ))
-    }
-
-    pub async fn authenticate_token(&self, token: &str) -> Result<Principal> {
-        self.0.tokens.authenticate(self.db(), token).await
-    }
-
-    /// [`Self::authenticate_token`] for the AI gateway: an answer is trusted
-    /// for [`crate::auth::tokens::GATEWAY_TOKEN_TTL`], so its hot path
-    /// touches no store.
-    pub async fn authenticate_token_recent(&self, token: &str) -> Result<Principal> {
-        self.0.tokens.authenticate_recent(self.db(), token).await
-    }
-}
-
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(|c| c.ok())
-        .find(|c| c.name() == session::COOKIE)
-        .map(|c| c.value().to_string())
-}
-
-fn request_id(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-/// A GraphQL-shaped error body for the GraphQL endpoints.
-fn graphql_error(err: &Error) -> serde_json::Value {
-    json!({ "errors": [{ "message": err.public_message(), "extensions": { "code": err.code() } }] })
 }
 
 async fn require_auth(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -292,86 +133,8 @@ async fn require_auth(State(app): State<AppState>, mut req: Request, next: Next)
     }
 }
 
-async fn graphql_http(
-    State(app): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
-    method: Method,
-    req: GraphQLRequest,
-) -> Response {
-    let mut req = req.into_inner();
-    if method == Method::GET {
-        // GraphQL over HTTP: a GET must never change anything.
-        let op_name = req.operation_name.clone();
-        if let Ok(doc) = req.parsed_query() {
-            let mutation = doc.operations.iter().any(|(name, op)| {
-                op.node.ty == async_graphql::parser::types::OperationType::Mutation
-                    && (op_name.is_none() || name.map(|n| n.as_str()) == op_name.as_deref())
-            });
-            if mutation {
-                let err = Error::bad_request("mutations must be sent with POST");
-                return (StatusCode::METHOD_NOT_ALLOWED, Json(graphql_error(&err))).into_response();
-            }
-        }
-    }
-    let req = graphql::with_request_data(req, app.db(), ctx);
-    GraphQLResponse::from(app.schema().execute(req).await).into_response()
-}
-
-/// Reads a token from the `connection_init` payload: `{"authorization": "Bearer …"}` or `{"token": "…"}`.
-fn token_from_payload(payload: &serde_json::Value) -> Option<String> {
-    let obj = payload.as_object()?;
-    for (k, v) in obj {
-        let Some(s) = v.as_str() else { continue };
-        match k.to_ascii_lowercase().as_str() {
-            "authorization" => {
-                return Some(s.strip_prefix("Bearer ").unwrap_or(s).trim().to_string());
-            }
-            "token" => return Some(s.trim().to_string()),
-            _ => {}
-        }
-    }
-    None
-}
-
-async fn graphql_ws(
-    State(app): State<AppState>,
-    protocol: GraphQLProtocol,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    // Browsers cannot set headers on a websocket: the token normally comes in
-    // `connection_init`; a session cookie or header on the upgrade also works.
-    let from_headers = app.authenticate(&headers).await.ok();
-    let request_id = request_id(&headers);
-    upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
-            let schema = app.schema().clone();
-            GraphQLWebSocket::new(stream, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let principal = match token_from_payload(&payload) {
-                        Some(token) => app.authenticate_token(&token).await?,
-                        None => from_headers.ok_or_else(|| {
-                            Error::Unauthenticated("missing credentials in connection_init".into())
-                        })?,
-                    };
-                    let ctx = Ctx {
-                        principal,
-                        request_id,
-                    };
-                    Ok(graphql::connection_data(app.db(), ctx))
-                })
-                .keepalive_timeout(Duration::from_secs(30))
-                .serve()
-        })
-}
-
 async fn playground() -> Html<&'static str> {
     Html(include_str!("../playground/index.html"))
-}
-
-async fn openapi(State(app): State<AppState>) -> Json<serde_json::Value> {
-    Json(app.rest().openapi.clone())
 }
 
 /// How long one health probe may take before its part counts as down.
@@ -495,41 +258,58 @@ async fn not_found() -> Response {
 }
 
 /// The whole HTTP application.
-pub fn router(app: AppState) -> Router {
-    let authed_api = rest::router(&app.rest().table)
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
+pub fn router(app: App) -> Router {
+    let state = app.state.clone();
+    // Authentication first, then idempotency.
+    let authed = |r: Router| {
+        r.route_layer(middleware::from_fn_with_state(
+            state.clone(),
             crate::idempotency::layer,
         ))
-        .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
+    };
+    let authed_api = authed(rest::router(RestState {
+        app: state.clone(),
+        core: app.graphql.clone(),
+        rest: app.rest.clone(),
+    }));
+    let openapi = Bytes::from(serde_json::to_vec(&app.rest.openapi).unwrap_or_default());
     let api = Router::new()
         .route("/health/status", get(health))
         .route("/health/runners", get(health_runners))
-        .route("/openapi.json", get(openapi))
         .route(
             "/webhooks/github",
             axum::routing::post(crate::webhooks::github),
         )
+        .with_state(state.clone())
+        .route(
+            "/openapi.json",
+            get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "application/json")],
+                    openapi.clone(),
+                )
+            }),
+        )
         .merge(authed_api)
-        .merge(crate::ai::router())
+        .merge(crate::ai::router(AiState {
+            app: state.clone(),
+            gateway: app.ai.clone(),
+        }))
         .fallback(not_found);
-    let graphql = Router::new()
-        .route("/graphql", get(graphql_http).post(graphql_http))
-        .route_layer(middleware::from_fn_with_state(
-            app.clone(),
-            crate::idempotency::layer,
-        ))
-        .route_layer(middleware::from_fn_with_state(app.clone(), require_auth));
+    let (graphql_http, graphql_ws) = graphql::http::routes(GraphqlState {
+        app: state.clone(),
+        core: app.graphql.clone(),
+    });
     Router::new()
         .nest("/api/v1", api)
-        .merge(graphql)
-        .route("/graphql/ws", get(graphql_ws))
+        .merge(authed(graphql_http))
+        .merge(graphql_ws)
         .route("/playground", get(playground))
-        .layer(RequestBodyLimitLayer::new(app.config().max_request_bytes))
+        .layer(RequestBodyLimitLayer::new(state.config().max_request_bytes))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(app)
 }
 
 /// On an empty store: creates the `default` organisation and an admin token,
@@ -566,7 +346,7 @@ pub async fn bootstrap(app: &AppState) -> Result<Option<SecretString>> {
 
 /// Serves until ctrl-c / SIGTERM, then finishes open requests, writes
 /// the AI usage still pending and returns.
-pub async fn serve(app: AppState) -> Result<()> {
+pub async fn serve(app: App) -> Result<()> {
     let listen = app.config().listen;
     let listener = std::net::TcpListener::bind(listen)
         .map_err(|e| Error::internal(format!("cannot listen on {listen}: {e}")))?;
@@ -582,7 +362,7 @@ pub async fn serve(app: AppState) -> Result<()> {
     });
     let threads = app.config().http_threads;
     tracing::info!(addr = %listen, threads, "listening");
-    let ai = app.ai().clone();
+    let ai = app.ai.clone();
     let runtime = app.deployer().runtime.clone();
     let mut serving = Serving::start(listener, router(app), threads)?;
     let failed = tokio::select! {

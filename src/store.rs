@@ -42,7 +42,15 @@ pub async fn connect(url: &str) -> Result<(DatabaseConnection, StatementCounter)
                     .foreign_keys(true)
             });
     } else {
-        opts.max_connections(20);
+        // A connection busy a moment ago is not pinged again before each
+        // statement (a round trip per statement under load); one idle for a
+        // second is, so a restarted server's dead connections are replaced.
+        opts.max_connections(20)
+            .test_before_acquire_if_idle_for(Duration::from_secs(1))
+            // Every statement is a short indexed lookup whose plan does not
+            // depend on its values: plan each prepared statement once per
+            // connection instead of at every execution.
+            .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_generic_plan")]));
     }
     let mut db = Database::connect(opts)
         .await

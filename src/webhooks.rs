@@ -15,7 +15,7 @@ use crate::auth::{Actor, Principal, Role};
 use crate::domain::Ctx;
 use crate::domain::deployments::Trigger;
 use crate::error::{Error, Result};
-use crate::server::AppState;
+use crate::state::AppState;
 use entity::projects;
 
 /// Checks `sha256=<hex>` against the body in constant time.

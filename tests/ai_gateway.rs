@@ -1314,9 +1314,8 @@ async fn a_revoked_token_is_refused_by_the_gateway_within_seconds() {
     assert!(revoked["errors"].is_null(), "{revoked}");
     assert_eq!(s.get("/projects", &token).await.0, StatusCode::UNAUTHORIZED);
 
-    let deadline = tokio::time::Instant::now()
-        + sylphx::auth::tokens::GATEWAY_TOKEN_TTL
-        + Duration::from_secs(5);
+    let deadline =
+        tokio::time::Instant::now() + sylphx::auth::tokens::TOKEN_TTL + Duration::from_secs(5);
     let refused = loop {
         let resp = models().await.unwrap();
         if resp.status() == StatusCode::UNAUTHORIZED {

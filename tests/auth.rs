@@ -265,7 +265,7 @@ fn body_for(route: &Route) -> Option<Value> {
 /// Every (route, method) of the table.
 fn endpoints(s: &TestServer) -> Vec<(&Route, Method)> {
     s.app
-        .rest()
+        .rest
         .table
         .routes
         .iter()
@@ -621,7 +621,7 @@ async fn read_token_is_refused_on_every_mutation(backend: Backend) {
     assert_eq!(snapshot(&s, &f, &writer).await, before, "nothing changed");
 
     // The same operations over GraphQL are refused too.
-    for route in s.app.rest().table.routes.iter().filter(|r| r.is_mutation) {
+    for route in s.app.rest.table.routes.iter().filter(|r| r.is_mutation) {
         let resp = s
             .graphql(&reader, &route.text, graphql_variables(route, &f, &f.id))
             .await;
@@ -736,7 +736,7 @@ async fn other_organisation_is_isolated_on_every_route(backend: Backend) {
     // The same operations over GraphQL are refused too.
     for route in s
         .app
-        .rest()
+        .rest
         .table
         .routes
         .iter()

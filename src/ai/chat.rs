@@ -13,15 +13,15 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::AiState;
 use super::anthropic::{self, StreamTranslator};
 use super::config::ProviderKind;
 use super::upstream::{Body, Chunks, Endpoint, upstream_error};
 use super::wire::{self, ApiError, ChatRequest, EventSplitter, Usage};
 use super::{Caller, Charge, Gateway, json_response, spender};
-use crate::server::AppState;
 
 /// The handler: the bearer token, then [`complete`].
-pub async fn handler(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn handler(State(app): State<AiState>, headers: HeaderMap, body: Bytes) -> Response {
     match spender(&app, &headers).await {
         Ok(caller) => complete(app.ai(), caller, body).await,
         Err(e) => e.into_response(),

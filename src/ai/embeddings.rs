@@ -8,13 +8,13 @@ use base64::Engine;
 use bytes::Bytes;
 use serde_json::Value;
 
+use super::AiState;
 use super::upstream::{Body, Endpoint, upstream_error};
 use super::wire::{self, ApiError, RawObject};
 use super::{Charge, json_response, serve};
-use crate::server::AppState;
 
 /// The handler.
-pub async fn embed(State(app): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn embed(State(app): State<AiState>, headers: HeaderMap, body: Bytes) -> Response {
     serve(app, headers, |app, caller| async move {
         let raw = match RawObject::parse(&body) {
             Ok(r) => r,

@@ -6,7 +6,7 @@
 //! dashboard.
 //!
 //! The request path touches no database write and no store lock: the
-//! platform token is checked by [`AppState::authenticate_token_recent`]
+//! platform token is checked through the API's shared token cache
 //! (a checked token is trusted for a few seconds), budgets
 //! and per-token limits are in-memory counters, and usage is handed to a
 //! background writer (see [`usage`]).
@@ -38,7 +38,7 @@ use uuid::Uuid;
 
 use crate::auth::{Actor, Principal};
 use crate::error::{Error, Result};
-use crate::server::AppState;
+
 use catalog::{Catalog, Deployment};
 pub use config::AiConfig;
 use limits::Limits;
@@ -193,17 +193,35 @@ pub fn user_key(org: Uuid, sub: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
+/// What the gateway's handlers need.
+#[derive(Clone)]
+pub struct AiState {
+    pub app: crate::state::AppState,
+    pub gateway: Arc<Gateway>,
+}
+
+impl AiState {
+    fn ai(&self) -> &Arc<Gateway> {
+        &self.gateway
+    }
+
+    async fn authenticate_token(&self, token: &str) -> crate::error::Result<Principal> {
+        self.app.authenticate_token(token).await
+    }
+}
+
 /// The three OpenAI endpoints, to be nested under `/api/v1`.
-pub fn router() -> Router<AppState> {
+pub fn router(state: AiState) -> Router {
     Router::new()
         .route("/chat/completions", post(chat::handler))
         .route("/embeddings", post(embeddings::embed))
         .route("/models", get(models))
         .route("/models/{*id}", get(model))
+        .with_state(state)
 }
 
 /// The bearer token of a request, or a 401 in OpenAI's shape.
-async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+async fn authenticate(app: &AiState, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -214,21 +232,18 @@ async fn authenticate(app: &AppState, headers: &HeaderMap) -> Result<Principal, 
                 "You didn't provide an API key. Send your Sylphx token (slx_cli_…) as the API key: Authorization: Bearer slx_cli_…",
             )
         })?;
-    let principal = app
-        .authenticate_token_recent(token)
-        .await
-        .map_err(|e| match e {
-            Error::Unauthenticated(m) => {
-                ApiError::unauthorized(format!("Incorrect API key provided: {m}."))
-            }
-            other => ApiError::new(other.status(), "server_error", other.public_message()),
-        })?;
+    let principal = app.authenticate_token(token).await.map_err(|e| match e {
+        Error::Unauthenticated(m) => {
+            ApiError::unauthorized(format!("Incorrect API key provided: {m}."))
+        }
+        other => ApiError::new(other.status(), "server_error", other.public_message()),
+    })?;
     Ok(principal)
 }
 
 /// The caller of a completion or embedding: authenticated, and not a read
 /// token, which may list models but not spend the organisation's budget.
-async fn spender(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+async fn spender(app: &AiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let principal = authenticate(app, headers).await?;
     if principal.role == crate::auth::Role::Read {
         return Err(ApiError::new(
@@ -242,9 +257,9 @@ async fn spender(app: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError
 }
 
 /// Authenticates, then runs `handle` through [`Gateway::admitted`].
-async fn serve<F, Fut>(app: AppState, headers: HeaderMap, handle: F) -> Response
+async fn serve<F, Fut>(app: AiState, headers: HeaderMap, handle: F) -> Response
 where
-    F: FnOnce(AppState, Caller) -> Fut,
+    F: FnOnce(AiState, Caller) -> Fut,
     Fut: Future<Output = Response>,
 {
     match spender(&app, &headers).await {
@@ -289,7 +304,7 @@ fn json_response(status: StatusCode, body: Bytes) -> Response {
 }
 
 /// `GET /models`: every configured model and alias.
-async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
+async fn models(State(app): State<AiState>, headers: HeaderMap) -> Response {
     match authenticate(&app, &headers).await {
         Ok(_) => json_response(StatusCode::OK, app.ai().models_body.clone()),
         Err(e) => e.into_response(),
@@ -297,11 +312,7 @@ async fn models(State(app): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// `GET /models/{id}`.
-async fn model(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn model(State(app): State<AiState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if let Err(e) = authenticate(&app, &headers).await {
         return e.into_response();
     }

@@ -36,31 +36,44 @@ pub fn mint() -> NewToken {
     }
 }
 
-/// How long the AI gateway trusts a token it has checked: a revocation or
-/// expiry reaches it within this time, and its hot path reads no store.
-pub const GATEWAY_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a checked token is trusted without reading the store again: a
+/// revocation or expiry made elsewhere (another server on the same store)
+/// is refused everywhere within this time. A revocation through this
+/// server takes effect on it at once.
+pub const TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Entries the gateway's token cache holds before it is emptied.
+/// Entries the token cache holds before it is emptied.
 const CACHE_LIMIT: usize = 10_000;
 
-/// Resolves bearer tokens to principals and keeps `last_used_at` roughly
-/// current without writing on every request.
+/// Resolves bearer tokens to principals, trusting an answer for
+/// [`TOKEN_TTL`], and keeps `last_used_at` roughly current without writing
+/// on every request. One instance serves the API, the websocket and the AI
+/// gateway.
 #[derive(Clone, Default)]
 pub struct TokenAuthenticator {
     refreshing: Arc<Mutex<HashSet<uuid::Uuid>>>,
-    /// Token hash → principal and until when it may be trusted (gateway only).
+    /// Token hash → principal and until when it may be trusted.
     recent: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
+    /// Organisations a session cookie named, and until when they are known
+    /// to exist.
+    orgs: Arc<Mutex<HashMap<uuid::Uuid, Instant>>>,
+}
+
+/// Drops expired entries of a bounded cache, and everything if it is still full.
+fn make_room<K, V>(map: &mut HashMap<K, V>, now: Instant, until: impl Fn(&V) -> Instant) {
+    if map.len() >= CACHE_LIMIT {
+        map.retain(|_, v| until(v) > now);
+        if map.len() >= CACHE_LIMIT {
+            map.clear();
+        }
+    }
 }
 
 impl TokenAuthenticator {
-    /// [`Self::authenticate`], trusting an answer for up to
-    /// [`GATEWAY_TOKEN_TTL`] (never past the token's expiry). For the AI
-    /// gateway, whose requests must not wait on the store.
-    pub async fn authenticate_recent(
-        &self,
-        db: &DatabaseConnection,
-        token: &str,
-    ) -> Result<Principal> {
+    /// The principal behind `token`: from the cache when it was checked
+    /// less than [`TOKEN_TTL`] ago (never past the token's expiry), else
+    /// from the store.
+    pub async fn authenticate(&self, db: &DatabaseConnection, token: &str) -> Result<Principal> {
         let hash = sha256_hex(token.as_bytes());
         let now = Instant::now();
         if let Some((principal, until)) = self.recent.lock().expect("lock").get(&hash)
@@ -69,26 +82,45 @@ impl TokenAuthenticator {
             return Ok(principal.clone());
         }
         let (principal, expires_at) = self.check(db, token, &hash).await?;
-        let mut until = now + GATEWAY_TOKEN_TTL;
+        let mut until = now + TOKEN_TTL;
         if let Some(at) = expires_at {
             let left = (at - crate::domain::now()).to_std().unwrap_or_default();
             until = until.min(now + left);
         }
         let mut recent = self.recent.lock().expect("lock");
-        if recent.len() >= CACHE_LIMIT {
-            recent.retain(|_, (_, u)| *u > now);
-            if recent.len() >= CACHE_LIMIT {
-                recent.clear();
-            }
-        }
+        make_room(&mut recent, now, |(_, u)| *u);
         recent.insert(hash, (principal.clone(), until));
         Ok(principal)
     }
 
-    /// Checks a token against the store, every time.
-    pub async fn authenticate(&self, db: &DatabaseConnection, token: &str) -> Result<Principal> {
-        let hash = sha256_hex(token.as_bytes());
-        self.check(db, token, &hash).await.map(|(p, _)| p)
+    /// Stops trusting every cached answer for the key `id` (on revocation).
+    pub fn forget(&self, id: uuid::Uuid) {
+        self.recent
+            .lock()
+            .expect("lock")
+            .retain(|_, (p, _)| p.actor != Actor::Token(id));
+    }
+
+    /// Whether the organisation `id` exists, asking the store at most once
+    /// per [`TOKEN_TTL`] while it does.
+    pub async fn organization_exists(&self, db: &DatabaseConnection, id: uuid::Uuid) -> bool {
+        let now = Instant::now();
+        if self
+            .orgs
+            .lock()
+            .expect("lock")
+            .get(&id)
+            .is_some_and(|until| *until > now)
+        {
+            return true;
+        }
+        if crate::domain::organizations::get(db, id).await.is_err() {
+            return false;
+        }
+        let mut orgs = self.orgs.lock().expect("lock");
+        make_room(&mut orgs, now, |u| *u);
+        orgs.insert(id, now + TOKEN_TTL);
+        true
     }
 
     /// The principal and the token's expiry; `hash` is the token's SHA-256.

@@ -69,7 +69,7 @@ pub async fn page<C: ConnectionTrait>(
     conn: &C,
     ctx: &Ctx,
     after: Option<Uuid>,
-    limit: u64,
+    limit: Option<u64>,
 ) -> Result<Vec<api_keys::Model>> {
     let mut q = api_keys::Entity::find()
         .filter(api_keys::Column::OrganizationId.eq(ctx.org_id()))

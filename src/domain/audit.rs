@@ -65,7 +65,7 @@ pub async fn page<C: ConnectionTrait>(
     ctx: &Ctx,
     project_id: Option<Uuid>,
     before: Option<Uuid>,
-    limit: u64,
+    limit: Option<u64>,
 ) -> Result<Vec<audit_events::Model>> {
     let mut q = audit_events::Entity::find()
         .filter(audit_events::Column::OrganizationId.eq(ctx.org_id()))

@@ -7,6 +7,7 @@ pub mod config_entries;
 pub mod deployments;
 pub mod env_vars;
 pub mod environments;
+pub mod listing;
 pub mod organizations;
 pub mod projects;
 pub mod sandboxes;

@@ -4,7 +4,7 @@
 use async_graphql::{Enum, InputObject, MaybeUndefined};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    IntoActiveModel, QueryFilter, QueryOrder, Set, SqlErr, TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -88,23 +88,6 @@ pub async fn resolve<C: ConnectionTrait>(
     let project = found.ok_or_else(|| Error::not_found("project", key))?;
     ctx.check_org(project.organization_id, "project")?;
     Ok(project)
-}
-
-/// One page of the organisation's projects, oldest first.
-pub async fn page<C: ConnectionTrait>(
-    conn: &C,
-    ctx: &Ctx,
-    after: Option<Uuid>,
-    limit: u64,
-) -> Result<Vec<projects::Model>> {
-    let mut q = projects::Entity::find()
-        .filter(projects::Column::OrganizationId.eq(ctx.org_id()))
-        .order_by_asc(projects::Column::Id)
-        .limit(limit);
-    if let Some(a) = after {
-        q = q.filter(projects::Column::Id.gt(a));
-    }
-    Ok(q.all(conn).await?)
 }
 
 fn slug_taken(slug: &str) -> Error {

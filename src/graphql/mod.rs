@@ -3,24 +3,27 @@
 
 pub mod ai;
 pub mod deployments;
+pub mod executor;
+pub mod http;
 pub mod loaders;
 pub mod mutation;
+pub mod order;
+pub mod plan;
 pub mod query;
 pub mod types;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use async_graphql::dataloader::{DataLoader, Loader};
-use async_graphql::{Context, EmptySubscription, Schema};
+use async_graphql::{Context, EmptySubscription, Schema, ValidationMode};
 use sea_orm::DatabaseConnection;
-use uuid::Uuid;
 
+use crate::auth::tokens::TokenAuthenticator;
 use crate::domain::Ctx;
 use crate::error::Error;
 use crate::secrets::Keyring;
-use loaders::{EnvironmentsByProject, OverridesByService, ServicesByProject};
+use loaders::Loaders;
 
+pub use executor::Core;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
 
@@ -46,21 +49,30 @@ pub const MAX_DEPTH: usize = 16;
 /// Most expensive query accepted; lists count as their page size.
 pub const MAX_COMPLEXITY: usize = 50_000;
 
-/// Builds the schema with its shared data.
-pub fn build(
-    db: DatabaseConnection,
-    keyring: Arc<Keyring>,
-    deployer: crate::domain::deployments::Deployer,
-    ai: Arc<crate::ai::Gateway>,
-) -> AppSchema {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription)
-        .data(db)
-        .data(keyring)
-        .data(deployer)
-        .data(ai)
-        .limit_depth(MAX_DEPTH)
-        .limit_complexity(MAX_COMPLEXITY)
-        .finish()
+/// What the resolvers share.
+pub struct Shared {
+    pub db: DatabaseConnection,
+    pub keyring: Arc<Keyring>,
+    pub deployer: crate::domain::deployments::Deployer,
+    pub ai: Arc<crate::ai::Gateway>,
+    pub tokens: TokenAuthenticator,
+}
+
+/// Builds the schema with its shared data, in both validation modes.
+pub fn build(shared: Shared) -> Core {
+    let schema = |mode| {
+        Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+            .data(shared.db.clone())
+            .data(shared.keyring.clone())
+            .data(shared.deployer.clone())
+            .data(shared.ai.clone())
+            .data(shared.tokens.clone())
+            .limit_depth(MAX_DEPTH)
+            .limit_complexity(MAX_COMPLEXITY)
+            .validation_mode(mode)
+            .finish()
+    };
+    Core::new(schema(ValidationMode::Strict), schema(ValidationMode::Fast))
 }
 
 /// The schema without data, for exporting its SDL.
@@ -73,32 +85,23 @@ pub fn bare() -> AppSchema {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription).finish()
 }
 
-/// Attaches what one request needs: the caller and fresh DataLoaders, so
-/// batches and caches never cross requests or organisations.
+/// Attaches what one request needs: the caller and its batch loaders, so
+/// batches never cross requests or organisations.
 pub fn with_request_data(
     req: async_graphql::Request,
     db: &DatabaseConnection,
     ctx: Ctx,
 ) -> async_graphql::Request {
-    req.data(ctx)
-        .data(loader(EnvironmentsByProject(db.clone())))
-        .data(loader(ServicesByProject(db.clone())))
-        .data(loader(OverridesByService(db.clone())))
+    req.data(ctx).data(Loaders::new(db))
 }
 
-/// The same data for a websocket connection (one principal, many operations).
+/// The same data for a websocket connection (one principal, many
+/// operations; the loaders cache nothing between batches).
 pub fn connection_data(db: &DatabaseConnection, ctx: Ctx) -> async_graphql::Data {
     let mut data = async_graphql::Data::default();
     data.insert(ctx);
-    data.insert(loader(EnvironmentsByProject(db.clone())));
-    data.insert(loader(ServicesByProject(db.clone())));
-    data.insert(loader(OverridesByService(db.clone())));
+    data.insert(Loaders::new(db));
     data
-}
-
-fn loader<L: Loader<Uuid>>(l: L) -> DataLoader<L> {
-    // A short window: enough for sibling resolvers to join one batch.
-    DataLoader::new(l, tokio::spawn).delay(Duration::from_millis(1))
 }
 
 pub(crate) fn db<'a>(ctx: &Context<'a>) -> &'a DatabaseConnection {

@@ -57,9 +57,11 @@ impl MutationRoot {
 
     async fn revoke_api_key(&self, ctx: &Context<'_>, id: ID) -> Result<ApiKey> {
         let id = parse_id("id", &id)?;
-        Ok(ApiKey(
-            domain::api_keys::revoke(db(ctx), domain_ctx(ctx)?, id).await?,
-        ))
+        let key = domain::api_keys::revoke(db(ctx), domain_ctx(ctx)?, id).await?;
+        // This server refuses it from now on; others within their cache's time.
+        ctx.data_unchecked::<crate::auth::tokens::TokenAuthenticator>()
+            .forget(key.id);
+        Ok(ApiKey(key))
     }
 
     /// Creates a project and its `production` environment.
@@ -68,7 +70,7 @@ impl MutationRoot {
         ctx: &Context<'_>,
         input: CreateProjectInput,
     ) -> Result<Project> {
-        Ok(Project(
+        Ok(Project::of(
             domain::projects::create(db(ctx), domain_ctx(ctx)?, input).await?,
         ))
     }
@@ -81,7 +83,7 @@ impl MutationRoot {
     ) -> Result<Project> {
         let p = domain::projects::update(db(ctx), domain_ctx(ctx)?, &id, input).await?;
         runtime_follows(ctx);
-        Ok(Project(p))
+        Ok(Project::of(p))
     }
 
     /// Deletes a project with its environments, services, env vars and

@@ -11,10 +11,20 @@ use crate::error::Error;
 
 /// Largest page a connection returns.
 pub const MAX_PAGE: i32 = 100;
-const DEFAULT_PAGE: i32 = 20;
+/// Page size when `first` is not given.
+pub const DEFAULT_PAGE: i32 = 20;
 
-/// Validates `first`/`after` and returns the row limit and cursor.
-fn page_args(first: Option<i32>, after: Option<&str>) -> Result<(u64, Option<Uuid>), Error> {
+/// Set on a request by the REST layer for a bare-array endpoint: its
+/// connection returns every row at once (the page size is ignored).
+pub struct Unpaged;
+
+/// Validates `first`/`after` and returns the row limit (`None`: every row,
+/// for an [`Unpaged`] request) and the cursor.
+fn page_args(
+    ctx: &Context<'_>,
+    first: Option<i32>,
+    after: Option<&str>,
+) -> Result<(Option<u64>, Option<Uuid>), Error> {
     let first = first.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&first) {
         return Err(Error::field(
@@ -23,19 +33,29 @@ fn page_args(first: Option<i32>, after: Option<&str>) -> Result<(u64, Option<Uui
         ));
     }
     let after = after.map(|a| parse_id("after", a)).transpose()?;
-    Ok((first as u64, after))
+    if ctx.data_opt::<Unpaged>().is_some() {
+        return Ok((None, after));
+    }
+    Ok((Some(first as u64), after))
+}
+
+/// One more than the limit, to learn whether a next page exists.
+fn fetch_limit(limit: Option<u64>) -> Option<u64> {
+    limit.map(|l| l + 1)
 }
 
 /// Builds a connection from `limit + 1` fetched rows; ids are the cursors.
 fn connection<M, T: OutputType>(
     mut rows: Vec<M>,
-    limit: u64,
+    limit: Option<u64>,
     after: Option<Uuid>,
     id: impl Fn(&M) -> Uuid,
     wrap: impl Fn(M) -> T,
 ) -> Connection<String, T> {
-    let has_next = rows.len() as u64 > limit;
-    rows.truncate(limit as usize);
+    let has_next = limit.is_some_and(|l| rows.len() as u64 > l);
+    if let Some(l) = limit {
+        rows.truncate(l as usize);
+    }
     let mut conn = Connection::new(after.is_some(), has_next);
     conn.edges.extend(
         rows.into_iter()
@@ -74,8 +94,9 @@ impl QueryRoot {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Connection<String, ApiKey>> {
-        let (limit, after) = page_args(first, after.as_deref())?;
-        let rows = domain::api_keys::page(db(ctx), domain_ctx(ctx)?, after, limit + 1).await?;
+        let (limit, after) = page_args(ctx, first, after.as_deref())?;
+        let rows =
+            domain::api_keys::page(db(ctx), domain_ctx(ctx)?, after, fetch_limit(limit)).await?;
         Ok(connection(rows, limit, after, |r| r.id, ApiKey))
     }
 
@@ -87,14 +108,14 @@ impl QueryRoot {
         first: Option<i32>,
         after: Option<String>,
     ) -> Result<Connection<String, Project>> {
-        let (limit, after) = page_args(first, after.as_deref())?;
-        let rows = domain::projects::page(db(ctx), domain_ctx(ctx)?, after, limit + 1).await?;
-        Ok(connection(rows, limit, after, |r| r.id, Project))
+        let (limit, after) = page_args(ctx, first, after.as_deref())?;
+        let rows = super::plan::projects(ctx, after, fetch_limit(limit)).await?;
+        Ok(connection(rows, limit, after, |p| p.0.id, |p| p))
     }
 
     /// A project by UUID or slug.
     async fn project(&self, ctx: &Context<'_>, id: String) -> Result<Project> {
-        Ok(Project(
+        Ok(Project::of(
             domain::projects::resolve(db(ctx), domain_ctx(ctx)?, &id).await?,
         ))
     }
@@ -188,7 +209,7 @@ impl QueryRoot {
         project_id: Option<String>,
     ) -> Result<Connection<String, AuditEvent>> {
         let c = domain_ctx(ctx)?;
-        let (limit, after) = page_args(first, after.as_deref())?;
+        let (limit, after) = page_args(ctx, first, after.as_deref())?;
         let project = match project_id {
             // Events outlive their project, so a deleted project's UUID still filters.
             Some(p) => Some(match Uuid::parse_str(&p) {
@@ -197,7 +218,7 @@ impl QueryRoot {
             }),
             None => None,
         };
-        let rows = domain::audit::page(db(ctx), c, project, after, limit + 1).await?;
+        let rows = domain::audit::page(db(ctx), c, project, after, fetch_limit(limit)).await?;
         Ok(connection(rows, limit, after, |r| r.id, AuditEvent))
     }
 }

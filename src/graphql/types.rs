@@ -1,13 +1,12 @@
 //! GraphQL object types: thin views over the store's rows.
 
-use async_graphql::dataloader::DataLoader;
 use async_graphql::{
     ComplexObject, Context, ID, Object, Result, Scalar, ScalarType, SimpleObject, Value,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
 use uuid::Uuid;
 
-use super::loaders::{EnvironmentsByProject, OverridesByService, ServicesByProject};
+use super::loaders::Loaders;
 use super::{db, domain_ctx, keyring};
 use crate::auth::Role;
 use crate::domain::{self, env_vars::VisibleVar, services::Resources};
@@ -36,6 +35,10 @@ impl ScalarType for Timestamp {
     fn to_value(&self) -> Value {
         Value::String(self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
     }
+}
+
+fn loaders<'a>(ctx: &Context<'a>) -> &'a Loaders {
+    ctx.data_unchecked::<Loaders>()
 }
 
 fn ts(t: DateTime<Utc>) -> Timestamp {
@@ -103,7 +106,21 @@ pub struct CreatedApiKey {
     pub token: String,
 }
 
-pub struct Project(pub projects::Model);
+/// A project, with the nested lists its page already read (if any).
+pub struct Project(pub projects::Model, pub Prefetched);
+
+/// Nested lists read together with a page of projects.
+#[derive(Default)]
+pub struct Prefetched {
+    pub environments: Option<Vec<environments::Model>>,
+    pub services: Option<Vec<services::Model>>,
+}
+
+impl Project {
+    pub fn of(row: projects::Model) -> Project {
+        Project(row, Prefetched::default())
+    }
+}
 
 #[Object]
 impl Project {
@@ -148,14 +165,18 @@ impl Project {
     }
     #[graphql(complexity = "10 * child_complexity")]
     async fn environments(&self, ctx: &Context<'_>) -> Result<Vec<Environment>> {
-        let loader = ctx.data_unchecked::<DataLoader<EnvironmentsByProject>>();
-        let rows = loader.load_one(self.0.id).await?.unwrap_or_default();
+        let rows = match &self.1.environments {
+            Some(rows) => rows.clone(),
+            None => loaders(ctx).environments.load(self.0.id).await?,
+        };
         Ok(rows.into_iter().map(Environment).collect())
     }
     #[graphql(complexity = "10 * child_complexity")]
     async fn services(&self, ctx: &Context<'_>) -> Result<Vec<Service>> {
-        let loader = ctx.data_unchecked::<DataLoader<ServicesByProject>>();
-        let rows = loader.load_one(self.0.id).await?.unwrap_or_default();
+        let rows = match &self.1.services {
+            Some(rows) => rows.clone(),
+            None => loaders(ctx).services.load(self.0.id).await?,
+        };
         Ok(rows.into_iter().map(Service).collect())
     }
     /// Env vars of one environment (production by default); secret values masked.
@@ -256,8 +277,7 @@ impl Service {
     /// Per-environment overrides of this service's settings.
     #[graphql(complexity = "10 * child_complexity")]
     async fn overrides(&self, ctx: &Context<'_>) -> Result<Vec<ServiceOverride>> {
-        let loader = ctx.data_unchecked::<DataLoader<OverridesByService>>();
-        let rows = loader.load_one(self.0.id).await?.unwrap_or_default();
+        let rows = loaders(ctx).overrides.load(self.0.id).await?;
         Ok(rows.into_iter().map(ServiceOverride).collect())
     }
 }

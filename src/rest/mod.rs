@@ -9,25 +9,38 @@ pub mod table;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use async_graphql::Executor;
+use async_graphql::Value as ConstValue;
 use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{Method, StatusCode};
+use axum::extract::{OriginalUri, Path, Query, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::{Map, Value, json};
 
 use crate::domain::Ctx;
 use crate::error::{Error, status_for_code};
-use crate::graphql::query::MAX_PAGE;
-use crate::server::AppState;
+use crate::graphql::Core;
+use crate::graphql::plan::ListPlan;
+use crate::graphql::query::{MAX_PAGE, Unpaged};
+use crate::state::AppState;
 use model::SchemaModel;
 use table::{Route, RouteTable, VarSource};
 
+/// What the REST handlers need.
+#[derive(Clone)]
+pub struct RestState {
+    pub app: AppState,
+    pub core: Core,
+    pub rest: Arc<Rest>,
+}
+
 /// Builds the routes of the table (paths relative to /api/v1).
-pub fn router(table: &RouteTable) -> Router<AppState> {
-    let mut by_path: HashMap<String, MethodRouter<AppState>> = HashMap::new();
+pub fn router(state: RestState) -> Router {
+    let table = &state.rest.table;
+    let mut by_path: HashMap<String, MethodRouter<RestState>> = HashMap::new();
     for (index, route) in table.routes.iter().enumerate() {
         for method in &route.spec.methods {
             let filter = match method.as_str() {
@@ -37,13 +50,14 @@ pub fn router(table: &RouteTable) -> Router<AppState> {
                 "PATCH" => MethodFilter::PATCH,
                 _ => MethodFilter::DELETE,
             };
-            let handler = move |state: State<AppState>,
+            let handler = move |state: State<RestState>,
                                 ctx: Extension<Ctx>,
                                 method: Method,
+                                uri: OriginalUri,
                                 path: Path<HashMap<String, String>>,
                                 query: Query<Vec<(String, String)>>,
                                 body: Bytes| {
-                handle(state, ctx, index, method, path, query, body)
+                handle(state, ctx, Call { index, method, uri }, path, query, body)
             };
             let entry = by_path.remove(&route.axum_path).unwrap_or_default();
             by_path.insert(route.axum_path.clone(), entry.merge(on(filter, handler)));
@@ -52,6 +66,7 @@ pub fn router(table: &RouteTable) -> Router<AppState> {
     by_path
         .into_iter()
         .fold(Router::new(), |r, (path, mr)| r.route(&path, mr))
+        .with_state(state)
 }
 
 /// Turns a query-string or path value into the variable's GraphQL type.
@@ -86,14 +101,14 @@ fn coerce(model: &SchemaModel, name: &str, ty: &model::TypeRef, raw: &str) -> Re
 
 /// Collects the operation's variables from path, query string and body.
 fn variables(
-    app: &AppState,
+    rest: &Rest,
     route: &Route,
     method: &Method,
     path: HashMap<String, String>,
     query: Vec<(String, String)>,
     body: &Bytes,
 ) -> Result<Map<String, Value>, Error> {
-    let model = &app.rest().model;
+    let model = &rest.model;
     let mut vars = Map::new();
     for v in route.path_params() {
         let raw = path.get(&v.name).map(String::as_str).unwrap_or_default();
@@ -157,10 +172,19 @@ fn field_of_validation_error(message: &str) -> Option<String> {
 }
 
 /// `2026-03-09T11:00:00Z [web] message` per entry, newline-terminated.
-fn log_lines(result: &Value) -> String {
+fn log_lines(result: &ConstValue) -> String {
     let mut out = String::new();
-    for line in result.as_array().into_iter().flatten() {
-        let field = |k: &str| line[k].as_str().unwrap_or_default().to_string();
+    let ConstValue::List(lines) = result else {
+        return out;
+    };
+    for line in lines {
+        let field = |k: &str| match line {
+            ConstValue::Object(m) => match m.get(k) {
+                Some(ConstValue::String(s)) => s.clone(),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        };
         out.push_str(&format!(
             "{} [{}] {}\n",
             field("ts"),
@@ -211,82 +235,172 @@ fn error_response(errors: &[async_graphql::ServerError]) -> Response {
         .into_response()
 }
 
+/// Runs the route's operation; `unpaged` makes its connection return
+/// every row at once.
 async fn execute(
-    app: &AppState,
+    s: &RestState,
     route: &Route,
     ctx: &Ctx,
     vars: Map<String, Value>,
-) -> Result<Value, Response> {
+    unpaged: bool,
+) -> Result<ConstValue, Response> {
     let mut req = async_graphql::Request::new(route.text.clone())
         .variables(async_graphql::Variables::from_json(Value::Object(vars)));
-    req.set_parsed_query(route.document.clone());
-    let req = crate::graphql::with_request_data(req, app.db(), ctx.clone());
-    let resp = app.schema().execute(req).await;
+    if unpaged {
+        req = req.data(Unpaged);
+    }
+    let req = crate::graphql::with_request_data(req, s.app.db(), ctx.clone());
+    let resp = s.core.execute(req).await;
     if !resp.errors.is_empty() {
         return Err(error_response(&resp.errors));
     }
-    let mut data = resp
-        .data
-        .into_json()
-        .map_err(|e| Error::internal(e).into_response())?;
-    Ok(data["result"].take())
+    Ok(match resp.data {
+        ConstValue::Object(mut m) => m.swap_remove("result").unwrap_or(ConstValue::Null),
+        _ => ConstValue::Null,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn handle(
-    State(app): State<AppState>,
-    Extension(ctx): Extension<Ctx>,
+/// A JSON answer written straight from the operation's result.
+fn json(status: StatusCode, value: &ConstValue) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => json_bytes(status, body),
+        Err(e) => Error::internal(e).into_response(),
+    }
+}
+
+/// An answer of JSON already written.
+fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// Takes one field out of an object result.
+fn take(value: &mut ConstValue, key: &str) -> ConstValue {
+    match value {
+        ConstValue::Object(m) => m.swap_remove(key).unwrap_or(ConstValue::Null),
+        _ => ConstValue::Null,
+    }
+}
+
+/// Which row of the table a request hit, and how.
+struct Call {
     index: usize,
     method: Method,
+    uri: OriginalUri,
+}
+
+/// `?limit=&cursor=` of a paginated endpoint, when the client asks for pages.
+fn page_request(query: &[(String, String)]) -> Result<Option<(i32, Option<String>)>, Error> {
+    let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let (limit, cursor) = (get("limit"), get("cursor"));
+    if limit.is_none() && cursor.is_none() {
+        return Ok(None);
+    }
+    let limit = match limit {
+        None => MAX_PAGE,
+        Some(l) => l
+            .parse::<i32>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                Error::field(
+                    "limit",
+                    format!("must be an integer between 1 and {MAX_PAGE}"),
+                )
+            })?,
+    };
+    let cursor = match cursor {
+        None | Some("") => None,
+        Some(c) => {
+            uuid::Uuid::parse_str(c)
+                .map_err(|_| Error::field("cursor", "is not a cursor this endpoint returned"))?;
+            Some(c.to_string())
+        }
+    };
+    Ok(Some((limit, cursor)))
+}
+
+async fn handle(
+    State(s): State<RestState>,
+    Extension(ctx): Extension<Ctx>,
+    call: Call,
     Path(path): Path<HashMap<String, String>>,
     Query(query): Query<Vec<(String, String)>>,
     body: Bytes,
 ) -> Response {
-    let rest = app.rest();
-    let route = &rest.table.routes[index];
-    let mut vars = match variables(&app, route, &method, path, query, &body) {
+    let route = &s.rest.table.routes[call.index];
+    let page = match route
+        .spec
+        .paginate
+        .then(|| page_request(&query))
+        .transpose()
+    {
+        Ok(p) => p.flatten(),
+        Err(e) => return e.into_response(),
+    };
+    let mut vars = match variables(&s.rest, route, &call.method, path, query, &body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     let status = StatusCode::from_u16(route.spec.status).unwrap_or(StatusCode::OK);
     if !route.spec.paginate {
-        return match execute(&app, route, &ctx, vars).await {
+        return match execute(&s, route, &ctx, vars, false).await {
             Ok(result) if route.spec.render.is_some() => (
                 status,
-                [(
-                    axum::http::header::CONTENT_TYPE,
-                    "text/plain; charset=utf-8",
-                )],
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
                 log_lines(&result),
             )
                 .into_response(),
-            Ok(result) => (status, axum::Json(result)).into_response(),
+            Ok(result) => json(status, &result),
             Err(resp) => resp,
         };
     }
-    // A connection behind a bare-array endpoint: return every page.
-    let mut all = Vec::new();
-    vars.insert("first".into(), json!(MAX_PAGE));
+    // A connection behind a bare-array endpoint.
     vars.remove("after");
-    loop {
-        let mut page = match execute(&app, route, &ctx, vars.clone()).await {
-            Ok(p) => p,
-            Err(resp) => return resp,
-        };
-        if let Value::Array(nodes) = page["nodes"].take() {
-            all.extend(nodes);
+    let Some((limit, cursor)) = page else {
+        // Every node, read in one pass: written straight from the rows when
+        // the route's selection allows, else by the executor.
+        if let Some(plan) = &s.rest.lists[call.index] {
+            return match plan.write_all(s.app.db(), &ctx).await {
+                Ok(body) => json_bytes(status, body),
+                Err(e) => e.into_response(),
+            };
         }
-        match (
-            &page["pageInfo"]["hasNextPage"],
-            &page["pageInfo"]["endCursor"],
-        ) {
-            (Value::Bool(true), Value::String(c)) => {
-                vars.insert("after".into(), json!(c));
-            }
-            _ => break,
+        vars.insert("first".into(), json!(MAX_PAGE));
+        return match execute(&s, route, &ctx, vars, true).await {
+            Ok(mut result) => json(status, &take(&mut result, "nodes")),
+            Err(resp) => resp,
+        };
+    };
+    vars.insert("first".into(), json!(limit));
+    if let Some(c) = cursor {
+        vars.insert("after".into(), json!(c));
+    }
+    let mut result = match execute(&s, route, &ctx, vars, false).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let mut info = take(&mut result, "pageInfo");
+    let mut resp = json(status, &take(&mut result, "nodes"));
+    if let (ConstValue::Boolean(true), ConstValue::String(end)) =
+        (take(&mut info, "hasNextPage"), take(&mut info, "endCursor"))
+    {
+        let link = format!(
+            "<{}?limit={limit}&cursor={end}>; rel=\"next\"",
+            call.uri.path()
+        );
+        if let Ok(v) = HeaderValue::from_str(&link) {
+            resp.headers_mut().insert(header::LINK, v);
         }
     }
-    (status, axum::Json(Value::Array(all))).into_response()
+    resp
 }
 
 /// The compiled table, the schema model and the OpenAPI document.
@@ -294,6 +408,8 @@ pub struct Rest {
     pub table: RouteTable,
     pub model: SchemaModel,
     pub openapi: Value,
+    /// Per route: how a bare-array list is written in one pass.
+    pub lists: Vec<Option<ListPlan>>,
 }
 
 impl Rest {
@@ -304,10 +420,21 @@ impl Rest {
             .map_err(Error::internal)?;
         let table = RouteTable::load(table::SOURCE, &model).map_err(Error::internal)?;
         let openapi = openapi::document(&table, &model);
+        let lists = table
+            .routes
+            .iter()
+            .map(|r| {
+                r.spec
+                    .paginate
+                    .then(|| ListPlan::compile(&r.document))
+                    .flatten()
+            })
+            .collect();
         Ok(Arc::new(Rest {
             table,
             model,
             openapi,
+            lists,
         }))
     }
 }

@@ -273,6 +273,25 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
             "404": error_response("Not found"),
         }
     });
+    if route.spec.paginate {
+        let params = op["parameters"].as_array_mut().expect("array");
+        params.push(json!({
+            "name": "limit", "in": "query", "required": false,
+            "description": "Answer one page of at most this many items (without it: every item)",
+            "schema": { "type": "integer", "minimum": 1, "maximum": crate::graphql::query::MAX_PAGE }
+        }));
+        params.push(json!({
+            "name": "cursor", "in": "query", "required": false,
+            "description": "Where the page starts: the `cursor` of the previous page's `Link` header",
+            "schema": { "type": "string", "format": "uuid" }
+        }));
+        op["responses"][route.spec.status.to_string()]["headers"] = json!({
+            "Link": {
+                "description": "With `limit`, when more items follow: `<…?limit=N&cursor=…>; rel=\"next\"`",
+                "schema": { "type": "string" }
+            }
+        });
+    }
     if route.is_mutation {
         let responses = op["responses"].as_object_mut().expect("object");
         responses.insert(

@@ -14,7 +14,7 @@ use serde_json::Value;
 use sylphx::auth::{Actor, Principal, Role};
 use sylphx::config::{Config, ServeArgs, StoreArgs};
 use sylphx::domain::{self, Ctx};
-use sylphx::server::{self, AppState};
+use sylphx::server::{self, App};
 use tempfile::TempDir;
 
 /// The GitHub webhook secret of test servers.
@@ -178,7 +178,7 @@ pub async fn race(requests: Vec<RequestBuilder>, conflict: &str) -> usize {
 /// A running server.
 pub struct TestServer {
     pub base: String,
-    pub app: AppState,
+    pub app: App,
     pub admin_token: String,
     pub dir: TempDir,
     pub database_url: String,
@@ -237,7 +237,7 @@ impl TestServer {
         // New replicas that never listen fail fast in tests.
         config.ready_timeout = Duration::from_secs(5);
         config.sandbox_ids = sylphx::config::SandboxIds::parse(&sandbox_ids()).unwrap();
-        let app = AppState::new(config).await.expect("app state");
+        let app = App::new(config).await.expect("app state");
         let admin_token = server::bootstrap(&app)
             .await
             .expect("bootstrap")

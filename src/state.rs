@@ -1,0 +1,193 @@
+//! What every request handler shares: configuration, the store, the
+//! deployer, and the caller's authentication. The handlers (REST, GraphQL,
+//! AI gateway, webhooks) add what is theirs alone in their own state.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
+use sea_orm::DatabaseConnection;
+
+use crate::auth::Principal;
+use crate::auth::session::{self, SessionKeys};
+use crate::auth::tokens::TokenAuthenticator;
+use crate::config::{Config, RuntimeKind, read_or_create_secret_file};
+use crate::domain::deployments::Deployer;
+use crate::error::{Error, Result};
+use crate::reconcile::{Queue, QueueConfig};
+use crate::runtime::Runtime;
+use crate::runtime::local::sandbox::SandboxSettings;
+use crate::runtime::local::{LocalConfig, LocalRuntime};
+use crate::secrets::{Keyring, SecretString, random_hex};
+use crate::store::{self, StatementCounter};
+use crate::streams::LogStore;
+
+/// The local runtime's settings from the configuration.
+fn local_config(config: &Config) -> LocalConfig {
+    let mut hidden = vec![config.data_dir.clone()];
+    hidden.extend(config.config_file.clone());
+    hidden.extend(config.kubeconfig.clone());
+    hidden.extend(store::sqlite_path(&config.database_url));
+    LocalConfig {
+        data_dir: config.data_dir.clone(),
+        ready_timeout: config.ready_timeout,
+        sandbox: SandboxSettings {
+            insecure_shared: config.insecure_shared_sandbox,
+            ids: config.sandbox_ids,
+            max_processes: config.sandbox_max_processes,
+            hidden,
+            bwrap: config.bwrap.clone(),
+            data_dir: config.data_dir.clone(),
+        },
+        git_roots: config.local_git_roots.clone(),
+    }
+}
+
+struct Inner {
+    config: Config,
+    deployer: Deployer,
+    db: DatabaseConnection,
+    tokens: TokenAuthenticator,
+    sessions: SessionKeys,
+    statements: StatementCounter,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl AppState {
+    /// Opens the store, loads keys and starts the runtime's client.
+    pub async fn new(config: Config) -> Result<AppState> {
+        config.ensure_data_dir()?;
+        let (db, statements) = store::connect(&config.database_url).await?;
+        let keyring = Arc::new(Keyring::load(
+            config.master_key.as_ref(),
+            &config.previous_master_keys,
+            &config.data_dir,
+        )?);
+        let session_secret = match &config.session_secret {
+            Some(s) => s.clone(),
+            None => SecretString::new(read_or_create_secret_file(
+                &config.data_dir.join("session.key"),
+                || random_hex(32),
+            )?),
+        };
+        let logs = LogStore::default();
+        let runtime: Arc<dyn Runtime> = match config.runtime {
+            RuntimeKind::Local => {
+                if store::postgres_without_password(&config.database_url) {
+                    tracing::warn!(
+                        "the store's PostgreSQL accepted a connection without a password while the local runtime runs tenant code on this machine: tenants share its loopback network and can connect to it; require a password (see the README)"
+                    );
+                }
+                Arc::new(LocalRuntime::new(local_config(&config), logs.clone()))
+            }
+            RuntimeKind::Kubernetes => crate::runtime::connect_kubernetes(&config).await?,
+        };
+        let queue = Queue::new(
+            db.clone(),
+            QueueConfig {
+                lease: config.job_lease,
+                ..QueueConfig::default()
+            },
+        );
+        let deployer = Deployer {
+            db: db.clone(),
+            keyring,
+            runtime,
+            queue,
+            logs,
+            sandbox_ids: config.sandbox_ids,
+            refresh: Arc::default(),
+        };
+        Ok(AppState(Arc::new(Inner {
+            config,
+            deployer,
+            db,
+            tokens: TokenAuthenticator::default(),
+            sessions: SessionKeys::new(&session_secret)?,
+            statements,
+        })))
+    }
+
+    /// Deployments, runtime and job queue.
+    pub fn deployer(&self) -> &Deployer {
+        &self.0.deployer
+    }
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.0.db
+    }
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+    /// SQL statements sent so far (for tests and diagnostics).
+    pub fn statements(&self) -> u64 {
+        self.0.statements.get()
+    }
+    /// Signs dashboard sessions.
+    pub fn sessions(&self) -> &SessionKeys {
+        &self.0.sessions
+    }
+    /// The token cache every entry point shares.
+    pub fn tokens(&self) -> &TokenAuthenticator {
+        &self.0.tokens
+    }
+
+    /// Resolves the caller from `Authorization: Bearer …` or the session cookie.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
+                .map(str::trim)
+                .ok_or_else(|| {
+                    Error::Unauthenticated("malformed Authorization header: expected Bearer".into())
+                })?;
+            return self.authenticate_token(token).await;
+        }
+        if let Some(jwt) = session_cookie(headers) {
+            let principal = self.0.sessions.verify(&jwt)?;
+            if !self
+                .0
+                .tokens
+                .organization_exists(self.db(), principal.org_id)
+                .await
+            {
+                return Err(Error::Unauthenticated("invalid session".into()));
+            }
+            return Ok(principal);
+        }
+        Err(Error::Unauthenticated(
+            "missing credentials: send Authorization: Bearer slx_cli_…".into(),
+        ))
+    }
+
+    /// The principal behind an API token; a revoked or expired token is
+    /// refused within [`crate::auth::tokens::TOKEN_TTL`].
+    pub async fn authenticate_token(&self, token: &str) -> Result<Principal> {
+        self.0.tokens.authenticate(self.db(), token).await
+    }
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(|c| c.ok())
+        .find(|c| c.name() == session::COOKIE)
+        .map(|c| c.value().to_string())
+}
+
+/// The request id the client sent or the server assigned.
+pub fn request_id(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
