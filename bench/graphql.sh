@@ -98,7 +98,7 @@ rest() {
     "${URL[$name]}/api/v1/projects" >/dev/null 2>&1
   out="$OUT/r$round-rest-$name-c$c.txt"
   s0=$(ticks "${PID[$name]}"); p0=$(ticks $(pg_pids))
-  SYLPHX_AUTH="Bearer ${TOKEN[$name]}" wrk -t"$t" -c"$c" -d"${REST_SECS}s" --latency \
+  SYLPHX_AUTH="Bearer ${TOKEN[$name]}" wrk -t"$t" -c"$c" -d"${REST_SECS}s" --latency --timeout 30s \
     -s "$HERE/rest-list.lua" "${URL[$name]}/api/v1/projects" >"$out" 2>&1
   s1=$(ticks "${PID[$name]}"); p1=$(ticks $(pg_pids))
   res=$(grep '^RESULT' "$out")

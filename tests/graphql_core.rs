@@ -484,6 +484,24 @@ async fn list_answers_are_the_same_whichever_path_writes_them(backend: Backend) 
         queries.len() as u64
     );
 
+    // A validated run does not vouch for other variables: a page size out
+    // of range with the same document is refused.
+    let named = queries[1].0;
+    let r = s
+        .graphql(&s.admin_token, named, json!({"n": 101, "a": null}))
+        .await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["details"]["field"], "first",
+        "{r}"
+    );
+    let r = s
+        .graphql(&s.admin_token, named, json!({"n": 2, "a": "not-a-cursor"}))
+        .await;
+    assert_eq!(
+        r["errors"][0]["extensions"]["details"]["field"], "after",
+        "{r}"
+    );
+
     // Another organisation's token gets its own (empty) list from the
     // same cached document.
     let other = s.token("elsewhere", sylphx::auth::Role::Read).await;

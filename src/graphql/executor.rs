@@ -345,3 +345,22 @@ impl Executor for Core {
             .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_cache_is_bounded() {
+        let core = Core::new(super::super::bare(), super::super::bare());
+        for i in 0..(DOCUMENTS + 100) {
+            core.document(&format!("{{ a{i}: viewer {{ role }} }}"))
+                .unwrap();
+        }
+        assert_eq!(core.0.documents.lock().unwrap().len(), DOCUMENTS);
+        // Too long to keep: parsed, answered, not cached.
+        let long = format!("{{ viewer {{ role }} }}{}", " ".repeat(MAX_CACHED_TEXT));
+        core.document(&long).unwrap();
+        assert!(core.0.documents.lock().unwrap().get(&long).is_none());
+    }
+}

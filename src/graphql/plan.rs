@@ -373,7 +373,7 @@ impl ListPlan {
         let rows = self.rows(db, ctx, None, None).await?;
         let nodes = self.connection.iter().find(|f| f.name == "nodes");
         let fields = nodes.map(|f| &f.sub[..]).unwrap_or_default();
-        let mut out = Vec::with_capacity(rows.len() * 512);
+        let mut out = Vec::with_capacity(rows.len() * 1024);
         list(&mut out, &rows, |out, row| write_project(out, row, fields));
         Ok(out)
     }
