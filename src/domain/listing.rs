@@ -116,15 +116,20 @@ partial!(
 /// Columns to read; `None` reads all of them.
 pub type Columns<C> = Option<Vec<C>>;
 
-/// Adds `always` to a column list unless it is there.
+/// Adds each column of `more` to `into` unless it is there.
+pub fn add_columns<C: IdenStatic>(into: &mut Vec<C>, more: impl IntoIterator<Item = C>) {
+    for c in more {
+        if !into.iter().any(|i| i.as_str() == c.as_str()) {
+            into.push(c);
+        }
+    }
+}
+
+/// `always` and then `columns`, each once.
 fn with<C: ColumnTrait + IdenStatic>(columns: &Columns<C>, always: &[C]) -> Columns<C> {
     columns.as_ref().map(|cols| {
         let mut out: Vec<C> = always.to_vec();
-        for c in cols {
-            if !out.iter().any(|o| o.as_str() == c.as_str()) {
-                out.push(*c);
-            }
-        }
+        add_columns(&mut out, cols.iter().copied());
         out
     })
 }
@@ -143,10 +148,9 @@ pub struct ProjectRow {
     pub services: Option<Vec<services::Model>>,
 }
 
-/// Statement text and its values, with placeholders in the backend's style.
+/// A statement's values, with placeholders in the backend's style.
 struct Sql {
     backend: DbBackend,
-    text: String,
     values: Vec<sea_orm::Value>,
 }
 
@@ -252,7 +256,6 @@ pub async fn page<C: ConnectionTrait>(
     }
     let mut sql = Sql {
         backend,
-        text: String::new(),
         values: Vec::new(),
     };
     let org = sql.bind(ctx.org_id());
@@ -265,11 +268,8 @@ pub async fn page<C: ConnectionTrait>(
     }
     // A number of our own, written out so the plan knows it.
     text += &format!(" ORDER BY p.\"id\" ASC LIMIT {limit}");
-    sql.text = text;
     let rows = conn
-        .query_all_raw(Statement::from_sql_and_values(
-            backend, sql.text, sql.values,
-        ))
+        .query_all_raw(Statement::from_sql_and_values(backend, text, sql.values))
         .await?;
     rows.iter()
         .map(|row| {
@@ -328,7 +328,6 @@ fn select_sql<C: ColumnTrait>(
 ) -> (String, Vec<sea_orm::Value>) {
     let mut sql = Sql {
         backend,
-        text: String::new(),
         values: Vec::new(),
     };
     let org = sql.bind(ctx.org_id());

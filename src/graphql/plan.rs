@@ -6,13 +6,13 @@ use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, FragmentDefinition, Selection, SelectionSet,
 };
 use async_graphql::{Context, Lookahead, Name, Positioned, SelectionField};
-use sea_orm::{DatabaseConnection, IdenStatic};
+use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::types::{Prefetched, Project};
 use super::{db, domain_ctx};
 use crate::domain::Ctx;
-use crate::domain::listing::{self, Children, Columns};
+use crate::domain::listing::{self, Children, Columns, add_columns};
 use crate::error::Result;
 use entity::{environments, projects, services};
 
@@ -222,15 +222,6 @@ fn known<C: Copy>(
     Some(out)
 }
 
-/// Adds `more` to `into`, each column once.
-fn union<C: IdenStatic>(into: &mut Vec<C>, more: Vec<C>) {
-    for c in more {
-        if !into.iter().any(|i| i.as_str() == c.as_str()) {
-            into.push(c);
-        }
-    }
-}
-
 /// Checks that `fields` are among `names`, a sub-selection exactly where
 /// `objects` says.
 fn only(fields: &[Out], names: &[&str], objects: &[&str]) -> Option<()> {
@@ -302,17 +293,17 @@ impl ListPlan {
         };
         for fields in projects {
             // Nested lists other than these two, and objects, are the executor's.
-            union(
+            add_columns(
                 &mut plan.columns,
                 known(fields, project_column, &["environments", "services"])?,
             );
             for f in fields {
                 match f.name.as_str() {
-                    "environments" => union(
+                    "environments" => add_columns(
                         plan.environments.get_or_insert_default(),
                         known(&f.sub, environment_column, &[])?,
                     ),
-                    "services" => union(
+                    "services" => add_columns(
                         plan.services.get_or_insert_default(),
                         known(&f.sub, service_column, &[])?,
                     ),
