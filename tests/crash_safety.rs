@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::apps::{GATE, Gate, finished, repo, repo_with};
 use common::binary::{ServeProcess, create_token, free_port, get, post};
 use common::procs;
@@ -213,7 +215,19 @@ async fn two_servers_on_one_postgres_never_run_a_job_twice() {
     }
 
     let db = Database::connect(url.as_str()).await.unwrap();
-    let jobs = entity::jobs::Entity::find().all(&db).await.unwrap();
+    // A deployment reads `success` a moment before its worker records the
+    // job as done: wait for the workers to finish their bookkeeping.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let jobs = loop {
+        let jobs = entity::jobs::Entity::find().all(&db).await.unwrap();
+        let settled = jobs
+            .iter()
+            .all(|j| j.status != "running" && j.status != "queued");
+        if settled || tokio::time::Instant::now() > deadline {
+            break jobs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(jobs.len(), 6, "{jobs:?}");
     for job in &jobs {
         assert_eq!(
