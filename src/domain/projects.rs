@@ -309,7 +309,7 @@ pub async fn delete(
     Ok(project)
 }
 
-/// Environments of many projects at once (for the DataLoader).
+/// Environments of many projects at once (for the batch loaders).
 pub async fn environments_of<C: ConnectionTrait>(
     conn: &C,
     project_ids: &[Uuid],

@@ -112,7 +112,7 @@ pub async fn list<C: ConnectionTrait>(conn: &C, project_id: Uuid) -> Result<Vec<
         .await?)
 }
 
-/// Services of many projects at once (for the DataLoader).
+/// Services of many projects at once (for the batch loaders).
 pub async fn of_projects<C: ConnectionTrait>(
     conn: &C,
     project_ids: &[Uuid],

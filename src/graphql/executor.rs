@@ -14,9 +14,7 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, OperationType, Selection,
-};
+use async_graphql::parser::types::{ExecutableDocument, OperationType};
 use async_graphql::{Data, Executor, Request, Response, ServerError, Variables};
 use async_graphql_value::{ConstValue, Value as AstValue};
 use futures_util::StreamExt;
@@ -27,7 +25,7 @@ use uuid::Uuid;
 
 use super::AppSchema;
 use super::order::reorder;
-use super::plan::ListPlan;
+use super::plan::{ListPlan, projects_field};
 use super::query::{DEFAULT_PAGE, MAX_PAGE};
 use crate::domain::Ctx;
 
@@ -59,31 +57,7 @@ struct Direct {
 impl Direct {
     /// The plan of `doc`'s operation `name` (the only one it has).
     fn compile(doc: &ExecutableDocument, name: Option<&str>) -> Option<Direct> {
-        let op = match (&doc.operations, name) {
-            (DocumentOperations::Single(op), None) => op,
-            (DocumentOperations::Multiple(ops), _) if ops.len() == 1 => {
-                let (n, op) = ops.iter().next()?;
-                if name.is_some_and(|name| name != n.as_str()) {
-                    return None;
-                }
-                op
-            }
-            _ => return None,
-        };
-        let op = &op.node;
-        if op.ty != OperationType::Query || !op.directives.is_empty() {
-            return None;
-        }
-        let [item] = &op.selection_set.node.items[..] else {
-            return None;
-        };
-        let Selection::Field(field) = &item.node else {
-            return None;
-        };
-        let field = &field.node;
-        if field.name.node != "projects" || !field.directives.is_empty() {
-            return None;
-        }
+        let field = projects_field(doc, name)?;
         let mut first = None;
         let mut after = None;
         for (name, value) in &field.arguments {

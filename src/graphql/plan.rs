@@ -3,7 +3,8 @@
 //! and services costs one statement.
 
 use async_graphql::parser::types::{
-    DocumentOperations, ExecutableDocument, FragmentDefinition, Selection, SelectionSet,
+    DocumentOperations, ExecutableDocument, Field, FragmentDefinition, OperationType, Selection,
+    SelectionSet,
 };
 use async_graphql::{Context, Lookahead, Name, Positioned, SelectionField};
 use sea_orm::DatabaseConnection;
@@ -234,6 +235,37 @@ fn only(fields: &[Out], names: &[&str], objects: &[&str]) -> Option<()> {
         .then_some(())
 }
 
+/// The only field of `document`'s query operation `name` (the document's
+/// only operation), when it is `projects` and no directive applies.
+pub fn projects_field<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+) -> Option<&'a Field> {
+    let op = match (&document.operations, name) {
+        (DocumentOperations::Single(op), None) => op,
+        (DocumentOperations::Multiple(ops), _) if ops.len() == 1 => {
+            let (n, op) = ops.iter().next()?;
+            if name.is_some_and(|name| name != n.as_str()) {
+                return None;
+            }
+            op
+        }
+        _ => return None,
+    };
+    let op = &op.node;
+    if op.ty != OperationType::Query || !op.directives.is_empty() {
+        return None;
+    }
+    let [item] = &op.selection_set.node.items[..] else {
+        return None;
+    };
+    let Selection::Field(field) = &item.node else {
+        return None;
+    };
+    let field = &field.node;
+    (field.name.node == "projects" && field.directives.is_empty()).then_some(field)
+}
+
 /// A `projects` connection's selection compiled once, for writing it as
 /// JSON straight from the store's rows, without one resolver call per
 /// field: the REST list of a big organisation, and `projects` queries the
@@ -318,19 +350,8 @@ impl ListPlan {
     /// The plan for the REST operation `{ result: projects(…) { nodes { … } } }`
     /// of `document` (its arguments are ignored: every project is read).
     pub fn compile(document: &ExecutableDocument) -> Option<ListPlan> {
-        let DocumentOperations::Single(op) = &document.operations else {
-            return None;
-        };
-        let [item] = &op.node.selection_set.node.items[..] else {
-            return None;
-        };
-        let Selection::Field(root) = &item.node else {
-            return None;
-        };
-        if root.node.name.node != "projects" || !root.node.directives.is_empty() {
-            return None;
-        }
-        let plan = Self::connection(&root.node.selection_set.node, &document.fragments)?;
+        let root = projects_field(document, None)?;
+        let plan = Self::connection(&root.selection_set.node, &document.fragments)?;
         plan.connection
             .iter()
             .any(|f| f.name == "nodes")
