@@ -66,12 +66,20 @@ struct FileConfig {
     session_secret_file: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     max_request_bytes: Option<usize>,
+    max_websocket_message_bytes: Option<usize>,
     runtime: Option<RuntimeKind>,
     apps_listen: Option<SocketAddr>,
     ready_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
     job_lease_secs: Option<u64>,
     job_workers: Option<u64>,
     http_threads: Option<u64>,
+    max_connections: Option<u64>,
+    allowed_origins: Option<Vec<String>>,
+    max_connections_per_ip: Option<u64>,
+    header_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
     github_webhook_secret_file: Option<PathBuf>,
     kubeconfig: Option<PathBuf>,
     insecure_shared_sandbox: Option<bool>,
@@ -135,9 +143,14 @@ pub struct Config {
     /// Older master keys still accepted for decryption (rotation).
     pub previous_master_keys: Vec<SecretString>,
     pub max_request_bytes: usize,
+    /// The largest websocket message once `connection_init` is accepted
+    /// (64 KiB before).
+    pub max_websocket_message_bytes: usize,
     pub runtime: RuntimeKind,
     /// The local runtime's app router.
     pub apps_listen: SocketAddr,
+    /// How long an ordinary request may take before it is answered 503.
+    pub request_timeout: std::time::Duration,
     /// How long new replicas get to become ready.
     pub ready_timeout: std::time::Duration,
     /// How long a job claim lasts without renewal (crash recovery delay).
@@ -148,6 +161,11 @@ pub struct Config {
     /// Threads serving HTTP connections, each with its own single-threaded
     /// event loop (a connection and its upstream calls stay on one thread).
     pub http_threads: usize,
+    /// Limits and timeouts of the API's connections.
+    pub connections: crate::listen::ConnectionLimits,
+    /// Origins (`scheme://host[:port]`) whose pages may write with the
+    /// session cookie; empty: only the server's own origin.
+    pub allowed_origins: Vec<String>,
     /// HMAC secret of GitHub push webhooks; the webhook is refused without one.
     pub github_webhook_secret: Option<SecretString>,
     /// Kubeconfig of the Kubernetes runtime; the ambient one (`KUBECONFIG`,
@@ -169,14 +187,95 @@ pub struct Config {
     pub bwrap: Option<PathBuf>,
 }
 
-/// Reads a secret from `NAME` or from the file named by `NAME_FILE`.
+/// The connection limits: each from its variable, else the file, else the
+/// default; all must be at least 1.
+fn connection_limits(file: &FileConfig) -> Result<crate::listen::ConnectionLimits> {
+    let d = crate::listen::ConnectionLimits::default();
+    let get = |key: &str, var: &str, from_file: Option<u64>, default: u64| -> Result<u64> {
+        match env_u64(var)?.or(from_file) {
+            Some(0) => Err(Error::bad_request(format!(
+                "{key} ({var}) must be at least 1"
+            ))),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        }
+    };
+    let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    let secs = std::time::Duration::from_secs;
+    Ok(crate::listen::ConnectionLimits {
+        max_connections: count(get(
+            "max_connections",
+            "SYLPHX_MAX_CONNECTIONS",
+            file.max_connections,
+            d.max_connections as u64,
+        )?),
+        max_per_ip: count(get(
+            "max_connections_per_ip",
+            "SYLPHX_MAX_CONNECTIONS_PER_IP",
+            file.max_connections_per_ip,
+            d.max_per_ip as u64,
+        )?),
+        header_timeout: secs(get(
+            "header_timeout_secs",
+            "SYLPHX_HEADER_TIMEOUT_SECS",
+            file.header_timeout_secs,
+            d.header_timeout.as_secs(),
+        )?),
+        body_timeout: secs(get(
+            "body_timeout_secs",
+            "SYLPHX_BODY_TIMEOUT_SECS",
+            file.body_timeout_secs,
+            d.body_timeout.as_secs(),
+        )?),
+        idle_timeout: secs(get(
+            "idle_timeout_secs",
+            "SYLPHX_IDLE_TIMEOUT_SECS",
+            file.idle_timeout_secs,
+            d.idle_timeout.as_secs(),
+        )?),
+    })
+}
+
+/// `SYLPHX_ALLOWED_ORIGINS` (comma-separated) or the file's list, each an
+/// origin as browsers send it: `scheme://host[:port]`, nothing after.
+fn allowed_origins(file: &FileConfig) -> Result<Vec<String>> {
+    let list: Vec<String> = match std::env::var("SYLPHX_ALLOWED_ORIGINS") {
+        Ok(v) if !v.trim().is_empty() => v.split(',').map(|s| s.trim().to_string()).collect(),
+        _ => file.allowed_origins.clone().unwrap_or_default(),
+    };
+    list.into_iter()
+        .map(|o| {
+            let o = o.trim_end_matches('/').to_ascii_lowercase();
+            let ok = o.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && !rest.is_empty() && !rest.contains('/')
+            });
+            if ok {
+                Ok(o)
+            } else {
+                Err(Error::field(
+                    "allowed_origins",
+                    format!("'{o}' is not an origin like https://dashboard.example.com"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Reads a secret from `NAME` or from the file named by `NAME_FILE`; a
+/// variable that is set holds a secret (an empty one refuses start-up).
 fn env_secret(name: &str) -> Result<Option<SecretString>> {
-    if let Ok(v) = std::env::var(name)
-        && !v.is_empty()
-    {
+    if let Some(v) = std::env::var_os(name) {
+        let v = v
+            .into_string()
+            .map_err(|_| Error::bad_request(format!("{name} is not UTF-8")))?;
+        if v.trim().is_empty() {
+            return Err(Error::bad_request(format!(
+                "{name} is set but empty; set a secret or unset it"
+            )));
+        }
         return Ok(Some(SecretString::new(v)));
     }
-    if let Ok(path) = std::env::var(format!("{name}_FILE")) {
+    if let Some(path) = std::env::var_os(format!("{name}_FILE")) {
         return read_secret_file(Path::new(&path)).map(Some);
     }
     Ok(None)
@@ -192,10 +291,19 @@ fn env_u64(name: &str) -> Result<Option<u64>> {
     }
 }
 
+/// A secret read from a file, surrounding white space removed; an empty
+/// one refuses start-up.
 fn read_secret_file(path: &Path) -> Result<SecretString> {
-    fs::read_to_string(path)
-        .map(|s| SecretString::new(s.trim().to_string()))
-        .map_err(|e| Error::bad_request(format!("cannot read {}: {e}", path.display())))
+    let text = fs::read_to_string(path)
+        .map_err(|e| Error::bad_request(format!("cannot read {}: {e}", path.display())))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Error::bad_request(format!(
+            "{} is empty; a secret file must hold the secret",
+            path.display()
+        )));
+    }
+    Ok(SecretString::new(text.to_string()))
 }
 
 impl Config {
@@ -211,6 +319,8 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let connections = connection_limits(&file)?;
+        let allowed_origins = allowed_origins(&file)?;
         let data_dir = args
             .store
             .data_dir
@@ -268,11 +378,21 @@ impl Config {
             master_key,
             previous_master_keys,
             max_request_bytes: file.max_request_bytes.unwrap_or(2 * 1024 * 1024),
+            max_websocket_message_bytes: file
+                .max_websocket_message_bytes
+                .unwrap_or(1024 * 1024)
+                .max(crate::graphql::http::INIT_MESSAGE_BYTES),
             runtime: args.runtime.or(file.runtime).unwrap_or_default(),
             apps_listen: args
                 .apps_listen
                 .or(file.apps_listen)
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8090))),
+            request_timeout: std::time::Duration::from_secs(
+                env_u64("SYLPHX_REQUEST_TIMEOUT_SECS")?
+                    .or(file.request_timeout_secs)
+                    .unwrap_or(30)
+                    .max(1),
+            ),
             ready_timeout: std::time::Duration::from_secs(
                 env_u64("SYLPHX_READY_TIMEOUT_SECS")?
                     .or(file.ready_timeout_secs)
@@ -302,6 +422,8 @@ impl Config {
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(1024),
                 None => std::thread::available_parallelism().map_or(1, usize::from),
             },
+            connections,
+            allowed_origins,
             github_webhook_secret,
             kubeconfig: std::env::var_os("SYLPHX_KUBECONFIG")
                 .filter(|v| !v.is_empty())

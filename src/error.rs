@@ -24,6 +24,8 @@ pub enum Error {
     /// Well-formed but unacceptable (e.g. an idempotency key reused with another body).
     Unprocessable(String),
     RateLimited(String),
+    /// A body of a type the endpoint does not take.
+    UnsupportedMediaType(String),
     Unavailable(String),
     /// Anything unexpected. The string is for the log only.
     Internal(String),
@@ -64,6 +66,7 @@ impl Error {
             Error::Conflict(_) => "CONFLICT",
             Error::Unprocessable(_) => "UNPROCESSABLE",
             Error::RateLimited(_) => "RATE_LIMITED",
+            Error::UnsupportedMediaType(_) => "UNSUPPORTED_MEDIA_TYPE",
             Error::Unavailable(_) => "UNAVAILABLE",
             Error::Internal(_) => "INTERNAL",
         }
@@ -96,6 +99,7 @@ impl Error {
             | Error::Conflict(m)
             | Error::Unprocessable(m)
             | Error::RateLimited(m)
+            | Error::UnsupportedMediaType(m)
             | Error::Unavailable(m)
             | Error::Internal(m) => m,
         }
@@ -122,16 +126,36 @@ impl Error {
     }
 }
 
+/// The `code` of an error answer with this status.
+pub fn code_for_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "BAD_REQUEST",
+        StatusCode::UNAUTHORIZED => "UNAUTHENTICATED",
+        StatusCode::FORBIDDEN => "FORBIDDEN",
+        StatusCode::NOT_FOUND => "NOT_FOUND",
+        StatusCode::METHOD_NOT_ALLOWED => "METHOD_NOT_ALLOWED",
+        StatusCode::CONFLICT => "CONFLICT",
+        StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+        StatusCode::UNPROCESSABLE_ENTITY => "UNPROCESSABLE",
+        StatusCode::TOO_MANY_REQUESTS => "RATE_LIMITED",
+        StatusCode::SERVICE_UNAVAILABLE => "UNAVAILABLE",
+        s if s.is_server_error() => "INTERNAL",
+        _ => "BAD_REQUEST",
+    }
+}
+
 /// HTTP status for an `extensions.code`; unknown codes are server errors.
 pub fn status_for_code(code: &str) -> StatusCode {
     match code {
-        "BAD_REQUEST" | "BAD_USER_INPUT" => StatusCode::BAD_REQUEST,
+        "BAD_REQUEST" | "BAD_USER_INPUT" | "QUERY_TOO_LARGE" => StatusCode::BAD_REQUEST,
         "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
         "FORBIDDEN" => StatusCode::FORBIDDEN,
         "NOT_FOUND" => StatusCode::NOT_FOUND,
         "CONFLICT" => StatusCode::CONFLICT,
         "UNPROCESSABLE" => StatusCode::UNPROCESSABLE_ENTITY,
         "RATE_LIMITED" => StatusCode::TOO_MANY_REQUESTS,
+        "UNSUPPORTED_MEDIA_TYPE" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         "UNAVAILABLE" => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
@@ -139,7 +163,41 @@ pub fn status_for_code(code: &str) -> StatusCode {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        (self.status(), axum::Json(self.body())).into_response()
+        let mut resp = (self.status(), axum::Json(self.body())).into_response();
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
+    }
+}
+
+/// Whether a store error means the store cannot be reached right now (down,
+/// restarting, out of connections) rather than that the statement failed.
+pub fn store_unreachable(err: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    let sqlx_down = |e: &sqlx::Error| match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // SQLSTATE class 08 (connection exception) and 57 (operator
+        // intervention: shutting down, starting up, cannot connect now).
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P")),
+        _ => false,
+    };
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            sqlx_down(e)
+        }
+        _ => false,
     }
 }
 
@@ -166,6 +224,10 @@ impl From<sea_orm::DbErr> for Error {
             }
             Some(sea_orm::SqlErr::ForeignKeyConstraintViolation(_)) => {
                 Error::Conflict("a referenced resource no longer exists".into())
+            }
+            _ if store_unreachable(&err) => {
+                tracing::warn!(error = %err, "the store is unreachable");
+                Error::Unavailable("the store is unreachable; try again shortly".into())
             }
             _ => Error::Internal(err.to_string()),
         }

@@ -2,7 +2,10 @@
 //! and body within 24 hours replay the first response without repeating the
 //! work; the same key with another body is refused with 422. Concurrent
 //! requests with one key run the work once: the first inserts the key row,
-//! the others wait for its response.
+//! the others wait for its response. A key belongs to the caller that first
+//! used it (the API key, or the session's user): another caller of the same
+//! organisation sending it is refused with 422, and never sees the stored
+//! answer, which is sealed with the keyring since it may hold a new token.
 
 use std::time::Duration;
 
@@ -18,9 +21,10 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use crate::auth::Actor;
 use crate::domain::{Ctx, new_id, now};
 use crate::error::{Error, Result};
-use crate::secrets::sha256_hex;
+use crate::secrets::{Keyring, sha256_hex};
 use crate::state::AppState;
 use entity::idempotency_keys as keys;
 
@@ -41,10 +45,27 @@ enum Claim {
     Owner(Uuid),
     Replay(keys::Model),
     Mismatch,
+    /// Another caller's key.
+    Foreign,
     Busy,
 }
 
-async fn claim(db: &DatabaseConnection, org: Uuid, key: &str, hash: &str) -> Result<Claim> {
+/// The caller a stored answer belongs to.
+fn principal(ctx: &Ctx) -> String {
+    match &ctx.principal.actor {
+        Actor::Token(id) => format!("token:{id}"),
+        Actor::User(sub) => format!("user:{sub}"),
+        Actor::System => "system".into(),
+    }
+}
+
+async fn claim(
+    db: &DatabaseConnection,
+    org: Uuid,
+    caller: &str,
+    key: &str,
+    hash: &str,
+) -> Result<Claim> {
     let now = now();
     let row = keys::ActiveModel {
         id: Set(new_id()),
@@ -55,6 +76,7 @@ async fn claim(db: &DatabaseConnection, org: Uuid, key: &str, hash: &str) -> Res
         response_status: Set(None),
         response_body: Set(None),
         response_content_type: Set(None),
+        principal: Set(Some(caller.to_string())),
         created_at: Set(now),
         expires_at: Set(now + ChronoDuration::hours(RETENTION_HOURS)),
     };
@@ -78,6 +100,9 @@ async fn claim(db: &DatabaseConnection, org: Uuid, key: &str, hash: &str) -> Res
         keys::Entity::delete_by_id(existing.id).exec(db).await?;
         return Ok(Claim::Busy);
     }
+    if existing.principal.as_deref() != Some(caller) {
+        return Ok(Claim::Foreign);
+    }
     if existing.request_hash != hash {
         return Ok(Claim::Mismatch);
     }
@@ -87,12 +112,17 @@ async fn claim(db: &DatabaseConnection, org: Uuid, key: &str, hash: &str) -> Res
     Ok(Claim::Busy)
 }
 
-fn replay(row: keys::Model) -> Response {
+fn replay(keyring: &Keyring, row: keys::Model) -> Response {
+    let body = match row.response_body.as_deref().map(|b| keyring.open(b)) {
+        Some(Ok(body)) => body.expose().to_string(),
+        Some(Err(e)) => return e.into_response(),
+        None => String::new(),
+    };
     let status = row
         .response_status
         .and_then(|s| StatusCode::from_u16(s as u16).ok())
         .unwrap_or(StatusCode::OK);
-    let mut resp = (status, row.response_body.unwrap_or_default()).into_response();
+    let mut resp = (status, body).into_response();
     let ct = row
         .response_content_type
         .unwrap_or_else(|| "application/json".into());
@@ -145,10 +175,17 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let hash = sha256_hex(&fingerprint);
     let db = app.db().clone();
     let started = tokio::time::Instant::now();
+    let caller = principal(&ctx);
     let row_id = loop {
-        match claim(&db, ctx.org_id(), &key, &hash).await {
+        match claim(&db, ctx.org_id(), &caller, &key, &hash).await {
             Ok(Claim::Owner(id)) => break id,
-            Ok(Claim::Replay(row)) => return replay(row),
+            Ok(Claim::Replay(row)) => return replay(&app.deployer().keyring, row),
+            Ok(Claim::Foreign) => {
+                return Error::Unprocessable(
+                    "Idempotency-Key was already used by another caller".into(),
+                )
+                .into_response();
+            }
             Ok(Claim::Mismatch) => {
                 return Error::Unprocessable(
                     "Idempotency-Key was already used with a different request".into(),
@@ -182,6 +219,13 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
         // Nothing was done that a retry must not repeat: let it run again.
         let _ = keys::Entity::delete_by_id(row_id).exec(&db).await;
     } else {
+        let sealed = match app.deployer().keyring.seal(&String::from_utf8_lossy(&body)) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = keys::Entity::delete_by_id(row_id).exec(&db).await;
+                return e.into_response();
+            }
+        };
         let ct = parts
             .headers
             .get(header::CONTENT_TYPE)
@@ -193,10 +237,7 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
                 keys::Column::ResponseStatus,
                 Expr::value(parts.status.as_u16() as i32),
             )
-            .col_expr(
-                keys::Column::ResponseBody,
-                Expr::value(String::from_utf8_lossy(&body).into_owned()),
-            )
+            .col_expr(keys::Column::ResponseBody, Expr::value(sealed))
             .col_expr(keys::Column::ResponseContentType, Expr::value(ct))
             .filter(keys::Column::Id.eq(row_id))
             .exec(&db)

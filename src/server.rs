@@ -11,13 +11,11 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
 use sea_orm::ConnectionTrait;
 use serde_json::json;
-use tokio::sync::oneshot;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::ai::{AiState, Gateway};
@@ -26,6 +24,7 @@ use crate::domain::{self, Ctx};
 use crate::error::{Error, Result};
 use crate::graphql::http::{GraphqlState, graphql_error};
 use crate::graphql::{self, Core};
+pub use crate::listen::Serving;
 use crate::rest::{self, Rest, RestState};
 use crate::runtime::local::LocalRuntime;
 use crate::secrets::SecretString;
@@ -109,7 +108,7 @@ impl App {
 }
 
 async fn require_auth(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    match app.authenticate(req.headers()).await {
+    match app.authenticate(req.method(), req.headers()).await {
         Ok(principal) => {
             let ctx = Ctx {
                 principal,
@@ -253,6 +252,23 @@ async fn health_runners(State(app): State<AppState>) -> Response {
     Json(json!({"runners": runners, "summary": summary})).into_response()
 }
 
+/// An ordinary request (REST, GraphQL over HTTP) that has not been
+/// answered within `request_timeout_secs` is answered 503; what it was
+/// doing is dropped, and a store transaction in progress rolls back.
+/// Streams are not bound by it once their answer has started (SSE logs),
+/// and the AI gateway and the websocket have their own limits.
+async fn deadline(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = app.config().request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => Error::Unavailable(format!(
+            "the request did not finish within {} s (request_timeout_secs)",
+            limit.as_secs()
+        ))
+        .into_response(),
+    }
+}
+
 async fn not_found() -> Response {
     Error::NotFound("no such endpoint".into()).into_response()
 }
@@ -260,13 +276,15 @@ async fn not_found() -> Response {
 /// The whole HTTP application.
 pub fn router(app: App) -> Router {
     let state = app.state.clone();
-    // Authentication first, then idempotency.
+    // Authentication first, then idempotency, then the handler within its
+    // deadline.
     let authed = |r: Router| {
-        r.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            crate::idempotency::layer,
-        ))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
+        r.route_layer(middleware::from_fn_with_state(state.clone(), deadline))
+            .route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                crate::idempotency::layer,
+            ))
+            .route_layer(middleware::from_fn_with_state(state.clone(), require_auth))
     };
     let authed_api = authed(rest::router(RestState {
         app: state.clone(),
@@ -307,9 +325,34 @@ pub fn router(app: App) -> Router {
         .merge(graphql_ws)
         .route("/playground", get(playground))
         .layer(RequestBodyLimitLayer::new(state.config().max_request_bytes))
+        .layer(RequestBodyTimeoutLayer::new(
+            state.config().connections.body_timeout,
+        ))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(middleware::map_request(drop_odd_request_id))
+        .layer(middleware::from_fn(crate::rejections::json_errors))
+}
+
+/// A client's `X-Request-Id` is kept (echoed, logged, stored in audit
+/// events) only when it is at most 128 characters of `[A-Za-z0-9._:-]`;
+/// any other is dropped, and the request gets a fresh id.
+async fn drop_odd_request_id(mut req: Request) -> Request {
+    let ok = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+    };
+    let headers = req.headers_mut();
+    if headers.get_all("x-request-id").iter().count() > 1
+        || headers.get("x-request-id").is_some_and(|v| !ok(v))
+    {
+        headers.remove("x-request-id");
+    }
+    req
 }
 
 /// On an empty store: creates the `default` organisation and an admin token,
@@ -358,13 +401,17 @@ pub async fn serve(app: App) -> Result<()> {
             if let Err(e) = crate::idempotency::purge_expired(&db).await {
                 tracing::warn!(error = e.message(), "purging idempotency keys failed");
             }
+            if let Err(e) = crate::webhooks::purge_deliveries(&db).await {
+                tracing::warn!(error = e.message(), "purging webhook deliveries failed");
+            }
         }
     });
     let threads = app.config().http_threads;
     tracing::info!(addr = %listen, threads, "listening");
     let ai = app.ai.clone();
     let runtime = app.deployer().runtime.clone();
-    let mut serving = Serving::start(listener, router(app), threads)?;
+    let limits = app.config().connections.clone();
+    let mut serving = Serving::start(listener, router(app), threads, limits)?;
     let failed = tokio::select! {
         () = shutdown_signal() => None,
         e = serving.failed() => Some(e),
@@ -377,116 +424,6 @@ pub async fn serve(app: App) -> Result<()> {
         Some(e) => Err(e),
         None => stopped,
     }
-}
-
-/// HTTP threads serving one listening socket.
-///
-/// Each thread runs its own single-threaded runtime and accepts from the
-/// same socket: a request, its handler and the upstream calls it makes
-/// (the AI gateway keeps a pooled client per thread) stay on one thread,
-/// with no hand-off between threads on the way. Work that outlives a
-/// request (jobs, the app router, usage writes) runs on the main runtime.
-pub struct Serving {
-    stop: tokio::sync::watch::Sender<bool>,
-    /// Each thread's outcome, as it stops.
-    threads: FuturesUnordered<oneshot::Receiver<Result<()>>>,
-}
-
-impl Serving {
-    /// Starts `threads` threads serving `routes` on `listener`.
-    pub fn start(
-        listener: std::net::TcpListener,
-        routes: Router,
-        threads: usize,
-    ) -> Result<Serving> {
-        let fail = |what: &str, e: std::io::Error| Error::internal(format!("{what}: {e}"));
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| fail("listener", e))?;
-        let (stop, stopping) = tokio::sync::watch::channel(false);
-        let serving = Serving {
-            stop,
-            threads: FuturesUnordered::new(),
-        };
-        for n in 0..threads.max(1) {
-            let listener = listener
-                .try_clone()
-                .map_err(|e| fail("cannot share the listener", e))?;
-            let (done, finished) = oneshot::channel();
-            let (routes, stopping) = (routes.clone(), stopping.clone());
-            std::thread::Builder::new()
-                .name(format!("sylphx-http-{n}"))
-                .spawn(move || serve_thread(listener, routes, stopping, done))
-                .map_err(|e| fail("cannot start an HTTP thread", e))?;
-            serving.threads.push(finished);
-        }
-        Ok(serving)
-    }
-
-    /// Resolves only if a thread stops before [`Serving::stop`]: why it did.
-    pub async fn failed(&mut self) -> Error {
-        match self.threads.next().await {
-            Some(Ok(Err(e))) => e,
-            Some(_) => Error::internal("an HTTP thread stopped"),
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Asks every thread to stop accepting; returns once the requests in
-    /// flight are answered.
-    pub async fn stop(mut self) -> Result<()> {
-        self.signal_stop();
-        let mut result = Ok(());
-        while let Some(r) = self.threads.next().await {
-            if let Ok(Err(e)) = r {
-                result = Err(e);
-            }
-        }
-        result
-    }
-
-    /// Asks every thread to stop accepting, without waiting.
-    pub fn signal_stop(&self) {
-        let _ = self.stop.send(true);
-    }
-}
-
-/// One HTTP thread: serves `listener` on a current-thread runtime until
-/// `stopping` turns true, reports through `done`, then keeps the runtime's
-/// I/O driver running until the process exits, since sockets it opened
-/// (pooled store connections) may still be used from other threads.
-fn serve_thread(
-    listener: std::net::TcpListener,
-    routes: Router,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
-    done: oneshot::Sender<Result<()>>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = done.send(Err(Error::internal(format!("HTTP thread runtime: {e}"))));
-            return;
-        }
-    };
-    let result = runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|e| Error::internal(format!("HTTP thread listener: {e}")))?;
-        // Small SSE chunks and JSON answers must leave at once (AI gateway).
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, routes)
-            .with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|stop| *stop).await;
-            })
-            .await
-            .map_err(|e| Error::internal(format!("server failed: {e}")))
-    });
-    let _ = done.send(result);
-    runtime.block_on(std::future::pending::<()>());
 }
 
 async fn shutdown_signal() {

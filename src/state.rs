@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::Principal;
@@ -133,8 +133,11 @@ impl AppState {
         &self.0.tokens
     }
 
-    /// Resolves the caller from `Authorization: Bearer …` or the session cookie.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal> {
+    /// Resolves the caller from `Authorization: Bearer …` or the session
+    /// cookie. A cookie-authenticated write (any method but GET, HEAD and
+    /// OPTIONS) must come from an allowed origin with a JSON body: a page
+    /// elsewhere cannot make the browser send either.
+    pub async fn authenticate(&self, method: &Method, headers: &HeaderMap) -> Result<Principal> {
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let token = value
                 .to_str()
@@ -150,6 +153,20 @@ impl AppState {
             return self.authenticate_token(token).await;
         }
         if let Some(jwt) = session_cookie(headers) {
+            if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+                let json = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split(';').next())
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+                if !json {
+                    return Err(Error::UnsupportedMediaType(
+                        "a write with the session cookie must send Content-Type: application/json"
+                            .into(),
+                    ));
+                }
+                self.check_origin(headers)?;
+            }
             let principal = self.0.sessions.verify(&jwt)?;
             if !self
                 .0
@@ -166,11 +183,56 @@ impl AppState {
         ))
     }
 
+    /// Refuses a request whose `Origin` (or, lacking it, `Referer`) is not
+    /// allowed: one of `allowed_origins`, or when none are configured, the
+    /// server's own origin (the host the request was sent to).
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<()> {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let origin = match text(header::ORIGIN) {
+            Some(o) => Some(o.trim_end_matches('/').to_ascii_lowercase()),
+            None => text(header::REFERER).and_then(|r| {
+                let (scheme, rest) = r.split_once("://")?;
+                let host = rest.split(['/', '?', '#']).next()?;
+                Some(format!("{scheme}://{host}").to_ascii_lowercase())
+            }),
+        };
+        let Some(origin) = origin else {
+            return Err(Error::Forbidden(
+                "a write with the session cookie must send Origin (or Referer)".into(),
+            ));
+        };
+        let allowed = &self.config().allowed_origins;
+        let ok = if allowed.is_empty() {
+            let host = text(header::HOST).map(str::to_ascii_lowercase);
+            origin.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https") && Some(rest) == host.as_deref()
+            })
+        } else {
+            allowed.contains(&origin)
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "origin '{origin}' may not use the session cookie here (allowed_origins)"
+            )))
+        }
+    }
+
     /// The principal behind an API token; a revoked or expired token is
     /// refused within [`crate::auth::tokens::TOKEN_TTL`].
     pub async fn authenticate_token(&self, token: &str) -> Result<Principal> {
         self.0.tokens.authenticate(self.db(), token).await
     }
+}
+
+/// Whether the request carries the dashboard's session cookie.
+pub fn has_session_cookie(headers: &HeaderMap) -> bool {
+    session_cookie(headers).is_some()
 }
 
 fn session_cookie(headers: &HeaderMap) -> Option<String> {

@@ -22,12 +22,17 @@ impl StatementCounter {
     }
 }
 
+/// The longest a statement may run on PostgreSQL (migrations included).
+pub const STATEMENT_TIMEOUT: &str = "15s";
+
 /// Opens the store and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<(DatabaseConnection, StatementCounter)> {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.sqlx_logging(false)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(30));
+        // While the store is unreachable a request fails fast (503) rather
+        // than queueing for a connection that will not come.
+        .connect_timeout(Duration::from_secs(3))
+        .acquire_timeout(Duration::from_secs(3));
     if url.starts_with("sqlite:") {
         // SQLite has one writer; a deferred transaction that reads and then
         // writes fails at once (SQLITE_BUSY) when another connection wrote in
@@ -50,7 +55,14 @@ pub async fn connect(url: &str) -> Result<(DatabaseConnection, StatementCounter)
             // Every statement is a short indexed lookup whose plan does not
             // depend on its values: plan each prepared statement once per
             // connection instead of at every execution.
-            .map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_generic_plan")]));
+            // No statement runs longer than STATEMENT_TIMEOUT, set once per
+            // connection at start-up (no statement of its own).
+            .map_sqlx_postgres_opts(|o| {
+                o.options([
+                    ("plan_cache_mode", "force_generic_plan"),
+                    ("statement_timeout", STATEMENT_TIMEOUT),
+                ])
+            });
     }
     let mut db = Database::connect(opts)
         .await

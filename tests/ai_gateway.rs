@@ -545,7 +545,9 @@ impl Env {
             .post(self.server.url("/graphql"))
             .json(&json!({ "query": CHAT, "variables": { "input": input } }));
         if let Some(jwt) = session {
-            req = req.header("cookie", format!("slx_session={jwt}"));
+            req = req
+                .header("cookie", format!("slx_session={jwt}"))
+                .header("origin", &self.server.base);
         }
         let resp = req.send().await.unwrap();
         (resp.status(), resp.json().await.unwrap())

@@ -72,6 +72,8 @@ fn graphql_request(s: &TestServer, headers: &[(&str, String)], query: &str) -> R
     let mut req = s
         .client()
         .post(s.url("/graphql"))
+        // As a browser on the dashboard's own origin sends it.
+        .header("origin", &s.base)
         .json(&json!({ "query": query }));
     for (k, v) in headers {
         req = req.header(*k, v);
@@ -87,7 +89,9 @@ fn rest_request(
 ) -> RequestBuilder {
     let mut req = s
         .client()
-        .request(method, format!("{}/api/v1{path}", s.base));
+        .request(method, format!("{}/api/v1{path}", s.base))
+        // As a browser on the dashboard's own origin sends it.
+        .header("origin", &s.base);
     for (k, v) in headers {
         req = req.header(*k, v);
     }

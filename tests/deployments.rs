@@ -281,6 +281,7 @@ async fn webhook_deploys_pushes(backend: Backend) {
             .client()
             .post(&url)
             .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", "delivery-1")
             .body(event.clone());
         if let Some(sig) = sig {
             r = r.header("X-Hub-Signature-256", sig);
@@ -310,6 +311,43 @@ async fn webhook_deploys_pushes(backend: Backend) {
     assert_eq!(d["triggeredBy"], "push");
     assert_eq!(d["gitCommit"], head.as_str());
     assert_eq!(d["status"], "success");
+
+    // The same delivery again (a replay, or GitHub redelivering it) is
+    // acknowledged and does nothing.
+    for _ in 0..2 {
+        let resp = send(Some(sign(
+            common::WEBHOOK_SECRET.as_bytes(),
+            event.as_bytes(),
+        )))
+        .await
+        .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body, json!({"duplicate": true, "deployments": []}));
+    }
+    let (_, list) = s.get("/projects/hook/deployments", &s.admin_token).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+/// Without a webhook secret the endpoint does not exist: 404 in JSON, and
+/// nothing is deployed whatever the body says.
+async fn webhook_without_secret_is_404(backend: Backend) {
+    let s = TestServer::start_without_webhook(backend).await;
+    let resp = s
+        .client()
+        .post(s.url("/api/v1/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(b"", b"{}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        json!({"error": "the GitHub webhook is not configured on this server (no webhook secret)", "details": null})
+    );
 }
 
 fn sign(secret: &[u8], body: &[u8]) -> String {
@@ -322,5 +360,6 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
 backend_tests!(
     deploy_redeploy_rollback,
     failed_deploys_keep_the_old_release,
-    webhook_deploys_pushes
+    webhook_deploys_pushes,
+    webhook_without_secret_is_404
 );

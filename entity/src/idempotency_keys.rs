@@ -17,8 +17,13 @@ pub struct Model {
     pub state: String,
     pub response_status: Option<i32>,
     #[sea_orm(column_type = "Text", nullable)]
+    /// Sealed with the keyring.
     pub response_body: Option<String>,
     pub response_content_type: Option<String>,
+    /// Who made the first request (`token:<key id>`, `user:<subject>`,
+    /// `system`); only they may replay it. `None` on rows stored before
+    /// answers were bound to their caller.
+    pub principal: Option<String>,
     pub created_at: DateTimeUtc,
     #[sea_orm(indexed)]
     pub expires_at: DateTimeUtc,

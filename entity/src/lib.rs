@@ -22,6 +22,7 @@ pub mod storage;
 pub mod tcp_allowlist_rules;
 pub mod tcp_proxies;
 pub mod volumes;
+pub mod webhook_deliveries;
 
 pub mod prelude {
     //! `Entity` types of every table, under the table's name in CamelCase.
@@ -46,4 +47,5 @@ pub mod prelude {
     pub use super::tcp_allowlist_rules::Entity as TcpAllowlistRules;
     pub use super::tcp_proxies::Entity as TcpProxies;
     pub use super::volumes::Entity as Volumes;
+    pub use super::webhook_deliveries::Entity as WebhookDeliveries;
 }

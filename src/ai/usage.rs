@@ -96,6 +96,8 @@ impl Meter {
         }
     }
 
+    /// The organisation's spend; `None` when it is not cached and the
+    /// store cannot be read.
     async fn org(&self, org: Uuid) -> Option<Arc<OrgSpend>> {
         if let Some(o) = self.orgs.read().expect("lock").get(&org) {
             return Some(o.clone());
@@ -105,7 +107,7 @@ impl Meter {
         let (budget, stored) = match load(&self.db, &[org]).await {
             Ok(mut loaded) => loaded.remove(&org).unwrap_or((-1, 0)),
             Err(e) => {
-                tracing::warn!(error = %e, "could not read the AI budget; allowing the request");
+                tracing::warn!(error = %e, "could not read the AI budget; refusing the request");
                 return None;
             }
         };
@@ -125,10 +127,18 @@ impl Meter {
     }
 
     /// Refuses with a 429 (that SDKs must not retry) once the organisation
-    /// has spent its monthly budget.
+    /// has spent its monthly budget, and with a 503 (that they may retry)
+    /// when its spend is not known: nothing is spent unmetered.
     pub async fn check_budget(&self, org: Uuid) -> Result<(), ApiError> {
         let Some(spend) = self.org(org).await else {
-            return Ok(());
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "The organisation's AI budget cannot be checked right now. Please retry shortly.",
+            );
+            e.should_retry = Some(true);
+            e.retry_after = Some(1);
+            return Err(e);
         };
         let budget = spend.budget.load(Ordering::Relaxed);
         let spent = spend.spent();

@@ -164,8 +164,17 @@ impl<'a> RawObject<'a> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
+                let mut out: Vec<(Cow<'de, str>, &'de RawValue)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8));
                 while let Some(key) = map.next_key::<Key<'de>>()? {
+                    // What is checked must be what is forwarded: a key sent
+                    // twice could be read one way here and another upstream.
+                    if out.iter().any(|(k, _)| *k == key.0) {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate key '{}'",
+                            key.0
+                        )));
+                    }
                     out.push((key.0, map.next_value()?));
                 }
                 Ok(out)
@@ -272,14 +281,18 @@ impl<'a> ChatRequest<'a> {
             ApiError::invalid("you must provide a model parameter").param("model")
         })?;
         let stream = raw.field::<bool>("stream", "a boolean")?.unwrap_or(false);
-        #[derive(Deserialize)]
-        struct StreamOptions {
-            include_usage: Option<bool>,
-        }
-        let include_usage = raw
-            .field::<StreamOptions>("stream_options", "an object")?
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
+        let include_usage = match raw.get("stream_options") {
+            Some(o) if o.get() != "null" => {
+                let options = RawObject::parse(o.get().as_bytes()).map_err(|e| {
+                    ApiError::invalid(format!("'stream_options': {}", e.message))
+                        .param("stream_options")
+                })?;
+                options
+                    .field::<bool>("include_usage", "a boolean")?
+                    .unwrap_or(false)
+            }
+            _ => false,
+        };
         Ok(ChatRequest {
             raw,
             model,

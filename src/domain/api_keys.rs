@@ -64,13 +64,14 @@ pub async fn create(
     Ok((key, token.plaintext))
 }
 
-/// One page of the organisation's keys, oldest first, after `after`.
+/// One page of the organisation's keys, oldest first, after `after` (admins only).
 pub async fn page<C: ConnectionTrait>(
     conn: &C,
     ctx: &Ctx,
     after: Option<Uuid>,
     limit: Option<u64>,
 ) -> Result<Vec<api_keys::Model>> {
+    ctx.require(Role::Admin)?;
     let mut q = api_keys::Entity::find()
         .filter(api_keys::Column::OrganizationId.eq(ctx.org_id()))
         .order_by_asc(api_keys::Column::Id)

@@ -39,6 +39,8 @@ const VALIDATED_PER_DOCUMENT: usize = 64;
 /// A parsed document and the runs of it that passed validation.
 struct Document {
     doc: ExecutableDocument,
+    /// Why the document may not run (too many fields), if it may not.
+    refusal: Option<ServerError>,
     declares_variables: bool,
     validated: Mutex<HashSet<u64>>,
     /// The document as a written-through list, when it is one.
@@ -152,6 +154,7 @@ impl Core {
             .iter()
             .any(|(_, op)| !op.node.variable_definitions.is_empty());
         let d = Arc::new(Document {
+            refusal: super::size::check(&doc).err(),
             doc,
             declares_variables,
             validated: Mutex::default(),
@@ -298,6 +301,9 @@ impl Prepared {
 impl Executor for Core {
     async fn execute(&self, request: Request) -> Response {
         let p = self.prepare(request);
+        if let Some(e) = p.document.as_ref().and_then(|d| d.refusal.clone()) {
+            return Response::from_errors(vec![e]);
+        }
         let operation = p.request.operation_name.clone();
         let resp = p.schema.execute(p.request).await;
         Prepared::finish(&p.document, operation.as_deref(), p.run, p.validated, resp)
@@ -309,6 +315,10 @@ impl Executor for Core {
         session_data: Option<Arc<Data>>,
     ) -> BoxStream<'static, Response> {
         let p = self.prepare(request);
+        if let Some(e) = p.document.as_ref().and_then(|d| d.refusal.clone()) {
+            return futures_util::stream::once(async move { Response::from_errors(vec![e]) })
+                .boxed();
+        }
         let operation = p.request.operation_name.clone();
         let (document, run, validated) = (p.document, p.run, p.validated);
         p.schema

@@ -1,21 +1,27 @@
 //! GraphQL over HTTP (`/graphql`) and over a websocket (`/graphql/ws`).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_graphql::Executor;
+use async_graphql::ParseRequestError;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql_axum::rejection::GraphQLRejection;
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use axum::extract::ws::Message;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
 use serde_json::json;
 
 use super::Core;
 use crate::domain::Ctx;
 use crate::error::Error;
-use crate::state::{AppState, request_id};
+use crate::state::{AppState, has_session_cookie, request_id};
 
 /// What the GraphQL endpoints need.
 #[derive(Clone)]
@@ -46,9 +52,25 @@ async fn graphql_http(
     State(s): State<GraphqlState>,
     Extension(ctx): Extension<Ctx>,
     method: Method,
-    req: GraphQLRequest,
+    req: Result<GraphQLRequest, GraphQLRejection>,
 ) -> Response {
-    let req = req.into_inner();
+    let req = match req {
+        Ok(req) => req.into_inner(),
+        Err(GraphQLRejection(e)) => {
+            let (status, err) = match e {
+                ParseRequestError::PayloadTooLarge => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    Error::bad_request("request body too large"),
+                ),
+                ParseRequestError::UnsupportedBatch => (
+                    StatusCode::BAD_REQUEST,
+                    Error::bad_request("batched requests are not supported: send one operation"),
+                ),
+                e => (StatusCode::BAD_REQUEST, Error::bad_request(e.to_string())),
+            };
+            return (status, Json(graphql_error(&err))).into_response();
+        }
+    };
     // GraphQL over HTTP: a GET must never change anything.
     if method == Method::GET && s.core.is_mutation(&req) {
         let err = Error::bad_request("mutations must be sent with POST");
@@ -92,13 +114,40 @@ async fn graphql_ws(
 ) -> Response {
     // Browsers cannot set headers on a websocket: the token normally comes in
     // `connection_init`; a session cookie or header on the upgrade also works.
-    let from_headers = s.app.authenticate(&headers).await.ok();
+    // A page of another origin could open the socket with the user's cookie:
+    // with the cookie (and no bearer token) the origin must be allowed.
+    if has_session_cookie(&headers)
+        && !headers.contains_key(header::AUTHORIZATION)
+        && let Err(e) = s.app.check_origin(&headers)
+    {
+        return e.into_response();
+    }
+    let from_headers = s.app.authenticate(&Method::GET, &headers).await.ok();
     let request_id = request_id(&headers);
+    let max_message = s.app.config().max_websocket_message_bytes;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_upgrade(move |socket| {
             let GraphqlState { app, core } = s;
-            GraphQLWebSocket::new(stream, core, protocol)
+            let accepted = Arc::new(AtomicBool::new(false));
+            let (sink, stream) = socket.split();
+            // Until `connection_init` is accepted, a message may hold at
+            // most INIT_MESSAGE_BYTES; a bigger one ends the connection.
+            let stream = {
+                let accepted = accepted.clone();
+                stream.map(move |m| match m {
+                    Ok(msg)
+                        if !accepted.load(Ordering::Acquire)
+                            && msg_len(&msg) > INIT_MESSAGE_BYTES =>
+                    {
+                        Err(axum::Error::new("message too large before connection_init"))
+                    }
+                    other => other,
+                })
+            };
+            GraphQLWebSocket::new_with_pair(sink, stream, core, protocol)
                 .on_connection_init(move |payload| async move {
                     let principal = match token_from_payload(&payload) {
                         Some(token) => app.authenticate_token(&token).await?,
@@ -110,9 +159,22 @@ async fn graphql_ws(
                         principal,
                         request_id,
                     };
+                    accepted.store(true, Ordering::Release);
                     Ok(super::connection_data(app.db(), ctx))
                 })
                 .keepalive_timeout(Duration::from_secs(30))
                 .serve()
         })
+}
+
+/// The largest message a websocket may send before its `connection_init`
+/// is accepted.
+pub const INIT_MESSAGE_BYTES: usize = 64 * 1024;
+
+fn msg_len(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
 }

@@ -10,6 +10,7 @@ pub mod mutation;
 pub mod order;
 pub mod plan;
 pub mod query;
+pub mod size;
 pub mod types;
 
 use std::sync::Arc;

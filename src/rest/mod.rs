@@ -228,11 +228,16 @@ fn error_response(errors: &[async_graphql::ServerError]) -> Response {
     } else {
         err.message.clone()
     };
-    (
+    let mut resp = (
         status,
         axum::Json(json!({ "error": message, "details": details })),
     )
-        .into_response()
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
 }
 
 /// Runs the route's operation; `unpaged` makes its connection return

@@ -199,6 +199,20 @@ impl TestServer {
         backend: Backend,
         config_file: Option<std::path::PathBuf>,
     ) -> TestServer {
+        Self::start_full(backend, config_file, true).await
+    }
+
+    /// Starts with no GitHub webhook secret configured.
+    #[allow(dead_code)]
+    pub async fn start_without_webhook(backend: Backend) -> TestServer {
+        Self::start_full(backend, None, false).await
+    }
+
+    async fn start_full(
+        backend: Backend,
+        config_file: Option<std::path::PathBuf>,
+        webhook: bool,
+    ) -> TestServer {
         ensure_bubblewrap();
         let dir = tempfile::tempdir().expect("tempdir");
         let (database_url, pg) = match &backend {
@@ -233,7 +247,8 @@ impl TestServer {
         })
         .expect("config");
         let mut config = config;
-        config.github_webhook_secret = Some(sylphx::secrets::SecretString::new(WEBHOOK_SECRET));
+        config.github_webhook_secret =
+            webhook.then(|| sylphx::secrets::SecretString::new(WEBHOOK_SECRET));
         // New replicas that never listen fail fast in tests.
         config.ready_timeout = Duration::from_secs(5);
         config.sandbox_ids = sylphx::config::SandboxIds::parse(&sandbox_ids()).unwrap();
@@ -252,8 +267,13 @@ impl TestServer {
         // Served as `sylphx serve` serves: HTTP threads of their own.
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let serving =
-            server::Serving::start(listener, server::router(app.clone()), 2).expect("HTTP threads");
+        let serving = server::Serving::start(
+            listener,
+            server::router(app.clone()),
+            2,
+            app.config().connections.clone(),
+        )
+        .expect("HTTP threads");
         TestServer {
             base,
             app,

@@ -1,0 +1,115 @@
+//! Every error answer is JSON in the documented shape, including the ones
+//! no handler wrote: the body limit, undecodable paths, unknown methods and
+//! routes, and the extractors' rejections. An error body that is not JSON
+//! already is replaced by `{"error": …, "details": null}` (GraphQL's
+//! `{"errors": [{message, extensions: {code}}]}` under `/graphql`), keeping
+//! the status and the headers.
+
+use axum::body::{Body, to_bytes};
+use axum::extract::Request;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::json;
+
+/// The longest plain-text reason kept in the message.
+const MAX_REASON: usize = 300;
+
+/// The middleware.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let graphql = req.uri().path().starts_with("/graphql");
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.split(';').next().unwrap_or_default().trim();
+            ct.eq_ignore_ascii_case("application/json") || ct.ends_with("+json")
+        });
+    if json {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let text = to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let message = message(status, &String::from_utf8_lossy(&text));
+    let code = crate::error::code_for_status(status);
+    let body = if graphql {
+        json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })
+    } else {
+        json!({ "error": message, "details": null })
+    };
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body.to_string()))
+}
+
+/// The status's reason, with the original text when it reads as a sentence
+/// for a client (not a program's debug output).
+fn message(status: StatusCode, text: &str) -> String {
+    let reason = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large",
+        StatusCode::METHOD_NOT_ALLOWED => "method not allowed on this path",
+        StatusCode::NOT_FOUND => "not found",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported Content-Type",
+        StatusCode::REQUEST_TIMEOUT => "the request body arrived too slowly",
+        s if s.is_server_error() => "internal server error",
+        s => s.canonical_reason().unwrap_or("bad request"),
+    };
+    let text = text.trim();
+    let readable = !text.is_empty()
+        && text.len() <= MAX_REASON
+        && !status.is_server_error()
+        && text.chars().all(|c| !c.is_control())
+        // Debug output of error types: `Variant(Error("…"))`, `Struct { … }`.
+        && !text.contains("Error(")
+        && !text.contains(" { ")
+        && !text.eq_ignore_ascii_case(reason)
+        && text != "length limit exceeded";
+    if readable {
+        format!("{reason}: {text}")
+    } else {
+        reason.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_readable_reasons_and_drops_debug_output() {
+        assert_eq!(
+            message(
+                StatusCode::BAD_REQUEST,
+                "Invalid URL: Invalid UTF-8 in `id`"
+            ),
+            "Bad Request: Invalid URL: Invalid UTF-8 in `id`"
+        );
+        assert_eq!(
+            message(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest(Error(\"recursion limit exceeded\", line: 1, column: 130))"
+            ),
+            "Bad Request"
+        );
+        assert_eq!(
+            message(StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded"),
+            "request body too large"
+        );
+        assert_eq!(
+            message(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "thread panicked at src/x.rs"
+            ),
+            "internal server error"
+        );
+    }
+}
