@@ -14,6 +14,9 @@
 #   BASE_BIN   an earlier build for the REST list comparison (optional)
 #   DURATION REPEAT WARMUP PRIME   passed to the harness (10s, 3, 3s, 10s)
 #   REST_SECS  length of each REST list run (10)
+#   LIMITS     1: also measure a second instance with rate limits on (limits
+#              so high that no request is refused), to show what counting
+#              costs; the main instance runs with SYLPHX_RATE_LIMITS=off
 #   OUT        where results go (default bench/results/graphql-<UTC time>)
 #
 # Per round: the harness's bench.sh for PostGraphile, then for sylphx (the
@@ -53,14 +56,21 @@ trap cleanup EXIT
 source "$STATE/env"
 PGL_URL=$GRAPHQL_URL PGL_PID=$SERVER_PID PGL_NAME=$SERVER_NAME
 
-# start NAME BINARY PORT: a server on its own database of the cluster,
-# seeded through its REST API like the harness seeds PostGraphile's.
+# start NAME BINARY PORT [RATE_LIMITS]: a server on its own database of the
+# cluster, seeded through its REST API like the harness seeds PostGraphile's;
+# rate limits off unless RATE_LIMITS is "on" (then far above any rate here).
 declare -A URL PID TOKEN DB
 start() {
-  local name=$1 bin=$2 port=$3 db="sylphx_$1"
+  local name=$1 bin=$2 port=$3 limits=${4:-off} db="sylphx_$1"
   psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "create database $db"
   mkdir -p "$STATE/$name"
-  "$bin" serve --listen "127.0.0.1:$port" --apps-listen "127.0.0.1:$((port + 1))" \
+  local config=()
+  if [[ $limits == on ]]; then
+    printf '[rate_limits]\nread = 1000000000000\nwrite = 1000000000000\nadmin = 1000000000000\norganization = 1000000000000\n' \
+      >"$STATE/$name/sylphx.toml"
+    config=(--config "$STATE/$name/sylphx.toml")
+  fi
+  SYLPHX_RATE_LIMITS=$limits "$bin" serve "${config[@]}" --listen "127.0.0.1:$port" --apps-listen "127.0.0.1:$((port + 1))" \
     --data-dir "$STATE/$name/data" \
     --database-url "postgres://postgres@127.0.0.1:$PG_PORT/$db" >"$OUT/$name.log" 2>&1 &
   PID[$name]=$!
@@ -79,6 +89,9 @@ SERVERS=(sylphx)
 if [[ -n "$BASE_BIN" ]]; then
   start base "$BASE_BIN" 25180
   SERVERS+=(base)
+fi
+if [[ "${LIMITS:-0}" == 1 ]]; then
+  start limits "$BIN" 25280 on
 fi
 
 ticks() { # utime+stime of the pids and their children, in clock ticks
@@ -124,6 +137,11 @@ for round in $(seq 1 "$ROUNDS"); do
   RESULTS_DIR="$OUT/r$round-sylphx" GRAPHQL_URL="${URL[sylphx]}/graphql" SERVER_PID="${PID[sylphx]}" \
     SERVER_NAME="sylphx $(git -C "$ROOT" rev-parse --short HEAD)" PG_URL="${DB[sylphx]}" \
     GQL_AUTH="Bearer ${TOKEN[sylphx]}" GQL_QUERY="$QUERY" "$HARNESS/bench.sh"
+  if [[ -n "${PID[limits]:-}" ]]; then
+    RESULTS_DIR="$OUT/r$round-limits" GRAPHQL_URL="${URL[limits]}/graphql" SERVER_PID="${PID[limits]}" \
+      SERVER_NAME="sylphx, rate limits on" PG_URL="${DB[limits]}" \
+      GQL_AUTH="Bearer ${TOKEN[limits]}" GQL_QUERY="$QUERY" "$HARNESS/bench.sh"
+  fi
   for c in 1 32; do
     for name in "${SERVERS[@]}"; do rest "$name" "$c"; done
   done

@@ -76,6 +76,7 @@ struct FileConfig {
     http_threads: Option<u64>,
     max_connections: Option<u64>,
     allowed_origins: Option<Vec<String>>,
+    rate_limits: Option<RateLimitsFile>,
     max_connections_per_ip: Option<u64>,
     header_timeout_secs: Option<u64>,
     body_timeout_secs: Option<u64>,
@@ -87,6 +88,31 @@ struct FileConfig {
     sandbox_max_processes: Option<u64>,
     local_git_roots: Option<Vec<PathBuf>>,
     ai: Option<crate::ai::config::AiConfig>,
+}
+
+/// `rate_limits = false`, or a `[rate_limits]` table of points per minute.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RateLimitsFile {
+    Switch(bool),
+    Limits(crate::ratelimit::RateLimitConfig),
+}
+
+/// The rate limits: `SYLPHX_RATE_LIMITS=off` (or `on`) wins over the file.
+fn rate_limits(file: &FileConfig) -> Result<Option<crate::ratelimit::RateLimitConfig>> {
+    let from_file = match &file.rate_limits {
+        None | Some(RateLimitsFile::Switch(true)) => Some(Default::default()),
+        Some(RateLimitsFile::Switch(false)) => None,
+        Some(RateLimitsFile::Limits(l)) => Some(l.clone()),
+    };
+    match std::env::var("SYLPHX_RATE_LIMITS").ok().as_deref() {
+        None | Some("") => Ok(from_file),
+        Some("off" | "false" | "0") => Ok(None),
+        Some("on" | "true" | "1") => Ok(from_file.or_else(|| Some(Default::default()))),
+        Some(other) => Err(Error::bad_request(format!(
+            "SYLPHX_RATE_LIMITS must be 'on' or 'off', not '{other}'"
+        ))),
+    }
 }
 
 /// The ids of the local runtime's sandboxes: `first-last` in the config.
@@ -163,6 +189,8 @@ pub struct Config {
     pub http_threads: usize,
     /// Limits and timeouts of the API's connections.
     pub connections: crate::listen::ConnectionLimits,
+    /// API rate limits in points per minute; `None`: off.
+    pub rate_limits: Option<crate::ratelimit::RateLimitConfig>,
     /// Origins (`scheme://host[:port]`) whose pages may write with the
     /// session cookie; empty: only the server's own origin.
     pub allowed_origins: Vec<String>,
@@ -321,6 +349,7 @@ impl Config {
         };
         let connections = connection_limits(&file)?;
         let allowed_origins = allowed_origins(&file)?;
+        let rate_limits = rate_limits(&file)?;
         let data_dir = args
             .store
             .data_dir
@@ -424,6 +453,7 @@ impl Config {
             },
             connections,
             allowed_origins,
+            rate_limits,
             github_webhook_secret,
             kubeconfig: std::env::var_os("SYLPHX_KUBECONFIG")
                 .filter(|v| !v.is_empty())

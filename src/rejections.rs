@@ -18,8 +18,14 @@ const MAX_REASON: usize = 300;
 /// The middleware.
 pub async fn json_errors(req: Request, next: Next) -> Response {
     let graphql = req.uri().path().starts_with("/graphql");
-    let resp = next.run(req).await;
+    let mut resp = next.run(req).await;
     let status = resp.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was not read: the connection cannot carry
+        // another request, and the client must not reuse it.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;
     }

@@ -269,6 +269,35 @@ async fn deadline(State(app): State<AppState>, req: Request, next: Next) -> Resp
     }
 }
 
+/// `GET /api/v1/rate-limit`: where the caller stands, free of charge.
+async fn rate_limit(
+    State(app): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+) -> Response {
+    match app.rate_limits().standing(&ctx.principal) {
+        Some(s) => {
+            let mut resp = Json(json!({
+                "enabled": true,
+                "limit": s.limit,
+                "remaining": s.remaining,
+                "resetSeconds": s.reset_seconds,
+                "cost": 0,
+            }))
+            .into_response();
+            s.apply(resp.headers_mut());
+            resp
+        }
+        None => Json(json!({
+            "enabled": false,
+            "limit": null,
+            "remaining": null,
+            "resetSeconds": null,
+            "cost": 0,
+        }))
+        .into_response(),
+    }
+}
+
 async fn not_found() -> Response {
     Error::NotFound("no such endpoint".into()).into_response()
 }
@@ -291,6 +320,11 @@ pub fn router(app: App) -> Router {
         core: app.graphql.clone(),
         rest: app.rest.clone(),
     }));
+    let rate_limit = authed(
+        Router::new()
+            .route("/rate-limit", get(rate_limit))
+            .with_state(state.clone()),
+    );
     let openapi = Bytes::from(serde_json::to_vec(&app.rest.openapi).unwrap_or_default());
     let api = Router::new()
         .route("/health/status", get(health))
@@ -310,6 +344,7 @@ pub fn router(app: App) -> Router {
             }),
         )
         .merge(authed_api)
+        .merge(rate_limit)
         .merge(crate::ai::router(AiState {
             app: state.clone(),
             gateway: app.ai.clone(),

@@ -13,6 +13,7 @@ use crate::auth::tokens::TokenAuthenticator;
 use crate::config::{Config, RuntimeKind, read_or_create_secret_file};
 use crate::domain::deployments::Deployer;
 use crate::error::{Error, Result};
+use crate::ratelimit::RateLimiter;
 use crate::reconcile::{Queue, QueueConfig};
 use crate::runtime::Runtime;
 use crate::runtime::local::sandbox::SandboxSettings;
@@ -49,6 +50,7 @@ struct Inner {
     tokens: TokenAuthenticator,
     sessions: SessionKeys,
     statements: StatementCounter,
+    rate_limits: RateLimiter,
 }
 
 /// Shared by every handler; cheap to clone.
@@ -100,6 +102,7 @@ impl AppState {
             sandbox_ids: config.sandbox_ids,
             refresh: Arc::default(),
         };
+        let rate_limits = RateLimiter::new(config.rate_limits.clone());
         Ok(AppState(Arc::new(Inner {
             config,
             deployer,
@@ -107,6 +110,7 @@ impl AppState {
             tokens: TokenAuthenticator::default(),
             sessions: SessionKeys::new(&session_secret)?,
             statements,
+            rate_limits,
         })))
     }
 
@@ -127,6 +131,10 @@ impl AppState {
     /// Signs dashboard sessions.
     pub fn sessions(&self) -> &SessionKeys {
         &self.0.sessions
+    }
+    /// The API's rate limits (REST and GraphQL over HTTP).
+    pub fn rate_limits(&self) -> &RateLimiter {
+        &self.0.rate_limits
     }
     /// The token cache every entry point shares.
     pub fn tokens(&self) -> &TokenAuthenticator {

@@ -123,6 +123,50 @@ async fn first_serve_bootstraps_an_admin_token() {
     assert_eq!(body, serde_json::json!([]));
 }
 
+/// `SYLPHX_RATE_LIMITS=off` serves without rate limits: no headers, and
+/// `/rate-limit` says so; by default every answer carries them.
+#[tokio::test]
+async fn rate_limits_can_be_turned_off() {
+    for (setting, on) in [("off", false), ("", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let apps = format!("127.0.0.1:{}", free_port());
+        let server = ServeProcess::start(
+            free_port(),
+            &["--apps-listen", &apps],
+            &[
+                ("SYLPHX_DATA_DIR", dir.path().to_str().unwrap()),
+                ("SYLPHX_RATE_LIMITS", setting),
+            ],
+            dir.path(),
+        )
+        .await;
+        let token = std::fs::read_to_string(dir.path().join("admin-token")).unwrap();
+        let client = reqwest::Client::new();
+        let r = client
+            .get(format!("{}/projects", server.base))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::OK);
+        assert_eq!(
+            r.headers().contains_key("x-ratelimit-limit"),
+            on,
+            "{setting:?}"
+        );
+        let r: serde_json::Value = client
+            .get(format!("{}/rate-limit", server.base))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["enabled"], on, "{r}");
+    }
+}
+
 #[test]
 fn serve_refuses_zero_http_threads() {
     let dir = tempfile::tempdir().unwrap();

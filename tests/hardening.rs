@@ -449,6 +449,121 @@ async fn the_connection_limit_refuses_new_connections_only() {
     }
 }
 
+fn header(resp: &reqwest::Response, name: &str) -> Option<u64> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().parse().unwrap())
+}
+
+/// Every answer says where the caller stands; a caller that has spent its
+/// points gets 429 with `Retry-After` while another caller of the same
+/// organisation goes on; asking costs nothing; `rate_limits = false` turns
+/// it all off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_count_points_per_caller() {
+    let (s, _dir) = limited_server(
+        "[rate_limits]\nread = 200\nwrite = 200\nadmin = 200\norganization = 100000\n",
+    )
+    .await;
+    let t = s.admin_token.clone();
+    let resp = s.api(Method::GET, "/projects", &t).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "x-ratelimit-limit"), Some(200));
+    assert!(header(&resp, "x-ratelimit-remaining").unwrap() < 200);
+    assert!((1..=60).contains(&header(&resp, "x-ratelimit-reset").unwrap()));
+
+    // The GraphQL field tells the cost of the query it is in.
+    let resp = s
+        .client()
+        .post(s.url("/graphql"))
+        .bearer_auth(&t)
+        .json(&json!({ "query": "{ rateLimit { limit remaining resetSeconds cost } viewer { role } }" }))
+        .send()
+        .await
+        .unwrap();
+    let remaining = header(&resp, "x-ratelimit-remaining").unwrap();
+    let body: Value = resp.json().await.unwrap();
+    let rl = &body["data"]["rateLimit"];
+    assert_eq!(rl["limit"], 200, "{body}");
+    assert_eq!(rl["cost"], 2, "{body}");
+    assert_eq!(rl["remaining"], remaining, "{body}");
+
+    // Spend the caller's points with a query of 50 fields.
+    let heavy: String = (0..25)
+        .map(|i| format!("v{i}: viewer {{ role }} "))
+        .collect();
+    let heavy = json!({ "query": format!("{{ {heavy} }}") });
+    let refused = loop {
+        let resp = s
+            .client()
+            .post(s.url("/graphql"))
+            .bearer_auth(&t)
+            .json(&heavy)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            break resp;
+        }
+        assert_eq!(resp.status(), StatusCode::OK);
+    };
+    let retry = header(&refused, "retry-after").unwrap();
+    assert!((1..=60).contains(&retry));
+    assert!(header(&refused, "x-ratelimit-remaining").unwrap() < 50);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["errors"][0]["extensions"]["code"], "RATE_LIMITED",
+        "{body}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("rate limit exceeded"),
+        "{body}"
+    );
+    // REST is refused the same way, as JSON.
+    let (status, body) = s.get("/projects", &t).await;
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("rate limit exceeded")
+        );
+    } else {
+        // The minute turned over meanwhile: the caller has points again.
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Asking where one stands is free, even when spent.
+    let (status, standing) = s.get("/rate-limit", &t).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(standing["enabled"], true);
+    assert_eq!(standing["cost"], 0);
+    // Another caller of the same organisation is not affected.
+    let other = s.token("default", Role::Write).await;
+    let resp = s
+        .api(Method::GET, "/projects", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(header(&resp, "x-ratelimit-remaining").unwrap() > 100);
+
+    let (off, _dir) = limited_server("rate_limits = false\n").await;
+    let resp = off
+        .api(Method::GET, "/projects", &off.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("x-ratelimit-limit").is_none());
+    let body = off
+        .graphql(&off.admin_token, "{ rateLimit { limit } }", json!({}))
+        .await;
+    assert_eq!(body, json!({"data": {"rateLimit": null}}));
+}
+
 /// Every error answer is JSON, including those no handler writes.
 async fn every_error_body_is_json(backend: Backend) {
     let s = TestServer::start(backend).await;

@@ -41,6 +41,8 @@ struct Document {
     doc: ExecutableDocument,
     /// Why the document may not run (too many fields), if it may not.
     refusal: Option<ServerError>,
+    /// What a run costs against the rate limits.
+    cost: u64,
     declares_variables: bool,
     validated: Mutex<HashSet<u64>>,
     /// The document as a written-through list, when it is one.
@@ -138,6 +140,12 @@ impl Core {
         self.0.direct_answers.load(Ordering::Relaxed)
     }
 
+    /// What running `query` costs against the rate limits (1 for a
+    /// document that does not parse: its error is answered as usual).
+    pub fn cost(&self, query: &str) -> u64 {
+        self.document(query).map_or(1, |d| d.cost)
+    }
+
     /// The schema, for introspection and export.
     pub fn schema(&self) -> &AppSchema {
         &self.0.strict
@@ -153,8 +161,10 @@ impl Core {
             .operations
             .iter()
             .any(|(_, op)| !op.node.variable_definitions.is_empty());
+        let (cost, refusal) = super::size::measure(&doc);
         let d = Arc::new(Document {
-            refusal: super::size::check(&doc).err(),
+            refusal,
+            cost,
             doc,
             declares_variables,
             validated: Mutex::default(),

@@ -76,18 +76,41 @@ async fn graphql_http(
         let err = Error::bad_request("mutations must be sent with POST");
         return (StatusCode::METHOD_NOT_ALLOWED, Json(graphql_error(&err))).into_response();
     }
-    if let Some(body) = s.core.execute_direct(&req, s.app.db(), &ctx).await {
-        return (
+    let standing = match s
+        .app
+        .rate_limits()
+        .charge(&ctx.principal, s.core.cost(&req.query))
+    {
+        None => None,
+        Some(Ok(standing)) => Some(standing),
+        Some(Err(refused)) => {
+            let mut resp =
+                (refused.error.status(), Json(graphql_error(&refused.error))).into_response();
+            refused.apply(resp.headers_mut());
+            return resp;
+        }
+    };
+    let mut resp = match s.core.execute_direct(&req, s.app.db(), &ctx).await {
+        Some(body) => (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/graphql-response+json"),
             )],
             body,
         )
-            .into_response();
+            .into_response(),
+        None => {
+            let mut req = super::with_request_data(req, s.app.db(), ctx);
+            if let Some(standing) = standing {
+                req = req.data(standing);
+            }
+            GraphQLResponse::from(s.core.execute(req).await).into_response()
+        }
+    };
+    if let Some(standing) = standing {
+        standing.apply(resp.headers_mut());
     }
-    let req = super::with_request_data(req, s.app.db(), ctx);
-    GraphQLResponse::from(s.core.execute(req).await).into_response()
+    resp
 }
 
 /// Reads a token from the `connection_init` payload: `{"authorization": "Bearer …"}` or `{"token": "…"}`.

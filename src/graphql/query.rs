@@ -67,8 +67,34 @@ fn connection<M, T: OutputType>(
 #[derive(Default)]
 pub struct QueryRoot;
 
+/// Where the caller stands against the API's rate limits.
+#[derive(async_graphql::SimpleObject)]
+pub struct RateLimit {
+    /// Points per minute: the tighter of the caller's and its
+    /// organisation's limits.
+    pub limit: u64,
+    /// Points left in this minute, after this request.
+    pub remaining: u64,
+    /// Whole seconds until the minute resets.
+    pub reset_seconds: u64,
+    /// What this request cost (asking for `rateLimit` alone costs nothing).
+    pub cost: u64,
+}
+
 #[Object]
 impl QueryRoot {
+    /// Where the caller stands against the rate limits, free of charge;
+    /// null when the server runs without them (or over the websocket).
+    async fn rate_limit(&self, ctx: &Context<'_>) -> Option<RateLimit> {
+        ctx.data_opt::<crate::ratelimit::Standing>()
+            .map(|s| RateLimit {
+                limit: s.limit,
+                remaining: s.remaining,
+                reset_seconds: s.reset_seconds,
+                cost: s.cost,
+            })
+    }
+
     /// The caller's identity and organisation.
     async fn viewer(&self, ctx: &Context<'_>) -> Result<Viewer> {
         let c = domain_ctx(ctx)?;

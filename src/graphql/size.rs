@@ -14,6 +14,39 @@ pub const MAX_FIELDS: usize = 1000;
 /// Root fields one operation may select.
 pub const MAX_ROOT_FIELDS: usize = 50;
 
+/// Root fields that cost nothing: asking where one stands.
+const FREE_ROOT_FIELDS: &[&str] = &["rateLimit"];
+
+/// What a document costs against the rate limits (its costliest
+/// operation's field selections, minus the free root fields), and why it
+/// may not run, if it may not.
+pub fn measure(doc: &ExecutableDocument) -> (u64, Option<ServerError>) {
+    let mut memo = HashMap::new();
+    let mut cost = 0usize;
+    for (_, op) in doc.operations.iter() {
+        let set = &op.node.selection_set.node;
+        let fields = tally(set, doc, &mut memo, 0, true);
+        let free: usize = set
+            .items
+            .iter()
+            .filter_map(|sel| match &sel.node {
+                Selection::Field(f) if FREE_ROOT_FIELDS.contains(&f.node.name.node.as_str()) => {
+                    Some(1usize.saturating_add(tally(
+                        &f.node.selection_set.node,
+                        doc,
+                        &mut memo,
+                        1,
+                        true,
+                    )))
+                }
+                _ => None,
+            })
+            .fold(0usize, usize::saturating_add);
+        cost = cost.max(fields.saturating_sub(free));
+    }
+    (u64::try_from(cost).unwrap_or(u64::MAX), check(doc).err())
+}
+
 /// Refuses a document one of whose operations exceeds a limit.
 pub fn check(doc: &ExecutableDocument) -> Result<(), ServerError> {
     let mut memo = HashMap::new();
@@ -117,11 +150,14 @@ mod tests {
     #[test]
     fn counts_aliases_and_expanded_fragments() {
         assert!(checked("{ viewer { role } projects { nodes { id } } }").is_ok());
-        let aliases: String = (0..1001)
+        let aliases: String = (0..51)
             .map(|i| format!("a{i}: viewer {{ role }} "))
             .collect();
         let err = checked(&format!("{{ {aliases} }}")).unwrap_err();
-        assert!(err.contains("root fields"), "{err}");
+        assert_eq!(
+            err,
+            "the operation selects 51 root fields; at most 50 are allowed"
+        );
         // Few root fields, each spreading a fragment of 30 fields.
         let frag: String = (0..30).map(|i| format!("f{i}: role ")).collect();
         let roots: String = (0..40)
@@ -129,6 +165,14 @@ mod tests {
             .collect();
         let err = checked(&format!("{{ {roots} }} fragment F on Viewer {{ {frag} }}")).unwrap_err();
         assert!(err.contains("selects 1240 fields; at most 1000"), "{err}");
+    }
+
+    #[test]
+    fn asking_for_the_rate_limit_is_free() {
+        let cost = |q: &str| measure(&async_graphql::parser::parse_query(q).unwrap()).0;
+        assert_eq!(cost("{ viewer { role } }"), 2);
+        assert_eq!(cost("{ rateLimit { limit remaining } }"), 0);
+        assert_eq!(cost("{ rateLimit { cost } viewer { role } }"), 2);
     }
 
     #[test]

@@ -332,12 +332,40 @@ fn page_request(query: &[(String, String)]) -> Result<Option<(i32, Option<String
     Ok(Some((limit, cursor)))
 }
 
+/// One route's request: charged against the rate limits (its operation's
+/// cost), then answered, with where the caller stands in the headers.
 async fn handle(
     State(s): State<RestState>,
     Extension(ctx): Extension<Ctx>,
     call: Call,
     Path(path): Path<HashMap<String, String>>,
     Query(query): Query<Vec<(String, String)>>,
+    body: Bytes,
+) -> Response {
+    let cost = s.rest.costs[call.index];
+    match s.app.rate_limits().charge(&ctx.principal, cost) {
+        None => answer(&s, ctx, call, path, query, body).await,
+        Some(Ok(standing)) => {
+            let mut resp = answer(&s, ctx, call, path, query, body).await;
+            standing.apply(resp.headers_mut());
+            resp
+        }
+        Some(Err(refused)) => {
+            let mut headers = axum::http::HeaderMap::new();
+            refused.apply(&mut headers);
+            let mut resp = refused.error.into_response();
+            resp.headers_mut().extend(headers);
+            resp
+        }
+    }
+}
+
+async fn answer(
+    s: &RestState,
+    ctx: Ctx,
+    call: Call,
+    path: HashMap<String, String>,
+    query: Vec<(String, String)>,
     body: Bytes,
 ) -> Response {
     let route = &s.rest.table.routes[call.index];
@@ -356,7 +384,7 @@ async fn handle(
     };
     let status = StatusCode::from_u16(route.spec.status).unwrap_or(StatusCode::OK);
     if !route.spec.paginate {
-        return match execute(&s, route, &ctx, vars, false).await {
+        return match execute(s, route, &ctx, vars, false).await {
             Ok(result) if route.spec.render.is_some() => (
                 status,
                 [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -379,7 +407,7 @@ async fn handle(
             };
         }
         vars.insert("first".into(), json!(MAX_PAGE));
-        return match execute(&s, route, &ctx, vars, true).await {
+        return match execute(s, route, &ctx, vars, true).await {
             Ok(mut result) => json(status, &take(&mut result, "nodes")),
             Err(resp) => resp,
         };
@@ -388,7 +416,7 @@ async fn handle(
     if let Some(c) = cursor {
         vars.insert("after".into(), json!(c));
     }
-    let mut result = match execute(&s, route, &ctx, vars, false).await {
+    let mut result = match execute(s, route, &ctx, vars, false).await {
         Ok(r) => r,
         Err(resp) => return resp,
     };
@@ -415,6 +443,8 @@ pub struct Rest {
     pub openapi: Value,
     /// Per route: how a bare-array list is written in one pass.
     pub lists: Vec<Option<ListPlan>>,
+    /// Per route: what a request costs against the rate limits.
+    pub costs: Vec<u64>,
 }
 
 impl Rest {
@@ -435,11 +465,17 @@ impl Rest {
                     .flatten()
             })
             .collect();
+        let costs = table
+            .routes
+            .iter()
+            .map(|r| crate::graphql::size::measure(&r.document).0.max(1))
+            .collect();
         Ok(Arc::new(Rest {
             table,
             model,
             openapi,
             lists,
+            costs,
         }))
     }
 }
