@@ -9,6 +9,7 @@ pub mod error;
 pub mod graphql;
 pub mod idempotency;
 pub mod listen;
+pub mod playground;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod rejections;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -130,10 +130,6 @@ async fn require_auth(State(app): State<AppState>, mut req: Request, next: Next)
             resp
         }
     }
-}
-
-async fn playground() -> Html<&'static str> {
-    Html(include_str!("../playground/index.html"))
 }
 
 /// How long one health probe may take before its part counts as down.
@@ -358,7 +354,7 @@ pub fn router(app: App) -> Router {
         .nest("/api/v1", api)
         .merge(authed(graphql_http))
         .merge(graphql_ws)
-        .route("/playground", get(playground))
+        .merge(crate::playground::routes())
         .layer(RequestBodyLimitLayer::new(state.config().max_request_bytes))
         .layer(RequestBodyTimeoutLayer::new(
             state.config().connections.body_timeout,

@@ -455,21 +455,6 @@ async fn websocket_graphql_transport_ws(backend: Backend) {
     }
 }
 
-async fn playground_is_served(backend: Backend) {
-    let s = TestServer::start(backend).await;
-    let resp = s.client().get(s.url("/playground")).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
-    );
-    let html = resp.text().await.unwrap();
-    assert!(html.to_lowercase().contains("graphiql"));
-    assert!(html.contains("/graphql/ws"));
-}
-
 backend_tests!(
     nested_query_costs_constant_statements,
     api_keys_are_created_listed_and_revoked,
@@ -477,5 +462,4 @@ backend_tests!(
     graphql_over_get_and_limits,
     errors_carry_codes,
     websocket_graphql_transport_ws,
-    playground_is_served,
 );

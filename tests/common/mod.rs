@@ -69,32 +69,44 @@ macro_rules! backend_tests {
 /// packages when it is missing, once per test binary.
 pub fn ensure_bubblewrap() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let found = || {
-            std::process::Command::new("sh")
-                .args(["-c", "command -v bwrap"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if found() {
-            return;
-        }
-        let apt = |args: &[&str]| {
-            std::process::Command::new("apt-get")
-                .args(args)
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        if !apt(&["install", "-y", "-qq", "bubblewrap"]) {
-            apt(&["update", "-qq"]);
-            apt(&["install", "-y", "-qq", "bubblewrap"]);
-        }
-        assert!(
-            found(),
-            "the tests need bubblewrap (bwrap): install the 'bubblewrap' package"
-        );
+    ONCE.call_once(|| ensure_command("bwrap", "bubblewrap"));
+}
+
+/// Installs Debian's `package` when `command` is not on the PATH (the tests
+/// run as root), refreshing the package lists if the first try fails.
+pub fn ensure_command(command: &str, package: &str) {
+    let found = || {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {command}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found() {
+        return;
+    }
+    let apt = |args: &[&str]| {
+        std::process::Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                if o.status.success() {
+                    Ok(())
+                } else {
+                    Err(String::from_utf8_lossy(&o.stderr).into_owned())
+                }
+            })
+    };
+    let install = ["install", "-y", "-qq", "--no-install-recommends", package];
+    let outcome = apt(&install).or_else(|_| {
+        let _ = apt(&["update", "-qq"]);
+        apt(&install)
     });
+    assert!(
+        found(),
+        "the tests need {command}: install the '{package}' package ({outcome:?})"
+    );
 }
 
 /// A range of sandbox ids of its own for each test server: servers with
