@@ -134,6 +134,18 @@ fn replay(keyring: &Keyring, row: keys::Model) -> Response {
     resp
 }
 
+/// Forgets a claimed key so that a retry runs the request again. In the
+/// background: when the store is what failed, waiting for it here would
+/// hold the answer back by another acquire timeout.
+fn release(db: &DatabaseConnection, row_id: Uuid) {
+    let db = db.clone();
+    tokio::spawn(async move {
+        if let Err(e) = keys::Entity::delete_by_id(row_id).exec(&db).await {
+            tracing::warn!(error = %e, "could not release an idempotency key");
+        }
+    });
+}
+
 fn is_write(method: &Method) -> bool {
     matches!(
         *method,
@@ -211,18 +223,18 @@ pub async fn layer(State(app): State<AppState>, req: Request, next: Next) -> Res
     let body = match to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(_) => {
-            let _ = keys::Entity::delete_by_id(row_id).exec(&db).await;
+            release(&db, row_id);
             return Error::internal("response body failed").into_response();
         }
     };
     if parts.status.is_server_error() {
         // Nothing was done that a retry must not repeat: let it run again.
-        let _ = keys::Entity::delete_by_id(row_id).exec(&db).await;
+        release(&db, row_id);
     } else {
         let sealed = match app.deployer().keyring.seal(&String::from_utf8_lossy(&body)) {
             Ok(s) => s,
             Err(e) => {
-                let _ = keys::Entity::delete_by_id(row_id).exec(&db).await;
+                release(&db, row_id);
                 return e.into_response();
             }
         };

@@ -434,7 +434,12 @@ impl Drop for TestServer {
                     .build()
                     .ok()?;
                 rt.block_on(async {
-                    let conn = Database::connect(admin.as_str()).await.ok()?;
+                    // A store that is gone (a test that stopped its own
+                    // cluster) is given up on soon, not after sqlx's 30 s.
+                    let mut opts = sea_orm::ConnectOptions::new(admin);
+                    opts.connect_timeout(Duration::from_secs(3))
+                        .acquire_timeout(Duration::from_secs(3));
+                    let conn = Database::connect(opts).await.ok()?;
                     conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await
                         .ok()
