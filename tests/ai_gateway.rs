@@ -925,6 +925,60 @@ async fn anthropic_translation(backend: Backend) {
     assert_eq!(model_usage(&usage, "claude-stub"), (4, prompt, completion));
 }
 
+/// A key sent twice could be read one way by the gateway's checks and
+/// another by the upstream: it is refused, naming the key, and nothing is
+/// forwarded or billed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_keys_are_refused_before_anything_is_forwarded() {
+    let env = Env::start(Backend::Sqlite, "").await;
+    let token = env.server.token("dupes", Role::Write).await;
+    let hi = r#"[{"role":"user","content":"hi"}]"#;
+    for (path, body, key) in [
+        (
+            "/api/v1/chat/completions",
+            format!(r#"{{"model":"stub-chat","messages":{hi},"model":"gpt-unlisted"}}"#),
+            "model",
+        ),
+        (
+            "/api/v1/chat/completions",
+            format!(r#"{{"model":"stub-chat","stream":false,"messages":{hi},"stream":true}}"#),
+            "stream",
+        ),
+        (
+            "/api/v1/chat/completions",
+            format!(
+                r#"{{"model":"stub-chat","messages":{hi},"stream":true,"stream_options":{{"include_usage":false,"include_usage":true}}}}"#
+            ),
+            "include_usage",
+        ),
+        (
+            "/api/v1/embeddings",
+            r#"{"model":"stub-embed","input":"x","model":"gpt-unlisted"}"#.to_string(),
+            "model",
+        ),
+    ] {
+        let resp = env
+            .server
+            .client()
+            .post(env.server.url(path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("duplicate key '{key}'")),
+            "{body}: {message}"
+        );
+    }
+    assert_eq!(env.upstream_hits(), 0, "nothing was forwarded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_token_rate_limits_with_headers() {
     let env = Env::start(

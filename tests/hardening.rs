@@ -564,6 +564,41 @@ async fn rate_limits_count_points_per_caller() {
     assert_eq!(body, json!({"data": {"rateLimit": null}}));
 }
 
+/// One client address may hold `max_connections_per_ip` connections; the
+/// next one from it is refused while those keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_address_limit_refuses_the_next_connection() {
+    let (s, _dir) = limited_server("max_connections_per_ip = 2\n").await;
+    let clients: Vec<reqwest::Client> = (0..2).map(|_| reqwest::Client::new()).collect();
+    for c in &clients {
+        let r = c
+            .get(s.url("/api/v1/projects"))
+            .bearer_auth(&s.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let a = addr(&s);
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(a).unwrap();
+        let _ = c.write_all(b"GET /api/v1/health/status HTTP/1.1\r\nHost: x\r\n\r\n");
+        read_to_close(&mut c)
+    })
+    .await
+    .unwrap();
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    for c in &clients {
+        let r = c
+            .get(s.url("/api/v1/projects"))
+            .bearer_auth(&s.admin_token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}
+
 /// Every error answer is JSON, including those no handler writes.
 async fn every_error_body_is_json(backend: Backend) {
     let s = TestServer::start(backend).await;

@@ -488,3 +488,21 @@ pub async fn set_budget(
     meter.set_budget(org, cents);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When an organisation's spend cannot be read (here: a store without
+    /// its tables) and none is cached, requests are refused, not let
+    /// through unmetered.
+    #[tokio::test]
+    async fn the_budget_fails_closed() {
+        let db = sea_orm::Database::connect("sqlite::memory:").await.unwrap();
+        let meter = Meter::start(db, Duration::from_secs(60), Duration::from_secs(60));
+        let err = meter.check_budget(Uuid::now_v7()).await.unwrap_err();
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.kind, "server_error");
+        assert_eq!(err.should_retry, Some(true));
+    }
+}
