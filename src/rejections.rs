@@ -15,6 +15,38 @@ use serde_json::json;
 /// The longest plain-text reason kept in the message.
 const MAX_REASON: usize = 300;
 
+/// Most bytes of a refused body read (and thrown away) before answering.
+const DRAIN_MAX: u64 = 16 * 1024 * 1024;
+
+/// A body declared larger than `limit` is refused with 413 before anything
+/// runs. A client usually sends the whole body before it reads an answer:
+/// closing on it unread would reset the connection and lose the 413, so up
+/// to [`DRAIN_MAX`] bytes are read and dropped first (within the body
+/// timeout, which wraps this). A larger declared body is not read at all.
+pub async fn refuse_oversized(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|n| *n > limit as u64) else {
+        return next.run(req).await;
+    };
+    if declared <= DRAIN_MAX {
+        use http_body_util::BodyExt;
+        let mut body = req.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
+    }
+    Response::builder()
+        .status(StatusCode::PAYLOAD_TOO_LARGE)
+        .body(Body::from("length limit exceeded"))
+        .unwrap_or_default()
+}
+
 /// The middleware.
 pub async fn json_errors(req: Request, next: Next) -> Response {
     let graphql = req.uri().path().starts_with("/graphql");

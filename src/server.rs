@@ -356,6 +356,10 @@ pub fn router(app: App) -> Router {
         .merge(graphql_ws)
         .merge(crate::playground::routes())
         .layer(RequestBodyLimitLayer::new(state.config().max_request_bytes))
+        .layer(middleware::from_fn_with_state(
+            state.config().max_request_bytes,
+            crate::rejections::refuse_oversized,
+        ))
         .layer(RequestBodyTimeoutLayer::new(
             state.config().connections.body_timeout,
         ))

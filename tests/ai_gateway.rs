@@ -338,44 +338,11 @@ static KEYS: Once = Once::new();
 /// The OpenAI Python package the SDK tests use.
 const OPENAI_PACKAGE: &str = "openai>=1.50,<4";
 
-/// A Python that can `import openai`: the machine's `python3` when it can,
-/// else one of a virtualenv under the target dir, made (once) with the
-/// package installed from PyPI, so `cargo test` needs nothing beforehand.
+/// A Python that can `import openai`.
 fn python() -> &'static str {
     static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let imports = |python: &str| {
-            std::process::Command::new(python)
-                .args(["-c", "import openai"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        if imports("python3") {
-            return "python3".into();
-        }
-        let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("openai-venv");
-        let venv_python = venv.join("bin/python3").to_string_lossy().into_owned();
-        if imports(&venv_python) {
-            return venv_python;
-        }
-        let run = |program: &str, args: &[&str]| {
-            let out = std::process::Command::new(program)
-                .args(args)
-                .output()
-                .unwrap_or_else(|e| panic!("{program} cannot run: {e}"));
-            assert!(
-                out.status.success(),
-                "{program} {args:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run("python3", &["-m", "venv", venv.to_str().unwrap()]);
-        run(
-            &venv_python,
-            &["-m", "pip", "install", "--quiet", OPENAI_PACKAGE],
-        );
-        venv_python
-    })
+    PYTHON
+        .get_or_init(|| common::python_with("openai", OPENAI_PACKAGE, env!("CARGO_TARGET_TMPDIR")))
 }
 
 impl Env {

@@ -172,7 +172,15 @@ const NOT_YET_BUILT: [u32; 2] = [9, 23];
 const CONFIG_KEY: &str = "FEATURE_X";
 
 async fn seed(s: &TestServer, token: &str) -> Fixture {
-    let p = s.project(token, "p").await;
+    // A source, so that it can be deployed.
+    let (status, p) = s
+        .post(
+            "/projects",
+            token,
+            json!({"name": "p", "slug": "p", "dockerImage": "registry.example/p:1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
     let id = p["id"].as_str().unwrap().to_string();
     let env_id = p["environments"][0]["id"].as_str().unwrap().to_string();
     assert_eq!(p["environments"][0]["name"], "production");

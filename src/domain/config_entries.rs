@@ -17,8 +17,6 @@ use crate::auth::Role;
 use crate::error::{Error, Result};
 use entity::config_entries;
 
-const MAX_VALUE_BYTES: usize = 64 * 1024;
-
 #[derive(Debug, Clone, InputObject)]
 pub struct ConfigEntryInput {
     pub key: String,
@@ -74,13 +72,20 @@ pub async fn set_many(
     if entries.is_empty() {
         return Err(Error::field("entries", "must contain at least one entry"));
     }
-    if entries.len() > 500 {
-        return Err(Error::field("entries", "at most 500 entries per request"));
+    if entries.len() > validate::MAX_ENTRIES {
+        return Err(Error::field(
+            "entries",
+            format!("at most {} entries per request", validate::MAX_ENTRIES),
+        ));
     }
     let mut seen = HashSet::new();
     for (i, e) in entries.iter().enumerate() {
         validate::config_key(&format!("entries[{i}].key"), &e.key)?;
-        validate::long_text(&format!("entries[{i}].value"), &e.value, MAX_VALUE_BYTES)?;
+        validate::long_text(
+            &format!("entries[{i}].value"),
+            &e.value,
+            validate::MAX_VALUE_CHARS,
+        )?;
         if !seen.insert(e.key.as_str()) {
             return Err(Error::field(
                 &format!("entries[{i}].key"),
@@ -150,7 +155,7 @@ pub async fn set_one(
 ) -> Result<config_entries::Model> {
     ctx.require(Role::Write)?;
     validate::config_key("key", key)?;
-    validate::long_text("value", value, MAX_VALUE_BYTES)?;
+    validate::long_text("value", value, validate::MAX_VALUE_CHARS)?;
     let txn = db.begin().await?;
     let project = projects::resolve(&txn, ctx, project).await?;
     let row = upsert(&txn, project.id, key, value).await?;

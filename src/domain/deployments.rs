@@ -169,6 +169,11 @@ impl Deployer {
         ctx.require(Role::Write)?;
         let txn = self.db.begin().await?;
         let project = projects::resolve(&txn, ctx, project).await?;
+        if project.git_repository.is_none() && project.docker_image.is_none() {
+            return Err(Error::Conflict(
+                "the project has neither gitRepository nor dockerImage to deploy".into(),
+            ));
+        }
         let env = environments::select(&txn, project.id, env_type, None).await?;
         let vars = env_vars::plaintext(&txn, &self.keyring, env.id).await?;
         let snapshot = seal_vars(&self.keyring, &vars)?;
@@ -217,9 +222,8 @@ impl Deployer {
             .await?
             .ok_or_else(|| Error::not_found("deployment", target_id))?;
         if old.status != SUCCESS || old.image.is_none() {
-            return Err(Error::field(
-                "deploymentId",
-                "only a deployment that succeeded can be rolled back to",
+            return Err(Error::Conflict(
+                "deploymentId: only a deployment that succeeded can be rolled back to".into(),
             ));
         }
         let env = envs::Entity::find_by_id(old.environment_id)

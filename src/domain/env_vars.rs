@@ -21,9 +21,6 @@ use entity::env_vars;
 /// What every API shows instead of a secret value.
 pub const MASK: &str = "***";
 
-/// Largest value accepted, in bytes.
-const MAX_VALUE_BYTES: usize = 64 * 1024;
-
 #[derive(Debug, Clone, InputObject)]
 pub struct EnvVarInput {
     pub key: String,
@@ -107,18 +104,20 @@ pub async fn set(
     if vars.is_empty() {
         return Err(Error::field("vars", "must contain at least one variable"));
     }
-    if vars.len() > 500 {
-        return Err(Error::field("vars", "at most 500 variables per request"));
+    if vars.len() > validate::MAX_ENTRIES {
+        return Err(Error::field(
+            "vars",
+            format!("at most {} variables per request", validate::MAX_ENTRIES),
+        ));
     }
     let mut seen = HashSet::new();
     for (i, v) in vars.iter().enumerate() {
         validate::env_key(&format!("vars[{i}].key"), &v.key)?;
-        if v.value.len() > MAX_VALUE_BYTES {
-            return Err(Error::field(
-                &format!("vars[{i}].value"),
-                format!("must be at most {MAX_VALUE_BYTES} bytes"),
-            ));
-        }
+        validate::long_text(
+            &format!("vars[{i}].value"),
+            &v.value,
+            validate::MAX_VALUE_CHARS,
+        )?;
         if !seen.insert(v.key.as_str()) {
             return Err(Error::field(
                 &format!("vars[{i}].key"),

@@ -244,9 +244,9 @@ pub async fn update(
     let has_git = active.git_repository.as_ref().is_some();
     let has_image = active.docker_image.as_ref().is_some();
     if has_git && has_image {
-        return Err(Error::field(
-            "dockerImage",
-            "a project has either gitRepository or dockerImage, not both",
+        // The request is well formed; it clashes with what the project holds.
+        return Err(Error::Conflict(
+            "a project has either gitRepository or dockerImage, not both: set the other to null in the same request".into(),
         ));
     }
     if let Some(domain) = &new_domain {

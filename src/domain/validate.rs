@@ -2,6 +2,44 @@
 
 use crate::error::{Error, Result};
 
+// The same rules as JSON Schema patterns (ECMA-262, anchored), for the
+// OpenAPI document. Each accepts a subset of what its function accepts, so
+// that a request valid by the document is accepted by the server.
+
+/// [`dns_label`] as a pattern (with `maxLength` 63).
+pub const DNS_LABEL_PATTERN: &str = "^[a-z0-9]([a-z0-9-]*[a-z0-9])?$";
+/// A UUID in its hyphenated form (the server also reads other forms).
+pub const UUID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+/// A project's UUID or slug.
+pub const PROJECT_REF_PATTERN: &str = "^([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$";
+/// [`domain`] as a pattern (with `maxLength` 253; `.localhost` names are
+/// refused separately).
+pub const DOMAIN_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
+/// [`env_key`] as a pattern (with `maxLength` 256).
+pub const ENV_KEY_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+/// [`config_key`] as a pattern (with `maxLength` 128).
+pub const CONFIG_KEY_PATTERN: &str = "^[A-Za-z0-9_.-]+$";
+/// [`cpu_quantity`] as a pattern.
+pub const CPU_PATTERN: &str = "^[0-9]+(\\.[0-9]+)?m?$";
+/// [`memory_quantity`] as a pattern.
+pub const MEMORY_PATTERN: &str = "^[0-9]+(Ki|Mi|Gi|Ti|K|M|G|T)?$";
+/// [`text`] as a pattern: something other than white space, and no NUL.
+pub const TEXT_PATTERN: &str = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$";
+/// [`long_text`] as a pattern: no NUL.
+pub const LONG_TEXT_PATTERN: &str = "^[^\\u0000]*$";
+/// A relative path of plain segments (a subset of what `dockerfilePath`
+/// takes: no leading '/', no `..`).
+pub const RELATIVE_PATH_PATTERN: &str =
+    "^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$";
+
+/// Longest env var or config value, in characters.
+pub const MAX_VALUE_CHARS: usize = 64 * 1024;
+/// Most env vars or config entries in one request.
+pub const MAX_ENTRIES: usize = 500;
+/// Most replicas of an environment or service.
+pub const MAX_REPLICAS: i32 = 100;
+
 /// A DNS-1123 label: lowercase alphanumerics and '-', starting and ending
 /// alphanumeric, at most 63 characters. Slugs become hostnames.
 pub fn dns_label(field: &str, value: &str) -> Result<()> {
@@ -54,10 +92,13 @@ pub fn port(field: &str, value: i32) -> Result<()> {
 
 /// A replica count.
 pub fn replicas(field: &str, value: i32) -> Result<()> {
-    if (0..=100).contains(&value) {
+    if (0..=MAX_REPLICAS).contains(&value) {
         Ok(())
     } else {
-        Err(Error::field(field, "must be between 0 and 100"))
+        Err(Error::field(
+            field,
+            format!("must be between 0 and {MAX_REPLICAS}"),
+        ))
     }
 }
 
@@ -67,6 +108,7 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
     if v.is_empty() {
         return Err(Error::field(field, "must not be empty"));
     }
+    no_nul(field, v)?;
     if v.chars().count() > max {
         return Err(Error::field(
             field,
@@ -76,10 +118,23 @@ pub fn text(field: &str, value: &str, max: usize) -> Result<String> {
     Ok(v.to_string())
 }
 
-/// Free text that may be empty, bounded in length.
+/// Text is stored as text: PostgreSQL's cannot hold NUL, and neither can an
+/// environment variable.
+fn no_nul(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::field(field, "must not contain NUL characters"));
+    }
+    Ok(())
+}
+
+/// Free text that may be empty, of at most `max` characters.
 pub fn long_text(field: &str, value: &str, max: usize) -> Result<()> {
-    if value.len() > max {
-        return Err(Error::field(field, format!("must be at most {max} bytes")));
+    no_nul(field, value)?;
+    if value.len() > max && value.chars().count() > max {
+        return Err(Error::field(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(())
 }
@@ -184,6 +239,10 @@ mod tests {
             let err = domain("domain", reserved).unwrap_err();
             assert!(err.message().contains("reserved"), "{reserved}");
         }
+        assert!(text("name", "a\0b", 10).is_err());
+        assert!(long_text("value", "\0", 10).is_err());
+        assert!(long_text("value", "é".repeat(10).as_str(), 10).is_ok());
+        assert!(long_text("value", "é".repeat(11).as_str(), 10).is_err());
         assert!(port("port", 0).is_err());
         assert!(port("port", 65536).is_err());
         assert!(port("port", 65535).is_ok());

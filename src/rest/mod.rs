@@ -2,6 +2,7 @@
 //! route that runs its GraphQL operation in-process and shapes the result
 //! into the documented JSON.
 
+mod constraints;
 pub mod model;
 pub mod openapi;
 pub mod table;
@@ -99,6 +100,25 @@ fn coerce(model: &SchemaModel, name: &str, ty: &model::TypeRef, raw: &str) -> Re
     }
 }
 
+/// JSON has one number type: `3.0` is the integer 3 (as JSON Schema says),
+/// which GraphQL's `Int` would refuse. Integral numbers become integers;
+/// `Float` inputs take integers as they are.
+fn integral_numbers(value: &mut Value) {
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *value = json!(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
+}
+
 /// Collects the operation's variables from path, query string and body.
 fn variables(
     rest: &Rest,
@@ -123,12 +143,13 @@ fn variables(
         }
     }
     if route.has_body(method.as_str()) {
-        let parsed: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        let mut parsed: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {
             serde_json::from_slice(body)
                 .map_err(|e| Error::bad_request(format!("malformed JSON body: {e}")))?
         };
+        integral_numbers(&mut parsed);
         let Value::Object(fields) = parsed else {
             return Err(Error::bad_request("the request body must be a JSON object"));
         };

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use async_graphql::parser::types::{DocumentOperations, Selection, SelectionSet};
 use serde_json::{Map, Value, json};
 
+use super::constraints;
 use super::model::{SchemaModel, TypeRef};
 use super::table::{Route, RouteTable, VarSource};
 
@@ -59,7 +60,9 @@ impl Gen<'_> {
                     let mut props = Map::new();
                     let mut required = Vec::new();
                     for f in &info.input_fields {
-                        props.insert(f.name.clone(), self.input(&f.ty));
+                        let schema = self.input(&f.ty);
+                        let rule = constraints::input_field(name, &f.name);
+                        props.insert(f.name.clone(), constraints::apply(schema, rule));
                         if f.ty.is_non_null() && !f.has_default {
                             required.push(f.name.clone());
                         }
@@ -70,6 +73,7 @@ impl Gen<'_> {
                         "required": required,
                         "additionalProperties": false,
                     });
+                    let schema = constraints::apply(schema, constraints::input_object(name));
                     self.components.insert(name.clone(), schema);
                 }
                 json!({ "$ref": format!("#/components/schemas/{name}") })
@@ -204,15 +208,64 @@ fn error_response(description: &str) -> Value {
     })
 }
 
+fn retry_response(description: &str) -> Value {
+    let mut r = error_response(description);
+    r["headers"] = json!({
+        "Retry-After": { "description": "Seconds to wait before trying again", "schema": { "type": "integer", "minimum": 0 } }
+    });
+    r
+}
+
+/// Headers of every answer while rate limits are on.
+fn rate_limit_headers() -> Value {
+    let header =
+        |d: &str| json!({ "description": d, "schema": { "type": "integer", "minimum": 0 } });
+    json!({
+        "X-RateLimit-Limit": header("Points per minute: the tighter of the caller's and the organisation's limits"),
+        "X-RateLimit-Remaining": header("Points left in this minute"),
+        "X-RateLimit-Reset": header("Whole seconds until the minute resets"),
+    })
+}
+
+/// `GET /rate-limit`: where the caller stands, free of charge.
+fn rate_limit_operation() -> Value {
+    let count = json!({ "oneOf": [{ "type": "integer", "minimum": 0 }, { "type": "null" }] });
+    json!({
+        "operationId": "rateLimit",
+        "summary": "The caller's rate limit: points per minute, what is left, when it resets. Costs nothing.",
+        "tags": ["Rate limits"],
+        "responses": {
+            "200": {
+                "description": "`enabled: false` (and nulls) when rate limits are off",
+                "headers": rate_limit_headers(),
+                "content": { "application/json": { "schema": {
+                    "type": "object",
+                    "properties": {
+                        "enabled": { "type": "boolean" },
+                        "limit": count.clone(),
+                        "remaining": count.clone(),
+                        "resetSeconds": count,
+                        "cost": { "type": "integer", "const": 0 }
+                    },
+                    "required": ["enabled", "limit", "remaining", "resetSeconds", "cost"]
+                } } }
+            },
+            "401": error_response("Missing, malformed, expired or revoked credentials")
+        }
+    })
+}
+
 fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
     let mut params = Vec::new();
     let mut body_props = Map::new();
     let mut body_required = Vec::new();
     let mut body_schema = None;
     for v in &route.variables {
+        let rule = || constraints::variable(&v.name);
         match v.source {
             VarSource::Path => params.push(json!({
-                "name": v.name, "in": "path", "required": true, "schema": gen_.input_inner(&v.ty)
+                "name": v.name, "in": "path", "required": true,
+                "schema": constraints::apply(gen_.input_inner(&v.ty), rule())
             })),
             VarSource::Query
                 if !(route.spec.paginate && (v.name == "first" || v.name == "after")) =>
@@ -220,13 +273,16 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
                 params.push(json!({
                     "name": v.name, "in": "query",
                     "required": v.ty.is_non_null() && !v.has_default,
-                    "schema": gen_.input_inner(&v.ty)
+                    "schema": constraints::apply(gen_.input_inner(&v.ty), rule())
                 }))
             }
             VarSource::Query => {}
             VarSource::Body => body_schema = Some(gen_.input_inner(&v.ty)),
             VarSource::BodyField => {
-                body_props.insert(v.name.clone(), gen_.input(&v.ty));
+                body_props.insert(
+                    v.name.clone(),
+                    constraints::apply(gen_.input(&v.ty), rule()),
+                );
                 if v.ty.is_non_null() && !v.has_default {
                     body_required.push(v.name.clone());
                 }
@@ -271,8 +327,11 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
             "401": error_response("Missing, malformed, expired or revoked credentials"),
             "403": error_response("Another organisation's resource, or a role that may not do this"),
             "404": error_response("Not found"),
+            "429": retry_response("The caller's or the organisation's rate limit is spent; nothing ran"),
+            "503": retry_response("The store cannot be reached, or the request ran out of time"),
         }
     });
+    op["responses"][route.spec.status.to_string()]["headers"] = rate_limit_headers();
     if route.spec.paginate {
         let params = op["parameters"].as_array_mut().expect("array");
         params.push(json!({
@@ -285,11 +344,9 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
             "description": "Where the page starts: the `cursor` of the previous page's `Link` header",
             "schema": { "type": "string", "format": "uuid" }
         }));
-        op["responses"][route.spec.status.to_string()]["headers"] = json!({
-            "Link": {
-                "description": "With `limit`, when more items follow: `<…?limit=N&cursor=…>; rel=\"next\"`",
-                "schema": { "type": "string" }
-            }
+        op["responses"][route.spec.status.to_string()]["headers"]["Link"] = json!({
+            "description": "With `limit`, when more items follow: `<…?limit=N&cursor=…>; rel=\"next\"`",
+            "schema": { "type": "string" }
         });
     }
     if route.is_mutation {
@@ -435,10 +492,11 @@ pub fn document(table: &RouteTable, model: &SchemaModel) -> Value {
                 .insert(method.to_lowercase(), op);
         }
     }
-    // Health, the webhook and the AI gateway are axum handlers of their
+    // Health, the webhook, the rate limit and the AI gateway are axum handlers of their
     // own, not table rows.
     let handlers = public_operations()
         .into_iter()
+        .chain([("/rate-limit", "get", rate_limit_operation())])
         .chain(crate::ai::openapi::operations());
     for (path, method, op) in handlers {
         paths

@@ -65,6 +65,41 @@ macro_rules! backend_tests {
     };
 }
 
+/// A Python that can `import module`: the machine's `python3` when it can,
+/// else one of a virtualenv under `tmp` (the test binary's
+/// `CARGO_TARGET_TMPDIR`), made once with `package` installed from PyPI, so
+/// `cargo test` needs nothing beforehand.
+pub fn python_with(module: &str, package: &str, tmp: &str) -> String {
+    let imports = |python: &str| {
+        std::process::Command::new(python)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if imports("python3") {
+        return "python3".into();
+    }
+    let venv = std::path::Path::new(tmp).join(format!("{module}-venv"));
+    let venv_python = venv.join("bin/python3").to_string_lossy().into_owned();
+    if imports(&venv_python) {
+        return venv_python;
+    }
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program} cannot run: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run("python3", &["-m", "venv", venv.to_str().unwrap()]);
+    run(&venv_python, &["-m", "pip", "install", "--quiet", package]);
+    venv_python
+}
+
 /// The local runtime's sandboxes need bubblewrap: installed from Debian's
 /// packages when it is missing, once per test binary.
 pub fn ensure_bubblewrap() {
