@@ -297,6 +297,20 @@ async fn next_text(ws: &mut Ws) -> Option<Value> {
     None
 }
 
+/// A websocket whose `connection_init` with `token` was acknowledged.
+async fn ws_with_token(s: &TestServer, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(s, &[]))
+        .await
+        .unwrap();
+    ws.send(Message::text(format!(
+        r#"{{"type":"connection_init","payload":{{"authorization":"Bearer {token}"}}}}"#
+    )))
+    .await
+    .unwrap();
+    assert_eq!(next_text(&mut ws).await.unwrap()["type"], "connection_ack");
+    ws
+}
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -327,16 +341,45 @@ async fn oversized_websocket_messages_before_init_close_the_socket(backend: Back
     assert!(grown < 16 * 1024, "memory grew by {grown} KiB");
 
     // A small init still works.
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(&s, &[]))
-        .await
-        .unwrap();
-    ws.send(Message::text(format!(
-        r#"{{"type":"connection_init","payload":{{"authorization":"Bearer {}"}}}}"#,
-        s.admin_token
-    )))
-    .await
-    .unwrap();
-    assert_eq!(next_text(&mut ws).await.unwrap()["type"], "connection_ack");
+    ws_with_token(&s, &s.admin_token).await;
+}
+
+/// Operations started on the websocket are charged like HTTP ones: once
+/// the caller's points are spent, a `subscribe` is answered with an error
+/// for its id (and runs nothing), while the socket stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_operations_count_against_the_rate_limit() {
+    let (s, _dir) =
+        limited_server("[rate_limits]\nread = 30\nwrite = 30\nadmin = 30\norganization = 100000\n")
+            .await;
+    let mut ws = ws_with_token(&s, &s.admin_token).await;
+    // `{ viewer { role } }` costs 11: two fit in 30 points, the third not.
+    let mut answers = Vec::new();
+    for id in ["a", "b", "c"] {
+        let start =
+            json!({ "type": "subscribe", "id": id, "payload": { "query": "{ viewer { role } }" } });
+        ws.send(Message::text(start.to_string())).await.unwrap();
+        let first = next_text(&mut ws).await.expect("an answer");
+        assert_eq!(first["id"], id, "{first}");
+        if first["type"] == "next" {
+            assert_eq!(first["payload"]["data"]["viewer"]["role"], "admin");
+            assert_eq!(next_text(&mut ws).await.unwrap()["type"], "complete");
+        }
+        answers.push(first);
+    }
+    assert_eq!(answers[0]["type"], "next");
+    assert_eq!(answers[1]["type"], "next");
+    let refused = &answers[2];
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "RATE_LIMITED");
+    // The HTTP side sees the same budget spent.
+    let (status, _) = s.get("/projects", &s.admin_token).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // The socket is still open: the free question is answered.
+    let ask = json!({ "type": "subscribe", "id": "d", "payload": { "query": "{ rateLimit { remaining } }" } });
+    ws.send(Message::text(ask.to_string())).await.unwrap();
+    let answer = next_text(&mut ws).await.unwrap();
+    assert_eq!(answer["type"], "next", "{answer}");
 }
 
 /// A server with tight connection limits, from a config file.
@@ -485,11 +528,12 @@ async fn rate_limits_count_points_per_caller() {
     let body: Value = resp.json().await.unwrap();
     let rl = &body["data"]["rateLimit"];
     assert_eq!(rl["limit"], 200, "{body}");
-    assert_eq!(rl["cost"], 2, "{body}");
+    // `viewer` reads the store: 10 points, and 1 for `role`.
+    assert_eq!(rl["cost"], 11, "{body}");
     assert_eq!(rl["remaining"], remaining, "{body}");
 
-    // Spend the caller's points with a query of 50 fields.
-    let heavy: String = (0..25)
+    // Spend the caller's points with a query of 44 points.
+    let heavy: String = (0..4)
         .map(|i| format!("v{i}: viewer {{ role }} "))
         .collect();
     let heavy = json!({ "query": format!("{{ {heavy} }}") });
@@ -509,7 +553,7 @@ async fn rate_limits_count_points_per_caller() {
     };
     let retry = header(&refused, "retry-after").unwrap();
     assert!((1..=60).contains(&retry));
-    assert!(header(&refused, "x-ratelimit-remaining").unwrap() < 50);
+    assert!(header(&refused, "x-ratelimit-remaining").unwrap() < 44);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(
         body["errors"][0]["extensions"]["code"], "RATE_LIMITED",

@@ -141,9 +141,11 @@ impl Core {
     }
 
     /// What running `query` costs against the rate limits (1 for a
-    /// document that does not parse: its error is answered as usual).
+    /// document that does not parse or is over the size limits: it runs
+    /// nothing, and its error is answered as usual).
     pub fn cost(&self, query: &str) -> u64 {
-        self.document(query).map_or(1, |d| d.cost)
+        self.document(query)
+            .map_or(1, |d| if d.refusal.is_some() { 1 } else { d.cost })
     }
 
     /// The schema, for introspection and export.

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 
 use super::Core;
+use crate::auth::Principal;
 use crate::domain::Ctx;
 use crate::error::Error;
 use crate::state::{AppState, has_session_cookie, request_id};
@@ -170,6 +171,41 @@ async fn graphql_ws(
                     other => other,
                 })
             };
+            // Every operation started on the socket is charged like one sent
+            // over HTTP; a refused one is answered with an error for its id
+            // and never reaches the executor.
+            let sink = Arc::new(tokio::sync::Mutex::new(sink));
+            let caller: Arc<std::sync::OnceLock<Principal>> = Arc::default();
+            let stream = {
+                let (app, core, sink, caller) =
+                    (app.clone(), core.clone(), sink.clone(), caller.clone());
+                stream.filter_map(move |m| {
+                    let (app, core, sink, caller) =
+                        (app.clone(), core.clone(), sink.clone(), caller.clone());
+                    async move {
+                        let Ok(Message::Text(text)) = &m else {
+                            return Some(m);
+                        };
+                        let Some(p) = caller.get() else {
+                            return Some(m);
+                        };
+                        match refusal(&app, &core, p, text) {
+                            None => Some(m),
+                            Some(answer) => {
+                                use futures_util::SinkExt;
+                                let sent = sink.lock().await.send(answer).await;
+                                // A socket that cannot take the answer is done.
+                                sent.err().map(|e| Err(axum::Error::new(e)))
+                            }
+                        }
+                    }
+                })
+            };
+            let sink = futures_util::sink::unfold(sink, |sink, msg: Message| async move {
+                use futures_util::SinkExt;
+                sink.lock().await.send(msg).await?;
+                Ok::<_, axum::Error>(sink)
+            });
             GraphQLWebSocket::new_with_pair(sink, stream, core, protocol)
                 .on_connection_init(move |payload| async move {
                     let principal = match token_from_payload(&payload) {
@@ -182,12 +218,50 @@ async fn graphql_ws(
                         principal,
                         request_id,
                     };
+                    caller.set(ctx.principal.clone()).ok();
                     accepted.store(true, Ordering::Release);
                     Ok(super::connection_data(app.db(), ctx))
                 })
                 .keepalive_timeout(Duration::from_secs(30))
                 .serve()
         })
+}
+
+/// The error message that refuses an operation started on a websocket
+/// (`subscribe` of graphql-transport-ws, `start` of the older graphql-ws)
+/// when it would overspend the caller's rate limit; `None` lets it run.
+fn refusal(app: &AppState, core: &Core, principal: &Principal, text: &str) -> Option<Message> {
+    #[derive(serde::Deserialize)]
+    struct Start {
+        #[serde(rename = "type")]
+        kind: String,
+        id: Option<String>,
+        payload: Option<StartPayload>,
+    }
+    #[derive(serde::Deserialize)]
+    struct StartPayload {
+        query: Option<String>,
+    }
+    if !app.rate_limits().enabled() {
+        return None;
+    }
+    let start: Start = serde_json::from_str(text).ok()?;
+    if start.kind != "subscribe" && start.kind != "start" {
+        return None;
+    }
+    let query = start.payload.and_then(|p| p.query).unwrap_or_default();
+    let Some(Err(refused)) = app.rate_limits().charge(principal, core.cost(&query)) else {
+        return None;
+    };
+    let errors = graphql_error(&refused.error)["errors"].clone();
+    // graphql-transport-ws sends the list of errors; graphql-ws one error.
+    let payload = if start.kind == "subscribe" {
+        errors
+    } else {
+        errors[0].clone()
+    };
+    let answer = json!({ "type": "error", "id": start.id, "payload": payload });
+    Some(Message::Text(answer.to_string().into()))
 }
 
 /// The largest message a websocket may send before its `connection_init`

@@ -17,32 +17,28 @@ pub const MAX_ROOT_FIELDS: usize = 50;
 /// Root fields that cost nothing: asking where one stands.
 const FREE_ROOT_FIELDS: &[&str] = &["rateLimit"];
 
+/// Points a field costs beyond its own one when its resolver reads the
+/// store: every root field, and the nested lists read with a statement of
+/// their own.
+const STORE_POINTS: usize = 9;
+/// Nested fields that read the store.
+const STORE_FIELDS: &[&str] = &["environments", "services", "envVars", "config", "overrides"];
+/// Points beyond its own one of a root field that asks the runtime (the
+/// running processes, or the Kubernetes API).
+const RUNTIME_POINTS: usize = 49;
+const RUNTIME_FIELDS: &[&str] = &["projectStatus", "projectLogs"];
+
 /// What a document costs against the rate limits (its costliest
-/// operation's field selections, minus the free root fields), and why it
-/// may not run, if it may not.
+/// operation: a point per field selection, fragments expanded and each
+/// alias apart, plus [`STORE_POINTS`] per field that reads the store and
+/// [`RUNTIME_POINTS`] per one that asks the runtime; the free root fields
+/// cost nothing), and why it may not run, if it may not.
 pub fn measure(doc: &ExecutableDocument) -> (u64, Option<ServerError>) {
     let mut memo = HashMap::new();
     let mut cost = 0usize;
     for (_, op) in doc.operations.iter() {
         let set = &op.node.selection_set.node;
-        let fields = tally(set, doc, &mut memo, 0, true);
-        let free: usize = set
-            .items
-            .iter()
-            .filter_map(|sel| match &sel.node {
-                Selection::Field(f) if FREE_ROOT_FIELDS.contains(&f.node.name.node.as_str()) => {
-                    Some(1usize.saturating_add(tally(
-                        &f.node.selection_set.node,
-                        doc,
-                        &mut memo,
-                        1,
-                        true,
-                    )))
-                }
-                _ => None,
-            })
-            .fold(0usize, usize::saturating_add);
-        cost = cost.max(fields.saturating_sub(free));
+        cost = cost.max(count(Count::Points, set, doc, &mut memo, 0, true));
     }
     (u64::try_from(cost).unwrap_or(u64::MAX), check(doc).err())
 }
@@ -53,7 +49,7 @@ pub fn check(doc: &ExecutableDocument) -> Result<(), ServerError> {
     let mut root_memo = HashMap::new();
     for (_, op) in doc.operations.iter() {
         let set = &op.node.selection_set.node;
-        let fields = tally(set, doc, &mut memo, 0, true);
+        let fields = count(Count::Fields, set, doc, &mut memo, 0, true);
         if fields > MAX_FIELDS {
             return Err(refusal(format!(
                 "the operation selects {} fields; at most {MAX_FIELDS} are allowed \
@@ -61,7 +57,7 @@ pub fn check(doc: &ExecutableDocument) -> Result<(), ServerError> {
                 shown(fields)
             )));
         }
-        let roots = tally(set, doc, &mut root_memo, 0, false);
+        let roots = count(Count::RootFields, set, doc, &mut root_memo, 0, true);
         if roots > MAX_ROOT_FIELDS {
             return Err(refusal(format!(
                 "the operation selects {} root fields; at most {MAX_ROOT_FIELDS} are allowed",
@@ -93,15 +89,44 @@ fn refusal(message: String) -> ServerError {
 /// validation refuses anyway.
 const MAX_NESTING: usize = 64;
 
-/// Fields selected by `set`, fragments expanded: all of them when `deep`,
-/// else those at the level of `set` itself. Memoised per fragment, so
-/// fragments that spread each other many times cost nothing to count.
-fn tally(
+/// What [`count`] counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Count {
+    /// Every field selection, fragments expanded.
+    Fields,
+    /// The root field selections.
+    RootFields,
+    /// Points against the rate limits (see [`measure`]).
+    Points,
+}
+
+impl Count {
+    /// What the field `name` adds by itself; `None` skips it and what it
+    /// selects.
+    fn own(self, name: &str, root: bool) -> Option<usize> {
+        if self != Count::Points {
+            return Some(1);
+        }
+        Some(match name {
+            _ if root && FREE_ROOT_FIELDS.contains(&name) => return None,
+            "__typename" => 1,
+            _ if root && RUNTIME_FIELDS.contains(&name) => 1 + RUNTIME_POINTS,
+            _ if root || STORE_FIELDS.contains(&name) => 1 + STORE_POINTS,
+            _ => 1,
+        })
+    }
+}
+
+/// What `set` adds up to under `what`; `root` when its fields are root
+/// fields. Memoised per fragment and level, so fragments that spread each
+/// other many times cost nothing to count.
+fn count(
+    what: Count,
     set: &SelectionSet,
     doc: &ExecutableDocument,
-    memo: &mut HashMap<Name, usize>,
+    memo: &mut HashMap<(Name, bool), usize>,
     depth: usize,
-    deep: bool,
+    root: bool,
 ) -> usize {
     if depth > MAX_NESTING {
         return usize::MAX;
@@ -109,26 +134,30 @@ fn tally(
     let mut n = 0usize;
     for sel in &set.items {
         let more = match &sel.node {
-            Selection::Field(f) if deep => 1usize.saturating_add(tally(
-                &f.node.selection_set.node,
-                doc,
-                memo,
-                depth + 1,
-                deep,
-            )),
-            Selection::Field(_) => 1,
+            Selection::Field(f) => match what.own(f.node.name.node.as_str(), root) {
+                None => 0,
+                Some(own) if what == Count::RootFields => own,
+                Some(own) => own.saturating_add(count(
+                    what,
+                    &f.node.selection_set.node,
+                    doc,
+                    memo,
+                    depth + 1,
+                    false,
+                )),
+            },
             Selection::InlineFragment(i) => {
-                tally(&i.node.selection_set.node, doc, memo, depth + 1, deep)
+                count(what, &i.node.selection_set.node, doc, memo, depth + 1, root)
             }
             Selection::FragmentSpread(s) => {
-                let name = &s.node.fragment_name.node;
-                match memo.get(name) {
+                let key = (s.node.fragment_name.node.clone(), root);
+                match memo.get(&key) {
                     Some(c) => *c,
                     None => {
-                        let c = doc.fragments.get(name).map_or(0, |f| {
-                            tally(&f.node.selection_set.node, doc, memo, depth + 1, deep)
+                        let c = doc.fragments.get(&key.0).map_or(0, |f| {
+                            count(what, &f.node.selection_set.node, doc, memo, depth + 1, root)
                         });
-                        memo.insert(name.clone(), c);
+                        memo.insert(key, c);
                         c
                     }
                 }
@@ -170,9 +199,27 @@ mod tests {
     #[test]
     fn asking_for_the_rate_limit_is_free() {
         let cost = |q: &str| measure(&async_graphql::parser::parse_query(q).unwrap()).0;
-        assert_eq!(cost("{ viewer { role } }"), 2);
+        assert_eq!(cost("{ viewer { role } }"), 11);
         assert_eq!(cost("{ rateLimit { limit remaining } }"), 0);
-        assert_eq!(cost("{ rateLimit { cost } viewer { role } }"), 2);
+        assert_eq!(cost("{ rateLimit { cost } viewer { role } }"), 11);
+    }
+
+    #[test]
+    fn fields_that_reach_the_store_or_the_runtime_cost_more() {
+        let cost = |q: &str| measure(&async_graphql::parser::parse_query(q).unwrap()).0;
+        // A root field (10), a nested list read by its own statement (10),
+        // plain fields (1 each).
+        assert_eq!(
+            cost("{ projects { nodes { id environments { name } } } }"),
+            10 + 1 + 1 + 10 + 1
+        );
+        assert_eq!(cost("{ projectStatus(projectId: \"p\") { status } }"), 51);
+        // Fragments weigh as their fields would, at the level they are spread.
+        assert_eq!(
+            cost("{ ...Q } fragment Q on Query { viewer { role } a: viewer { role } }"),
+            22
+        );
+        assert_eq!(cost("mutation { deleteProject(id: \"p\") { id } }"), 11);
     }
 
     #[test]
