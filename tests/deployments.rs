@@ -7,27 +7,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use common::apps::{finished, git, repo};
+use common::apps::{deploy, finished, git, repo};
 use common::{Backend, TestServer};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 async fn wait_deployment(s: &TestServer, project: &str, id: &str) -> Value {
     finished(&s.url("/api/v1"), &s.admin_token, project, id).await
-}
-
-async fn deploy(s: &TestServer, project: &str) -> Value {
-    let (status, body) = s
-        .post(
-            &format!("/projects/{project}/deploy"),
-            &s.admin_token,
-            json!({}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    assert_eq!(body["status"], "triggered");
-    assert_eq!(body["environment"], "production");
-    wait_deployment(s, project, body["deploymentId"].as_str().unwrap()).await
 }
 
 async fn set_greeting(s: &TestServer, project: &str, value: &str) {

@@ -9,15 +9,14 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Backend, TestServer};
-use futures_util::{SinkExt, StreamExt};
+use common::{Backend, TestServer, ws};
+use futures_util::SinkExt;
 use reqwest::{Method, StatusCode};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{Value, json};
 use sylphx::auth::Role;
 use sylphx::auth::session::Claims;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const CREATE_KEY: &str =
     "mutation { createApiKey(input: {name: \"deploy bot\", role: admin}) { token } }";
@@ -227,30 +226,13 @@ async fn cookie_writes_need_json_and_an_allowed_origin(backend: Backend) {
     assert_eq!(project_count(&s).await, 3);
 }
 
-fn ws_request(
-    s: &TestServer,
-    headers: &[(&'static str, String)],
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut req = format!("{}/graphql/ws", s.base.replace("http://", "ws://"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "graphql-transport-ws".parse().unwrap(),
-    );
-    for (k, v) in headers {
-        req.headers_mut().insert(*k, v.parse().unwrap());
-    }
-    req
-}
-
 /// A websocket opened with the session cookie from another origin is
 /// refused at the upgrade; from the dashboard's origin it runs.
 async fn cookie_websockets_check_the_origin(backend: Backend) {
     let s = TestServer::start(backend).await;
     let jwt = session(&s, Role::Admin).await;
     let cookie = format!("slx_session={jwt}");
-    let foreign = ws_request(
+    let foreign = ws::request(
         &s,
         &[
             ("cookie", cookie.clone()),
@@ -263,52 +245,23 @@ async fn cookie_websockets_check_the_origin(backend: Backend) {
         }
         other => panic!("a foreign origin was not refused: {:?}", other.map(|_| ())),
     }
-    let own = ws_request(&s, &[("cookie", cookie), ("origin", s.base.clone())]);
+    let own = ws::request(&s, &[("cookie", cookie), ("origin", s.base.clone())]);
     let (mut ws, _) = tokio_tungstenite::connect_async(own).await.unwrap();
     ws.send(Message::text(r#"{"type":"connection_init","payload":{}}"#))
         .await
         .unwrap();
-    let ack = next_text(&mut ws).await.expect("an answer");
+    let ack = ws::next_text(&mut ws).await.expect("an answer");
     assert_eq!(ack["type"], "connection_ack", "{ack}");
     ws.send(Message::text(
         r#"{"id":"1","type":"subscribe","payload":{"query":"mutation { createProject(input: {name: \"Ws\", slug: \"ws\"}) { slug } }"}}"#,
     ))
     .await
     .unwrap();
-    let next = next_text(&mut ws).await.expect("an answer");
+    let next = ws::next_text(&mut ws).await.expect("an answer");
     assert_eq!(
         next["payload"]["data"]["createProject"]["slug"], "ws",
         "{next}"
     );
-}
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The next text message as JSON; `None` once the socket is closed.
-async fn next_text(ws: &mut Ws) -> Option<Value> {
-    while let Some(msg) = ws.next().await {
-        match msg {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => {}
-        }
-    }
-    None
-}
-
-/// A websocket whose `connection_init` with `token` was acknowledged.
-async fn ws_with_token(s: &TestServer, token: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(s, &[]))
-        .await
-        .unwrap();
-    ws.send(Message::text(format!(
-        r#"{{"type":"connection_init","payload":{{"authorization":"Bearer {token}"}}}}"#
-    )))
-    .await
-    .unwrap();
-    assert_eq!(next_text(&mut ws).await.unwrap()["type"], "connection_ack");
-    ws
 }
 
 fn rss_kib() -> u64 {
@@ -326,7 +279,7 @@ async fn oversized_websocket_messages_before_init_close_the_socket(backend: Back
     let s = TestServer::start(backend).await;
     let before = rss_kib();
     for _ in 0..5 {
-        let (mut ws, _) = tokio_tungstenite::connect_async(ws_request(&s, &[]))
+        let (mut ws, _) = tokio_tungstenite::connect_async(ws::request(&s, &[]))
             .await
             .unwrap();
         let big = format!(
@@ -335,13 +288,13 @@ async fn oversized_websocket_messages_before_init_close_the_socket(backend: Back
         );
         // The server may close before the whole message is written.
         let _ = ws.send(Message::text(big)).await;
-        assert_eq!(next_text(&mut ws).await, None, "the socket stays open");
+        assert_eq!(ws::next_text(&mut ws).await, None, "the socket stays open");
     }
     let grown = rss_kib().saturating_sub(before);
     assert!(grown < 16 * 1024, "memory grew by {grown} KiB");
 
     // A small init still works.
-    ws_with_token(&s, &s.admin_token).await;
+    ws::with_token(&s, &s.admin_token).await;
 }
 
 /// Operations started on the websocket are charged like HTTP ones: once
@@ -352,18 +305,18 @@ async fn websocket_operations_count_against_the_rate_limit() {
     let (s, _dir) =
         limited_server("[rate_limits]\nread = 30\nwrite = 30\nadmin = 30\norganization = 100000\n")
             .await;
-    let mut ws = ws_with_token(&s, &s.admin_token).await;
+    let mut ws = ws::with_token(&s, &s.admin_token).await;
     // `{ viewer { role } }` costs 11: two fit in 30 points, the third not.
     let mut answers = Vec::new();
     for id in ["a", "b", "c"] {
         let start =
             json!({ "type": "subscribe", "id": id, "payload": { "query": "{ viewer { role } }" } });
         ws.send(Message::text(start.to_string())).await.unwrap();
-        let first = next_text(&mut ws).await.expect("an answer");
+        let first = ws::next_text(&mut ws).await.expect("an answer");
         assert_eq!(first["id"], id, "{first}");
         if first["type"] == "next" {
             assert_eq!(first["payload"]["data"]["viewer"]["role"], "admin");
-            assert_eq!(next_text(&mut ws).await.unwrap()["type"], "complete");
+            assert_eq!(ws::next_text(&mut ws).await.unwrap()["type"], "complete");
         }
         answers.push(first);
     }
@@ -378,7 +331,7 @@ async fn websocket_operations_count_against_the_rate_limit() {
     // The socket is still open: the free question is answered.
     let ask = json!({ "type": "subscribe", "id": "d", "payload": { "query": "{ rateLimit { remaining } }" } });
     ws.send(Message::text(ask.to_string())).await.unwrap();
-    let answer = next_text(&mut ws).await.unwrap();
+    let answer = ws::next_text(&mut ws).await.unwrap();
     assert_eq!(answer["type"], "next", "{answer}");
 }
 

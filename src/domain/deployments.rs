@@ -318,6 +318,64 @@ impl Deployer {
         if !(1..=1000).contains(&tail) {
             return Err(Error::field("tail", "must be between 1 and 1000"));
         }
+        let (env, deployment_id) = self.log_source(ctx, project, env_type, deployment).await?;
+        self.runtime
+            .logs(
+                &env,
+                &LogQuery {
+                    tail: tail as usize,
+                    deployment_id,
+                },
+            )
+            .await
+    }
+
+    /// The last `tail` log lines (0 to 1000, default 200) of an environment
+    /// or of one deployment, then each new line as it is captured. Without
+    /// a deployment it follows the environment across deploys and
+    /// restarts. The stream subscribes before it reads the past lines, so
+    /// that none falls between the two; a line in both is sent once.
+    pub async fn follow(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        env_type: Option<&str>,
+        tail: Option<i32>,
+        deployment: Option<&str>,
+    ) -> Result<futures_util::stream::BoxStream<'static, LogLine>> {
+        let tail = tail.unwrap_or(200);
+        if !(0..=1000).contains(&tail) {
+            return Err(Error::field("tail", "must be between 0 and 1000"));
+        }
+        let (env, deployment_id) = self.log_source(ctx, project, env_type, deployment).await?;
+        let query = LogQuery {
+            tail: tail as usize,
+            deployment_id,
+        };
+        let live = self.runtime.follow_logs(&env, &query).await?;
+        let past = if tail > 0 {
+            self.runtime.logs(&env, &query).await?
+        } else {
+            Vec::new()
+        };
+        let newest = past.last().map(|l| l.ts);
+        let sent = past.clone();
+        let live = live.filter(move |line| {
+            let again = newest.is_some_and(|ts| line.ts <= ts) && sent.contains(line);
+            std::future::ready(!again)
+        });
+        Ok(futures_util::stream::iter(past).chain(live).boxed())
+    }
+
+    /// The environment whose logs are read, and the deployment they are
+    /// narrowed to, checked against the caller's organisation.
+    async fn log_source(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        env_type: Option<&str>,
+        deployment: Option<&str>,
+    ) -> Result<(EnvironmentRef, Option<Uuid>)> {
         let project = projects::resolve(&self.db, ctx, project).await?;
         let deployment_id = deployment
             .map(|d| parse_id("deploymentId", d))
@@ -336,15 +394,7 @@ impl Deployer {
             }
             None => environments::select(&self.db, project.id, env_type, None).await?,
         };
-        self.runtime
-            .logs(
-                &env_ref(&project, &env),
-                &LogQuery {
-                    tail: tail as usize,
-                    deployment_id,
-                },
-            )
-            .await
+        Ok((env_ref(&project, &env), deployment_id))
     }
 }
 

@@ -92,6 +92,50 @@ pub struct LogEntry {
     pub deployment_id: Option<ID>,
 }
 
+impl From<crate::runtime::LogLine> for LogEntry {
+    fn from(l: crate::runtime::LogLine) -> Self {
+        LogEntry {
+            ts: Timestamp(l.ts),
+            source: l.source,
+            level: l.level,
+            msg: l.msg,
+            deployment_id: l.deployment_id.map(|d| ID(d.to_string())),
+        }
+    }
+}
+
+/// Live streams over the websocket (`/graphql/ws`).
+#[derive(Default)]
+pub struct Subscription;
+
+#[async_graphql::Subscription]
+impl Subscription {
+    /// The last `tail` log lines (0 to 1000, default 200) of an environment
+    /// (`envType`, default `production`) or of one deployment, then each new
+    /// line as it is captured. Without `deploymentId` it follows the
+    /// environment across deploys and restarts: a new release's lines
+    /// arrive on the same subscription.
+    async fn logs(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        env_type: Option<String>,
+        tail: Option<i32>,
+        deployment_id: Option<ID>,
+    ) -> Result<impl futures_util::Stream<Item = LogEntry> + use<>> {
+        let lines = deployer(ctx)?
+            .follow(
+                domain_ctx(ctx)?,
+                &project_id,
+                env_type.as_deref(),
+                tail,
+                deployment_id.as_ref().map(|d| d.as_str()),
+            )
+            .await?;
+        Ok(futures_util::StreamExt::map(lines, LogEntry::from))
+    }
+}
+
 #[derive(SimpleObject)]
 pub struct DeployResult {
     pub deployment_id: ID,
@@ -198,16 +242,7 @@ impl DeploymentQuery {
                 deployment_id.as_ref().map(|d| d.as_str()),
             )
             .await?;
-        Ok(lines
-            .into_iter()
-            .map(|l| LogEntry {
-                ts: Timestamp(l.ts),
-                source: l.source,
-                level: l.level,
-                msg: l.msg,
-                deployment_id: l.deployment_id.map(|d| ID(d.to_string())),
-            })
-            .collect())
+        Ok(lines.into_iter().map(LogEntry::from).collect())
     }
 
     /// The newest image built for a service.

@@ -15,7 +15,7 @@ pub mod types;
 
 use std::sync::Arc;
 
-use async_graphql::{Context, EmptySubscription, Schema, ValidationMode};
+use async_graphql::{Context, Schema, ValidationMode};
 use sea_orm::DatabaseConnection;
 
 use crate::auth::tokens::TokenAuthenticator;
@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::secrets::Keyring;
 use loaders::Loaders;
 
+pub use deployments::Subscription;
 pub use executor::Core;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
@@ -43,7 +44,7 @@ pub struct Mutation(
 );
 
 /// The executable schema.
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Deepest selection accepted (GraphiQL's introspection query needs 13).
 pub const MAX_DEPTH: usize = 16;
@@ -62,7 +63,7 @@ pub struct Shared {
 /// Builds the schema with its shared data, in both validation modes.
 pub fn build(shared: Shared) -> Core {
     let schema = |mode| {
-        Schema::build(Query::default(), Mutation::default(), EmptySubscription)
+        Schema::build(Query::default(), Mutation::default(), Subscription)
             .data(shared.db.clone())
             .data(shared.keyring.clone())
             .data(shared.deployer.clone())
@@ -83,7 +84,7 @@ pub fn sdl() -> String {
 
 /// The schema without data (for export and introspection).
 pub fn bare() -> AppSchema {
-    Schema::build(Query::default(), Mutation::default(), EmptySubscription).finish()
+    Schema::build(Query::default(), Mutation::default(), Subscription).finish()
 }
 
 /// Attaches what one request needs: the caller and its batch loaders, so

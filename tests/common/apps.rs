@@ -46,6 +46,23 @@ pub fn repo(procfile: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Deploys `project`'s production environment with the admin token and
+/// waits for the deployment to end; the deployment.
+pub async fn deploy(s: &TestServer, project: &str) -> Value {
+    let (status, body) = s
+        .post(
+            &format!("/projects/{project}/deploy"),
+            &s.admin_token,
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "triggered");
+    assert_eq!(body["environment"], "production");
+    let id = body["deploymentId"].as_str().unwrap();
+    finished(&s.url("/api/v1"), &s.admin_token, project, id).await
+}
+
 /// Polls `GET <api>/projects/<project>/deployments` until deployment `id` is
 /// `success` or `failed`, and returns it.
 pub async fn finished(api: &str, token: &str, project: &str, id: &str) -> Value {

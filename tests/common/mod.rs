@@ -5,6 +5,7 @@
 pub mod apps;
 pub mod binary;
 pub mod procs;
+pub mod ws;
 
 use std::time::Duration;
 
