@@ -101,6 +101,7 @@ impl AppState {
             logs,
             sandbox_ids: config.sandbox_ids,
             refresh: Arc::default(),
+            changes: Arc::default(),
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());
         Ok(AppState(Arc::new(Inner {

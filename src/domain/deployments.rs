@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
     IntoActiveModel, QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
@@ -67,6 +68,8 @@ pub struct Deployer {
     pub sandbox_ids: SandboxIds,
     /// Wakes the routing refresh (a domain changed, something was deleted).
     pub refresh: Arc<Notify>,
+    /// Wakes status watchers: a deployment was queued or changed status.
+    pub changes: Arc<Notify>,
 }
 
 fn seal_vars(keyring: &Keyring, vars: &BTreeMap<String, SecretString>) -> Result<String> {
@@ -202,6 +205,7 @@ impl Deployer {
         .await?;
         txn.commit().await?;
         self.queue.notify();
+        self.changes.notify_waiters();
         Ok((d, env))
     }
 
@@ -255,6 +259,7 @@ impl Deployer {
         .await?;
         txn.commit().await?;
         self.queue.notify();
+        self.changes.notify_waiters();
         Ok(d)
     }
 
@@ -292,17 +297,91 @@ impl Deployer {
         Ok((env, job))
     }
 
-    /// Live status of an environment from the runtime.
+    /// Live status of an environment: the runtime's, `deploying` while a
+    /// deployment of it is in flight; and the deployment in flight, else
+    /// the newest that succeeded.
     pub async fn status(
         &self,
         ctx: &Ctx,
         project: &str,
         env_type: Option<&str>,
-    ) -> Result<(envs::Model, EnvironmentStatus)> {
+    ) -> Result<(envs::Model, EnvironmentStatus, Option<Uuid>)> {
         let project = projects::resolve(&self.db, ctx, project).await?;
         let env = environments::select(&self.db, project.id, env_type, None).await?;
-        let status = self.runtime.status(&env_ref(&project, &env)).await?;
-        Ok((env, status))
+        let (status, deployment) = self.current_status(&env_ref(&project, &env)).await?;
+        Ok((env, status, deployment))
+    }
+
+    async fn current_status(
+        &self,
+        env: &EnvironmentRef,
+    ) -> Result<(EnvironmentStatus, Option<Uuid>)> {
+        let mut status = self.runtime.status(env).await?;
+        let newest = |statuses: &[&str]| {
+            deployments::Entity::find()
+                .filter(deployments::Column::EnvironmentId.eq(env.environment_id))
+                .filter(deployments::Column::Status.is_in(statuses.iter().copied()))
+                .order_by_desc(deployments::Column::Id)
+                .one(&self.db)
+        };
+        if let Some(d) = newest(&[QUEUED, BUILDING, DEPLOYING]).await? {
+            status.status = DEPLOYING.into();
+            return Ok((status, Some(d.id)));
+        }
+        Ok((status, newest(&[SUCCESS]).await?.map(|d| d.id)))
+    }
+
+    /// The environment's status now, then each time it changes (a
+    /// deployment queued or moving on, a replica started, crashed or
+    /// restarted): woken by the runtime and the deployments, and checked
+    /// every two seconds for what neither reports (another replica's
+    /// deployments, a Kubernetes cluster).
+    pub async fn watch_status(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        env_type: Option<&str>,
+    ) -> Result<BoxStream<'static, (EnvironmentStatus, Option<Uuid>)>> {
+        let project = projects::resolve(&self.db, ctx, project).await?;
+        let env = env_ref(
+            &project,
+            &environments::select(&self.db, project.id, env_type, None).await?,
+        );
+        let me = self.clone();
+        let last: Option<(EnvironmentStatus, Option<Uuid>)> = None;
+        Ok(futures_util::stream::unfold(last, move |last| {
+            let (me, env) = (me.clone(), env.clone());
+            async move {
+                loop {
+                    // Listen before reading, so no change falls in between.
+                    let ours = me.changes.clone().notified_owned();
+                    let runtime = me.runtime.changes().map(Notify::notified_owned);
+                    tokio::pin!(ours);
+                    ours.as_mut().enable();
+                    let mut runtime = runtime.map(Box::pin);
+                    if let Some(r) = runtime.as_mut() {
+                        r.as_mut().enable();
+                    }
+                    if let Ok(now) = me.current_status(&env).await
+                        && last.as_ref() != Some(&now)
+                    {
+                        return Some((now.clone(), Some(now)));
+                    }
+                    let runtime_changed = async {
+                        match runtime {
+                            Some(r) => r.await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = ours => {}
+                        _ = runtime_changed => {}
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    }
+                }
+            }
+        })
+        .boxed())
     }
 
     /// The last log lines of an environment, or of one deployment.
@@ -342,7 +421,7 @@ impl Deployer {
         env_type: Option<&str>,
         tail: Option<i32>,
         deployment: Option<&str>,
-    ) -> Result<futures_util::stream::BoxStream<'static, LogLine>> {
+    ) -> Result<BoxStream<'static, LogLine>> {
         let tail = tail.unwrap_or(200);
         if !(0..=1000).contains(&tail) {
             return Err(Error::field("tail", "must be between 0 and 1000"));
@@ -488,6 +567,20 @@ pub async fn record_deletion<C: ConnectionTrait>(
     audit::record(conn, ctx, action, target, Some(detail)).await
 }
 
+impl Deployer {
+    /// Moves a deployment on, and tells the status watchers.
+    async fn set_status(
+        &self,
+        d: &deployments::Model,
+        status: &str,
+        error: Option<String>,
+    ) -> Result<deployments::Model> {
+        let saved = set_status(&self.db, d, status, error).await?;
+        self.changes.notify_waiters();
+        Ok(saved)
+    }
+}
+
 async fn set_status(
     db: &DatabaseConnection,
     d: &deployments::Model,
@@ -614,7 +707,7 @@ impl Deployer {
         let mut declared = Vec::new();
         let build_needed = d.rollback_target_id.is_none() && project.git_repository.is_some();
         if build_needed {
-            d = set_status(&self.db, &d, BUILDING, None).await?;
+            d = self.set_status(&d, BUILDING, None).await?;
             let out = self
                 .runtime
                 .build(
@@ -641,7 +734,7 @@ impl Deployer {
                 "the project has neither gitRepository nor dockerImage to deploy".into(),
             ));
         }
-        d = set_status(&self.db, &d, DEPLOYING, None).await?;
+        d = self.set_status(&d, DEPLOYING, None).await?;
         let release = Release {
             deployment_id: d.id,
             env: env_ref.clone(),
@@ -654,7 +747,7 @@ impl Deployer {
         self.runtime.provision(&env_ref, &release.env_vars).await?;
         self.runtime.deploy(&release, sink).await?;
         let _ = forward.await;
-        set_status(&self.db, &d, SUCCESS, None).await?;
+        self.set_status(&d, SUCCESS, None).await?;
         svcs::Entity::update_many()
             .col_expr(
                 svcs::Column::Status,
@@ -859,7 +952,7 @@ impl Handler for Deployer {
     async fn gave_up(&self, job: &jobs::Model, error: &str) {
         let Some(id) = job.deployment_id else { return };
         if let Ok(Some(d)) = deployments::Entity::find_by_id(id).one(&self.db).await
-            && let Err(e) = set_status(&self.db, &d, FAILED, Some(error.to_string())).await
+            && let Err(e) = self.set_status(&d, FAILED, Some(error.to_string())).await
         {
             tracing::error!(error = e.message(), "could not record a failed deployment");
         }

@@ -76,10 +76,44 @@ pub struct ServiceRuntimeStatus {
 /// Live status of an environment, from the runtime.
 #[derive(SimpleObject)]
 pub struct ProjectStatus {
+    /// `not_deployed`, `deploying` (a deployment of the environment is in
+    /// flight), `running`, `degraded` (fewer ready than desired), `crashed`
+    /// or `stopped`.
     pub status: String,
     pub environment: String,
     pub replicas: Replicas,
     pub services: Vec<ServiceRuntimeStatus>,
+    /// The deployment in flight, else the newest that succeeded.
+    pub deployment_id: Option<ID>,
+}
+
+impl ProjectStatus {
+    fn new(
+        environment: String,
+        status: crate::runtime::EnvironmentStatus,
+        deployment: Option<uuid::Uuid>,
+    ) -> ProjectStatus {
+        ProjectStatus {
+            status: status.status.clone(),
+            environment,
+            replicas: Replicas {
+                ready: n(status.ready()),
+                desired: n(status.desired()),
+            },
+            services: status
+                .services
+                .into_iter()
+                .map(|s| ServiceRuntimeStatus {
+                    name: s.name,
+                    state: s.state,
+                    ready: n(s.ready),
+                    desired: n(s.desired),
+                    restarts: n(s.restarts),
+                })
+                .collect(),
+            deployment_id: deployment.map(|d| ID(d.to_string())),
+        }
+    }
 }
 
 #[derive(SimpleObject)]
@@ -133,6 +167,28 @@ impl Subscription {
             )
             .await?;
         Ok(futures_util::StreamExt::map(lines, LogEntry::from))
+    }
+
+    /// The live status of an environment (production by default) now,
+    /// then each time it changes: a deployment queued or moving on, a
+    /// replica started, crashed or restarted.
+    async fn project_status(
+        &self,
+        ctx: &Context<'_>,
+        project_id: String,
+        env_type: Option<String>,
+    ) -> Result<impl futures_util::Stream<Item = ProjectStatus> + use<>> {
+        let deployer = deployer(ctx)?;
+        let ctx = domain_ctx(ctx)?;
+        let (env, _, _) = deployer
+            .status(ctx, &project_id, env_type.as_deref())
+            .await?;
+        let changes = deployer
+            .watch_status(ctx, &project_id, env_type.as_deref())
+            .await?;
+        Ok(futures_util::StreamExt::map(changes, move |(status, d)| {
+            ProjectStatus::new(env.name.clone(), status, d)
+        }))
     }
 }
 
@@ -200,28 +256,10 @@ impl DeploymentQuery {
         project_id: String,
         env_type: Option<String>,
     ) -> Result<ProjectStatus> {
-        let (env, status) = deployer(ctx)?
+        let (env, status, deployment) = deployer(ctx)?
             .status(domain_ctx(ctx)?, &project_id, env_type.as_deref())
             .await?;
-        Ok(ProjectStatus {
-            status: status.status.clone(),
-            environment: env.name,
-            replicas: Replicas {
-                ready: n(status.ready()),
-                desired: n(status.desired()),
-            },
-            services: status
-                .services
-                .into_iter()
-                .map(|s| ServiceRuntimeStatus {
-                    name: s.name,
-                    state: s.state,
-                    ready: n(s.ready),
-                    desired: n(s.desired),
-                    restarts: n(s.restarts),
-                })
-                .collect(),
-        })
+        Ok(ProjectStatus::new(env.name, status, deployment))
     }
 
     /// The last log lines (`tail` 200 by default, at most 1000).

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
@@ -203,6 +204,12 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Live status.
     async fn status(&self, env: &EnvironmentRef) -> Result<EnvironmentStatus>;
+
+    /// Woken (all waiters) whenever a status may have changed, where the
+    /// runtime can tell; `None` where it cannot (watchers poll).
+    fn changes(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// The last `query.tail` lines.
     async fn logs(&self, env: &EnvironmentRef, query: &LogQuery) -> Result<Vec<LogLine>>;

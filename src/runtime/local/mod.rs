@@ -711,6 +711,10 @@ impl Runtime for LocalRuntime {
         Ok(())
     }
 
+    fn changes(&self) -> Option<Arc<Notify>> {
+        Some(self.shared.changed.clone())
+    }
+
     async fn status(&self, env: &EnvironmentRef) -> Result<EnvironmentStatus> {
         let envs = self.shared.lock();
         let Some(running) = envs
