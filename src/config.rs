@@ -410,7 +410,7 @@ impl Config {
             max_websocket_message_bytes: file
                 .max_websocket_message_bytes
                 .unwrap_or(1024 * 1024)
-                .max(crate::graphql::http::INIT_MESSAGE_BYTES),
+                .max(crate::graphql::ws::INIT_MESSAGE_BYTES),
             runtime: args.runtime.or(file.runtime).unwrap_or_default(),
             apps_listen: args
                 .apps_listen

@@ -208,7 +208,163 @@ async fn project_status_follows_deploys_and_restarts(backend: Backend) {
     );
 }
 
+/// Reads until the server closes the socket: the close code, and the
+/// JSON messages that came before it.
+async fn until_closed(socket: &mut ws::Ws) -> (Option<u16>, Vec<Value>) {
+    use futures_util::StreamExt;
+    let mut texts = Vec::new();
+    // A bound for a broken server, not a measurement.
+    let read = async {
+        while let Some(msg) = socket.next().await {
+            match msg {
+                Ok(Message::Text(t)) => texts.push(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let code = tokio::time::timeout(Duration::from_secs(60), read)
+        .await
+        .expect("the server closes the socket");
+    (code, texts)
+}
+
+async fn connect(s: &TestServer) -> ws::Ws {
+    tokio_tungstenite::connect_async(ws::request(s, &[]))
+        .await
+        .unwrap()
+        .0
+}
+
+/// Bad credentials close the socket with 4401 before anything else; so
+/// does an operation sent before `connection_init`.
+async fn bad_credentials_close_with_4401(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    for payload in [
+        json!({}),
+        json!({ "authorization": format!("Bearer slx_cli_{}", "0".repeat(64)) }),
+    ] {
+        let mut socket = connect(&s).await;
+        let init = json!({ "type": "connection_init", "payload": payload });
+        socket.send(Message::text(init.to_string())).await.unwrap();
+        let (code, texts) = until_closed(&mut socket).await;
+        assert_eq!(code, Some(4401), "{texts:?}");
+        assert!(texts.is_empty(), "{texts:?}");
+    }
+    let mut socket = connect(&s).await;
+    subscribe(&mut socket, "1", "{ viewer { role } }", json!({})).await;
+    let (code, texts) = until_closed(&mut socket).await;
+    assert_eq!(code, Some(4401));
+    assert!(texts.is_empty(), "{texts:?}");
+}
+
+/// At most 100 operations run at once on one connection: the 101st gets
+/// an error for its id and the connection stays; once one completes,
+/// another may start.
+async fn a_connection_runs_at_most_100_operations(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.project(&s.admin_token, "quiet").await;
+    let mut socket = ws::with_token(&s, &s.admin_token).await;
+    let follow = "subscription { logs(projectId: \"quiet\", tail: 0) { msg } }";
+    for i in 0..100 {
+        subscribe(&mut socket, &format!("s{i}"), follow, json!({})).await;
+    }
+    subscribe(&mut socket, "one-too-many", follow, json!({})).await;
+    let refused = ws::next_text(&mut socket).await.unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["id"], "one-too-many");
+    assert!(
+        refused["payload"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 100"),
+        "{refused}"
+    );
+    // Ending one makes room.
+    let end = json!({ "type": "complete", "id": "s0" });
+    socket.send(Message::text(end.to_string())).await.unwrap();
+    subscribe(&mut socket, "q", "{ viewer { role } }", json!({})).await;
+    let answer = ws::next_text(&mut socket).await.unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["id"].as_str()),
+        (Some("next"), Some("q")),
+        "{answer}"
+    );
+}
+
+/// A token revoked while its socket is open ends the connection (4401)
+/// and its subscriptions.
+async fn a_revoked_token_ends_its_subscriptions(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    s.project(&s.admin_token, "watched").await;
+    let created = s
+        .graphql(
+            &s.admin_token,
+            r#"mutation { createApiKey(input: {name: "watcher", role: read}) { apiKey { id } token } }"#,
+            json!({}),
+        )
+        .await;
+    let key = &created["data"]["createApiKey"];
+    let token = key["token"].as_str().unwrap();
+    let mut socket = ws::with_token(&s, token).await;
+    let follow = "subscription { logs(projectId: \"watched\", tail: 0) { msg } }";
+    subscribe(&mut socket, "f", follow, json!({})).await;
+    let revoked = s
+        .graphql(
+            &s.admin_token,
+            "mutation($id: ID!) { revokeApiKey(id: $id) { id } }",
+            json!({ "id": key["apiKey"]["id"] }),
+        )
+        .await;
+    assert!(revoked["errors"].is_null(), "{revoked}");
+    let (code, texts) = until_closed(&mut socket).await;
+    assert_eq!(code, Some(4401), "{texts:?}");
+}
+
+/// The older graphql-ws protocol (subscriptions-transport-ws) is spoken
+/// too: `start` answered with `data`, then `complete`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_older_protocol_is_spoken_too() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let mut req = ws::request(&s, &[]);
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "graphql-ws".parse().unwrap());
+    let (mut socket, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "graphql-ws");
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {}", s.admin_token) } });
+    socket.send(Message::text(init.to_string())).await.unwrap();
+    assert_eq!(
+        ws::next_text(&mut socket).await.unwrap()["type"],
+        "connection_ack"
+    );
+    let start =
+        json!({ "type": "start", "id": "1", "payload": { "query": "{ viewer { role } }" } });
+    socket.send(Message::text(start.to_string())).await.unwrap();
+    let data = ws::next_text(&mut socket).await.unwrap();
+    assert_eq!(data["type"], "data", "{data}");
+    assert_eq!(data["payload"]["data"]["viewer"]["role"], "admin");
+    let end = ws::next_text(&mut socket).await.unwrap();
+    assert_eq!(
+        (end["type"].as_str(), end["id"].as_str()),
+        (Some("complete"), Some("1"))
+    );
+}
+
+/// A socket that never sends `connection_init` is closed with 4408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_closed_with_4408() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let mut socket = connect(&s).await;
+    let (code, texts) = until_closed(&mut socket).await;
+    assert_eq!(code, Some(4408), "{texts:?}");
+}
+
 backend_tests!(
     logs_follow_an_environment_across_deploys,
-    project_status_follows_deploys_and_restarts
+    project_status_follows_deploys_and_restarts,
+    bad_credentials_close_with_4401,
+    a_connection_runs_at_most_100_operations,
+    a_revoked_token_ends_its_subscriptions,
 );

@@ -1,25 +1,17 @@
 //! GraphQL over HTTP (`/graphql`) and over a websocket (`/graphql/ws`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
-
 use async_graphql::Executor;
 use async_graphql::ParseRequestError;
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::rejection::GraphQLRejection;
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
-use axum::extract::ws::Message;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use futures_util::StreamExt;
 use serde_json::json;
 
 use super::Core;
-use crate::auth::Principal;
 use crate::domain::Ctx;
 use crate::error::Error;
 use crate::state::{AppState, has_session_cookie, request_id};
@@ -115,7 +107,7 @@ async fn graphql_http(
 }
 
 /// Reads a token from the `connection_init` payload: `{"authorization": "Bearer …"}` or `{"token": "…"}`.
-fn token_from_payload(payload: &serde_json::Value) -> Option<String> {
+pub(super) fn token_from_payload(payload: &serde_json::Value) -> Option<String> {
     let obj = payload.as_object()?;
     for (k, v) in obj {
         let Some(s) = v.as_str() else { continue };
@@ -132,7 +124,6 @@ fn token_from_payload(payload: &serde_json::Value) -> Option<String> {
 
 async fn graphql_ws(
     State(s): State<GraphqlState>,
-    protocol: GraphQLProtocol,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -146,132 +137,27 @@ async fn graphql_ws(
     {
         return e.into_response();
     }
-    let from_headers = s.app.authenticate(&Method::GET, &headers).await.ok();
-    let request_id = request_id(&headers);
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let Some(protocol) = super::ws::Protocol::choose(offered) else {
+        return Error::bad_request(
+            "Sec-WebSocket-Protocol: speak graphql-transport-ws or graphql-ws",
+        )
+        .into_response();
+    };
+    let from_headers = s.app.authenticate(&Method::GET, &headers).await;
     let max_message = s.app.config().max_websocket_message_bytes;
+    let connection = super::ws::Connection {
+        app: s.app,
+        core: s.core,
+        protocol,
+        upgrade: super::ws::Credentials::Upgrade(from_headers),
+        request_id: request_id(&headers),
+    };
     upgrade
-        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .protocols([protocol.name()])
         .max_message_size(max_message)
         .max_frame_size(max_message)
-        .on_upgrade(move |socket| {
-            let GraphqlState { app, core } = s;
-            let accepted = Arc::new(AtomicBool::new(false));
-            let (sink, stream) = socket.split();
-            // Until `connection_init` is accepted, a message may hold at
-            // most INIT_MESSAGE_BYTES; a bigger one ends the connection.
-            let stream = {
-                let accepted = accepted.clone();
-                stream.map(move |m| match m {
-                    Ok(msg)
-                        if !accepted.load(Ordering::Acquire)
-                            && msg_len(&msg) > INIT_MESSAGE_BYTES =>
-                    {
-                        Err(axum::Error::new("message too large before connection_init"))
-                    }
-                    other => other,
-                })
-            };
-            // Every operation started on the socket is charged like one sent
-            // over HTTP; a refused one is answered with an error for its id
-            // and never reaches the executor.
-            let sink = Arc::new(tokio::sync::Mutex::new(sink));
-            let caller: Arc<std::sync::OnceLock<Principal>> = Arc::default();
-            let stream = {
-                let (app, core, sink, caller) =
-                    (app.clone(), core.clone(), sink.clone(), caller.clone());
-                stream.filter_map(move |m| {
-                    let (app, core, sink, caller) =
-                        (app.clone(), core.clone(), sink.clone(), caller.clone());
-                    async move {
-                        let Ok(Message::Text(text)) = &m else {
-                            return Some(m);
-                        };
-                        let Some(p) = caller.get() else {
-                            return Some(m);
-                        };
-                        match refusal(&app, &core, p, text) {
-                            None => Some(m),
-                            Some(answer) => {
-                                use futures_util::SinkExt;
-                                let sent = sink.lock().await.send(answer).await;
-                                // A socket that cannot take the answer is done.
-                                sent.err().map(|e| Err(axum::Error::new(e)))
-                            }
-                        }
-                    }
-                })
-            };
-            let sink = futures_util::sink::unfold(sink, |sink, msg: Message| async move {
-                use futures_util::SinkExt;
-                sink.lock().await.send(msg).await?;
-                Ok::<_, axum::Error>(sink)
-            });
-            GraphQLWebSocket::new_with_pair(sink, stream, core, protocol)
-                .on_connection_init(move |payload| async move {
-                    let principal = match token_from_payload(&payload) {
-                        Some(token) => app.authenticate_token(&token).await?,
-                        None => from_headers.ok_or_else(|| {
-                            Error::Unauthenticated("missing credentials in connection_init".into())
-                        })?,
-                    };
-                    let ctx = Ctx {
-                        principal,
-                        request_id,
-                    };
-                    caller.set(ctx.principal.clone()).ok();
-                    accepted.store(true, Ordering::Release);
-                    Ok(super::connection_data(app.db(), ctx))
-                })
-                .keepalive_timeout(Duration::from_secs(30))
-                .serve()
-        })
-}
-
-/// The error message that refuses an operation started on a websocket
-/// (`subscribe` of graphql-transport-ws, `start` of the older graphql-ws)
-/// when it would overspend the caller's rate limit; `None` lets it run.
-fn refusal(app: &AppState, core: &Core, principal: &Principal, text: &str) -> Option<Message> {
-    #[derive(serde::Deserialize)]
-    struct Start {
-        #[serde(rename = "type")]
-        kind: String,
-        id: Option<String>,
-        payload: Option<StartPayload>,
-    }
-    #[derive(serde::Deserialize)]
-    struct StartPayload {
-        query: Option<String>,
-    }
-    if !app.rate_limits().enabled() {
-        return None;
-    }
-    let start: Start = serde_json::from_str(text).ok()?;
-    if start.kind != "subscribe" && start.kind != "start" {
-        return None;
-    }
-    let query = start.payload.and_then(|p| p.query).unwrap_or_default();
-    let Some(Err(refused)) = app.rate_limits().charge(principal, core.cost(&query)) else {
-        return None;
-    };
-    let errors = graphql_error(&refused.error)["errors"].clone();
-    // graphql-transport-ws sends the list of errors; graphql-ws one error.
-    let payload = if start.kind == "subscribe" {
-        errors
-    } else {
-        errors[0].clone()
-    };
-    let answer = json!({ "type": "error", "id": start.id, "payload": payload });
-    Some(Message::Text(answer.to_string().into()))
-}
-
-/// The largest message a websocket may send before its `connection_init`
-/// is accepted.
-pub const INIT_MESSAGE_BYTES: usize = 64 * 1024;
-
-fn msg_len(msg: &Message) -> usize {
-    match msg {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) => b.len(),
-        _ => 0,
-    }
+        .on_upgrade(move |socket| connection.run(socket))
 }

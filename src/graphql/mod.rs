@@ -12,6 +12,7 @@ pub mod plan;
 pub mod query;
 pub mod size;
 pub mod types;
+pub mod ws;
 
 use std::sync::Arc;
 

@@ -1,0 +1,400 @@
+//! The websocket protocol loop of `/graphql/ws`: graphql-transport-ws and
+//! the older graphql-ws (subscriptions-transport-ws), over
+//! `Executor::execute_stream`.
+//!
+//! - `connection_init` must come within [`INIT_TIMEOUT`] (else close 4408)
+//!   and hold at most [`INIT_MESSAGE_BYTES`]; bad credentials close with
+//!   4401, a forbidden caller with 4403, before any data.
+//! - Each started operation is charged against the caller's rate limit;
+//!   at most [`MAX_ACTIVE`] run at once on one connection. A refused one
+//!   gets an `error` message for its id; the connection stays.
+//! - The credentials are checked again every [`RECHECK`]: a token revoked
+//!   or expired meanwhile ends the connection (4401/4403) and its
+//!   subscriptions.
+//! - The server pings every [`PING_EVERY`] (the older protocol's `ka` too),
+//!   and answers the client's pings.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_graphql::{Data, Executor};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::Core;
+use super::http::graphql_error;
+use crate::auth::Principal;
+use crate::domain::Ctx;
+use crate::error::Error;
+use crate::state::AppState;
+
+/// Time a client has to send `connection_init`.
+pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest message before `connection_init` is accepted.
+pub const INIT_MESSAGE_BYTES: usize = 64 * 1024;
+/// Operations one connection may run at once.
+pub const MAX_ACTIVE: usize = 100;
+/// How often the credentials are checked again.
+pub const RECHECK: Duration = Duration::from_secs(2);
+/// How often the server pings an idle client.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+
+/// The two protocols, by their `Sec-WebSocket-Protocol` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `graphql-transport-ws`.
+    TransportWs,
+    /// `graphql-ws`, the older subscriptions-transport-ws.
+    Legacy,
+}
+
+impl Protocol {
+    /// The first protocol the client offers that the server speaks;
+    /// graphql-transport-ws when it names none.
+    pub fn choose(offered: Option<&str>) -> Option<Protocol> {
+        let Some(offered) = offered else {
+            return Some(Protocol::TransportWs);
+        };
+        offered.split(',').find_map(|p| match p.trim() {
+            p if p.eq_ignore_ascii_case("graphql-transport-ws") => Some(Protocol::TransportWs),
+            p if p.eq_ignore_ascii_case("graphql-ws") => Some(Protocol::Legacy),
+            _ => None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TransportWs => "graphql-transport-ws",
+            Protocol::Legacy => "graphql-ws",
+        }
+    }
+}
+
+/// How the connection proves who it is, again and again.
+pub enum Credentials {
+    /// From the upgrade request (cookie or header), already checked.
+    Upgrade(Result<Principal, Error>),
+}
+
+/// What one connection needs.
+pub struct Connection {
+    pub app: AppState,
+    pub core: Core,
+    pub protocol: Protocol,
+    pub upgrade: Credentials,
+    pub request_id: Option<String>,
+}
+
+enum Outcome {
+    Close(u16, String),
+    Gone,
+}
+
+fn close(code: u16, reason: impl Into<String>) -> Outcome {
+    let mut reason: String = reason.into();
+    // A close frame's reason holds at most 123 bytes.
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    Outcome::Close(code, reason)
+}
+
+/// The close code for a refused credential.
+fn refusal_code(e: &Error) -> u16 {
+    match e {
+        Error::Forbidden(_) => 4403,
+        _ => 4401,
+    }
+}
+
+fn text(v: Value) -> Message {
+    Message::Text(v.to_string().into())
+}
+
+fn message_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
+}
+
+impl Connection {
+    /// Runs the connection until either side ends it.
+    pub async fn run(self, socket: WebSocket) {
+        let (mut sink, mut stream) = socket.split();
+        let (out, mut outbox) = mpsc::channel::<Message>(64);
+        let writer = tokio::spawn(async move {
+            while let Some(m) = outbox.recv().await {
+                let last = matches!(m, Message::Close(_));
+                if sink.send(m).await.is_err() || last {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let mut active: HashMap<String, JoinHandle<()>> = HashMap::new();
+        let outcome = self.serve(&mut stream, &out, &mut active).await;
+        for (_, task) in active.drain() {
+            task.abort();
+        }
+        if let Outcome::Close(code, reason) = outcome {
+            let frame = CloseFrame {
+                code,
+                reason: reason.into(),
+            };
+            let _ = out.send(Message::Close(Some(frame))).await;
+        }
+        drop(out);
+        let _ = writer.await;
+    }
+
+    async fn serve(
+        &self,
+        stream: &mut futures_util::stream::SplitStream<WebSocket>,
+        out: &mpsc::Sender<Message>,
+        active: &mut HashMap<String, JoinHandle<()>>,
+    ) -> Outcome {
+        // Until `connection_init`: small messages, a deadline.
+        let deadline = tokio::time::Instant::now() + INIT_TIMEOUT;
+        let (principal, token) = loop {
+            let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
+                Err(_) => return close(4408, "connection initialisation timeout"),
+                Ok(None | Some(Err(_))) => return Outcome::Gone,
+                Ok(Some(Ok(m))) => m,
+            };
+            if message_len(&msg) > INIT_MESSAGE_BYTES {
+                return close(1009, "message too large before connection_init");
+            }
+            let Some(v) = self.parse(&msg) else {
+                match msg {
+                    Message::Close(_) => return Outcome::Gone,
+                    Message::Text(_) | Message::Binary(_) => {
+                        return close(4400, "invalid message");
+                    }
+                    _ => continue,
+                }
+            };
+            match v["type"].as_str() {
+                Some("connection_init") => {
+                    let token = super::http::token_from_payload(&v["payload"]);
+                    let who = match &token {
+                        Some(t) => self.app.authenticate_token(t).await,
+                        None => match &self.upgrade {
+                            Credentials::Upgrade(Ok(p)) => Ok(p.clone()),
+                            Credentials::Upgrade(Err(_)) => Err(Error::Unauthenticated(
+                                "missing credentials in connection_init".into(),
+                            )),
+                        },
+                    };
+                    match who {
+                        Ok(p) => break (p, token),
+                        Err(e) => return close(refusal_code(&e), e.public_message()),
+                    }
+                }
+                Some("ping") => {
+                    let _ = out.send(text(json!({ "type": "pong" }))).await;
+                }
+                Some("pong") => {}
+                _ => return close(4401, "unauthorized: send connection_init first"),
+            }
+        };
+        let _ = out.send(text(json!({ "type": "connection_ack" }))).await;
+        let ctx = Ctx {
+            principal: principal.clone(),
+            request_id: self.request_id.clone(),
+        };
+        let data = Arc::new(super::connection_data(self.app.db(), ctx));
+
+        let mut recheck = tokio::time::interval(RECHECK);
+        recheck.tick().await;
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.tick().await;
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let msg = match msg {
+                        None | Some(Err(_)) => return Outcome::Gone,
+                        Some(Ok(m)) => m,
+                    };
+                    if let Some(end) = self.handle(msg, &principal, &data, out, active).await {
+                        return end;
+                    }
+                }
+                _ = recheck.tick() => {
+                    if let Err(e) = self.still_valid(token.as_deref()).await {
+                        return close(refusal_code(&e), e.public_message());
+                    }
+                }
+                _ = ping.tick() => {
+                    let keepalive = match self.protocol {
+                        Protocol::Legacy => text(json!({ "type": "ka" })),
+                        Protocol::TransportWs => Message::Ping(Vec::new().into()),
+                    };
+                    let _ = out.send(keepalive).await;
+                }
+            }
+        }
+    }
+
+    /// The credentials still hold: a store that cannot be reached is not a
+    /// refusal (the next check decides).
+    async fn still_valid(&self, token: Option<&str>) -> Result<(), Error> {
+        let Some(token) = token else {
+            // A session from the upgrade request: its JWT expires on its own
+            // and is not re-read here.
+            return Ok(());
+        };
+        match self.app.authenticate_token(token).await {
+            Ok(_) | Err(Error::Unavailable(_) | Error::Internal(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn parse(&self, msg: &Message) -> Option<Value> {
+        let text = match msg {
+            Message::Text(t) => t.as_str(),
+            Message::Binary(b) => std::str::from_utf8(b).ok()?,
+            _ => return None,
+        };
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .filter(|v| v["type"].is_string())
+    }
+
+    /// One message after `connection_init`; `Some` ends the connection.
+    async fn handle(
+        &self,
+        msg: Message,
+        principal: &Principal,
+        data: &Arc<Data>,
+        out: &mpsc::Sender<Message>,
+        active: &mut HashMap<String, JoinHandle<()>>,
+    ) -> Option<Outcome> {
+        let v = match &msg {
+            Message::Close(_) => return Some(Outcome::Gone),
+            Message::Ping(_) | Message::Pong(_) => return None,
+            _ => match self.parse(&msg) {
+                Some(v) => v,
+                None => return Some(close(4400, "invalid message")),
+            },
+        };
+        let id = v["id"].as_str().map(str::to_string);
+        match (v["type"].as_str().unwrap_or_default(), id) {
+            ("subscribe" | "start", Some(id)) => {
+                active.retain(|_, t| !t.is_finished());
+                if active.contains_key(&id) {
+                    return Some(close(4409, format!("subscriber for {id} already exists")));
+                }
+                if active.len() >= MAX_ACTIVE {
+                    let e = Error::RateLimited(format!(
+                        "at most {MAX_ACTIVE} operations may run at once on one connection"
+                    ));
+                    let _ = out.send(self.error(&id, &e)).await;
+                    return None;
+                }
+                let request: async_graphql::Request =
+                    match serde_json::from_value(v["payload"].clone()) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let e = Error::bad_request(format!("invalid operation: {e}"));
+                            let _ = out.send(self.error(&id, &e)).await;
+                            return None;
+                        }
+                    };
+                let cost = self.core.cost(&request.query);
+                if let Some(Err(refused)) = self.app.rate_limits().charge(principal, cost) {
+                    let _ = out.send(self.error(&id, &refused.error)).await;
+                    return None;
+                }
+                let task = self.start(id.clone(), request, data.clone(), out.clone());
+                active.insert(id, task);
+                None
+            }
+            ("complete" | "stop", Some(id)) => {
+                if let Some(task) = active.remove(&id) {
+                    task.abort();
+                }
+                None
+            }
+            ("ping", _) => {
+                let _ = out.send(text(json!({ "type": "pong" }))).await;
+                None
+            }
+            ("pong", _) => None,
+            ("connection_terminate", _) => Some(close(1000, "terminated")),
+            ("connection_init", _) => Some(close(4429, "too many initialisation requests")),
+            _ => Some(close(4400, "invalid message")),
+        }
+    }
+
+    /// Runs one operation, sending each response, then `complete`.
+    fn start(
+        &self,
+        id: String,
+        request: async_graphql::Request,
+        data: Arc<Data>,
+        out: mpsc::Sender<Message>,
+    ) -> JoinHandle<()> {
+        let responses = self.core.execute_stream(request, Some(data));
+        let next = match self.protocol {
+            Protocol::TransportWs => "next",
+            Protocol::Legacy => "data",
+        };
+        tokio::spawn(async move {
+            let mut responses = responses;
+            while let Some(resp) = responses.next().await {
+                let payload = serde_json::to_value(&resp).unwrap_or(Value::Null);
+                let m = text(json!({ "type": next, "id": id, "payload": payload }));
+                if out.send(m).await.is_err() {
+                    return;
+                }
+            }
+            let _ = out
+                .send(text(json!({ "type": "complete", "id": id })))
+                .await;
+        })
+    }
+
+    /// The `error` message for operation `id`.
+    fn error(&self, id: &str, e: &Error) -> Message {
+        let errors = graphql_error(e)["errors"].clone();
+        // graphql-transport-ws sends the list of errors; graphql-ws one.
+        let payload = match self.protocol {
+            Protocol::TransportWs => errors,
+            Protocol::Legacy => errors[0].clone(),
+        };
+        text(json!({ "type": "error", "id": id, "payload": payload }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_is_the_first_offered_that_is_spoken() {
+        assert_eq!(Protocol::choose(None), Some(Protocol::TransportWs));
+        assert_eq!(
+            Protocol::choose(Some("graphql-ws, graphql-transport-ws")),
+            Some(Protocol::Legacy)
+        );
+        assert_eq!(
+            Protocol::choose(Some("chat, GRAPHQL-TRANSPORT-WS")),
+            Some(Protocol::TransportWs)
+        );
+        assert_eq!(Protocol::choose(Some("chat")), None);
+    }
+
+    #[test]
+    fn close_reasons_fit_a_frame() {
+        let Outcome::Close(_, reason) = close(4401, "x".repeat(500)) else {
+            panic!()
+        };
+        assert!(reason.len() <= 123);
+    }
+}
