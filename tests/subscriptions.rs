@@ -15,6 +15,21 @@ use tokio_tungstenite::tungstenite::Message;
 
 const LOGS: &str = "subscription($p: String!, $tail: Int) { logs(projectId: $p, tail: $tail) { ts msg source deploymentId } }";
 
+/// A project `slug` on a repository of the test app with a release phase;
+/// the repository (kept while it is alive).
+async fn app_project(s: &TestServer, slug: &str) -> tempfile::TempDir {
+    let src = repo("web: exec python3 app.py\nrelease: echo release-phase-ran\n");
+    let (status, body) = s
+        .post(
+            "/projects",
+            &s.admin_token,
+            json!({"name": slug, "slug": slug, "gitRepository": src.path().to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    src
+}
+
 /// Deploys and waits for success; the deployment's id.
 async fn deployed(s: &TestServer, project: &str) -> String {
     let done = deploy(s, project).await;
@@ -61,15 +76,7 @@ async fn read_until(
 /// it: the next release's lines arrive on the same subscription.
 async fn logs_follow_an_environment_across_deploys(backend: Backend) {
     let s = TestServer::start(backend).await;
-    let src = repo("web: exec python3 app.py\nrelease: echo release-phase-ran\n");
-    let (status, body) = s
-        .post(
-            "/projects",
-            &s.admin_token,
-            json!({"name": "App", "slug": "app", "gitRepository": src.path().to_str().unwrap()}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let _src = app_project(&s, "app").await;
     let first = deployed(&s, "app").await;
 
     let mut socket = ws::with_token(&s, &s.admin_token).await;
@@ -352,6 +359,123 @@ async fn the_older_protocol_is_spoken_too() {
     );
 }
 
+/// One Server-Sent Event: its id and its data as JSON.
+type SseEvent = (Option<String>, Value);
+
+/// Reads events from an SSE answer until one satisfies `wanted`; all it
+/// read (heartbeats skipped).
+async fn sse_until(resp: reqwest::Response, wanted: impl Fn(&Value) -> bool) -> Vec<SseEvent> {
+    use futures_util::StreamExt;
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    let read = async {
+        while let Some(chunk) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let (mut id, mut data) = (None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() {
+                    continue; // a heartbeat comment
+                }
+                let value: Value = serde_json::from_str(&data).unwrap();
+                let done = wanted(&value);
+                events.push((id, value));
+                if done {
+                    return;
+                }
+            }
+        }
+        panic!("the stream ended");
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("the wanted event came");
+    events
+}
+
+/// `GET /projects/:id/logs?stream=true` answers Server-Sent Events, one per
+/// line with its cursor as id; a reconnect with `Last-Event-ID` continues
+/// exactly after that line. Another organisation is refused before any
+/// event.
+async fn sse_logs_resume_exactly(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let _src = app_project(&s, "sse").await;
+    deployed(&s, "sse").await;
+    let listening = |l: &Value| l["msg"].as_str().unwrap().starts_with("listening on");
+    let get = |extra: Option<(&'static str, String)>| {
+        let mut req = s.api(
+            reqwest::Method::GET,
+            "/projects/sse/logs?stream=true&tail=1000",
+            &s.admin_token,
+        );
+        if let Some((k, v)) = extra {
+            req = req.header(k, v);
+        }
+        req.send()
+    };
+    let resp = get(None).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let first = sse_until(resp, listening).await;
+    assert!(first.len() >= 3, "{first:?}");
+    let ids: Vec<u64> = first
+        .iter()
+        .map(|(id, _)| id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "cursors follow each other: {ids:?}"
+    );
+    assert!(
+        first
+            .iter()
+            .all(|(id, line)| line["cursor"].as_str() == id.as_deref())
+    );
+
+    // Resume after the second event: the rest, exactly.
+    let resume = first[1].0.clone().unwrap();
+    let resp = get(Some(("Last-Event-ID", resume))).await.unwrap();
+    let again = sse_until(resp, listening).await;
+    assert_eq!(again, first[2..].to_vec());
+
+    // Asking by Accept works the same.
+    let resp = s
+        .api(reqwest::Method::GET, "/projects/sse/logs", &s.admin_token)
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    drop(resp);
+
+    let other = s.token("other", Role::Admin).await;
+    let (status, body) = TestServer::send(s.api(
+        reqwest::Method::GET,
+        "/projects/sse/logs?stream=true",
+        &other,
+    ))
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+}
+
 /// A socket that never sends `connection_init` is closed with 4408.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_socket_is_closed_with_4408() {
@@ -367,4 +491,5 @@ backend_tests!(
     bad_credentials_close_with_4401,
     a_connection_runs_at_most_100_operations,
     a_revoked_token_ends_its_subscriptions,
+    sse_logs_resume_exactly,
 );

@@ -404,6 +404,7 @@ impl Deployer {
                 &LogQuery {
                     tail: tail as usize,
                     deployment_id,
+                    after: None,
                 },
             )
             .await
@@ -421,6 +422,7 @@ impl Deployer {
         env_type: Option<&str>,
         tail: Option<i32>,
         deployment: Option<&str>,
+        after: Option<u64>,
     ) -> Result<BoxStream<'static, LogLine>> {
         let tail = tail.unwrap_or(200);
         if !(0..=1000).contains(&tail) {
@@ -430,17 +432,23 @@ impl Deployer {
         let query = LogQuery {
             tail: tail as usize,
             deployment_id,
+            after,
         };
         let live = self.runtime.follow_logs(&env, &query).await?;
-        let past = if tail > 0 {
+        let past = if tail > 0 || after.is_some() {
             self.runtime.logs(&env, &query).await?
         } else {
             Vec::new()
         };
-        let newest = past.last().map(|l| l.ts);
+        // Numbered lines are told apart by cursor; others by content.
+        let newest = past.last().map(|l| (l.ts, l.cursor));
         let sent = past.clone();
         let live = live.filter(move |line| {
-            let again = newest.is_some_and(|ts| line.ts <= ts) && sent.contains(line);
+            let again = match newest {
+                Some((_, c)) if line.cursor != 0 => line.cursor <= c,
+                Some((ts, _)) => line.ts <= ts && sent.contains(line),
+                None => after.is_some_and(|a| line.cursor != 0 && line.cursor <= a),
+            };
             std::future::ready(!again)
         });
         Ok(futures_util::stream::iter(past).chain(live).boxed())

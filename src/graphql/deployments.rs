@@ -124,6 +124,10 @@ pub struct LogEntry {
     pub level: String,
     pub msg: String,
     pub deployment_id: Option<ID>,
+    /// Where the line stands in its environment's history; `after` of the
+    /// `logs` subscription (and SSE's `Last-Event-ID`) resumes after it.
+    /// Null where the runtime numbers no lines (Kubernetes).
+    pub cursor: Option<String>,
 }
 
 impl From<crate::runtime::LogLine> for LogEntry {
@@ -134,6 +138,7 @@ impl From<crate::runtime::LogLine> for LogEntry {
             level: l.level,
             msg: l.msg,
             deployment_id: l.deployment_id.map(|d| ID(d.to_string())),
+            cursor: (l.cursor != 0).then(|| l.cursor.to_string()),
         }
     }
 }
@@ -148,7 +153,9 @@ impl Subscription {
     /// (`envType`, default `production`) or of one deployment, then each new
     /// line as it is captured. Without `deploymentId` it follows the
     /// environment across deploys and restarts: a new release's lines
-    /// arrive on the same subscription.
+    /// arrive on the same subscription. `after` (a line's `cursor`) sends
+    /// every kept line after it instead of the last `tail`: a client that
+    /// reconnects misses nothing and gets nothing twice.
     async fn logs(
         &self,
         ctx: &Context<'_>,
@@ -156,7 +163,12 @@ impl Subscription {
         env_type: Option<String>,
         tail: Option<i32>,
         deployment_id: Option<ID>,
+        after: Option<String>,
     ) -> Result<impl futures_util::Stream<Item = LogEntry> + use<>> {
+        let after = after
+            .map(|a| a.trim().parse::<u64>())
+            .transpose()
+            .map_err(|_| Error::field("after", "must be the cursor of a log line"))?;
         let lines = deployer(ctx)?
             .follow(
                 domain_ctx(ctx)?,
@@ -164,6 +176,7 @@ impl Subscription {
                 env_type.as_deref(),
                 tail,
                 deployment_id.as_ref().map(|d| d.as_str()),
+                after,
             )
             .await?;
         Ok(futures_util::StreamExt::map(lines, LogEntry::from))

@@ -5,6 +5,7 @@
 mod constraints;
 pub mod model;
 pub mod openapi;
+mod sse;
 pub mod table;
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{OriginalUri, Path, Query, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use serde_json::{Map, Value, json};
@@ -55,10 +56,17 @@ pub fn router(state: RestState) -> Router {
                                 ctx: Extension<Ctx>,
                                 method: Method,
                                 uri: OriginalUri,
+                                headers: HeaderMap,
                                 path: Path<HashMap<String, String>>,
                                 query: Query<Vec<(String, String)>>,
                                 body: Bytes| {
-                handle(state, ctx, Call { index, method, uri }, path, query, body)
+                let call = Call {
+                    index,
+                    method,
+                    uri,
+                    headers,
+                };
+                handle(state, ctx, call, path, query, body)
             };
             let entry = by_path.remove(&route.axum_path).unwrap_or_default();
             by_path.insert(route.axum_path.clone(), entry.merge(on(filter, handler)));
@@ -320,6 +328,7 @@ struct Call {
     index: usize,
     method: Method,
     uri: OriginalUri,
+    headers: HeaderMap,
 }
 
 /// `?limit=&cursor=` of a paginated endpoint, when the client asks for pages.
@@ -399,11 +408,25 @@ async fn answer(
         Ok(p) => p.flatten(),
         Err(e) => return e.into_response(),
     };
+    let query_pairs = query.clone();
     let mut vars = match variables(&s.rest, route, &call.method, path, query, &body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     let status = StatusCode::from_u16(route.spec.status).unwrap_or(StatusCode::OK);
+    if route.spec.render.is_some()
+        && let Some(after) = sse::wanted(&query_pairs, &call.headers)
+    {
+        // Bad arguments, an unknown or foreign project: answered as for
+        // the text form, before any event.
+        if let Err(resp) = execute(s, route, &ctx, vars.clone(), false).await {
+            return resp;
+        }
+        return match sse::logs(s, &ctx, vars, after) {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        };
+    }
     if !route.spec.paginate {
         return match execute(s, route, &ctx, vars, false).await {
             Ok(result) if route.spec.render.is_some() => (

@@ -314,8 +314,11 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
         "responses": {
             route.spec.status.to_string(): if route.spec.render.is_some() {
                 json!({
-                    "description": "Success: one `<timestamp> [<source>] <message>` line per entry",
-                    "content": { "text/plain": { "schema": { "type": "string" } } }
+                    "description": "Success: one `<timestamp> [<source>] <message>` line per entry; with `stream=true` (or `Accept: text/event-stream`), Server-Sent Events: the past lines, then each new one, `id:` the line's cursor, `data:` `{cursor, ts, source, level, msg, deploymentId}`, a `: heartbeat` comment every 15 s",
+                    "content": {
+                        "text/plain": { "schema": { "type": "string" } },
+                        "text/event-stream": { "schema": { "type": "string" } }
+                    }
                 })
             } else {
                 json!({
@@ -332,6 +335,24 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
         }
     });
     op["responses"][route.spec.status.to_string()]["headers"] = rate_limit_headers();
+    if route.spec.render.is_some() {
+        let params = op["parameters"].as_array_mut().expect("array");
+        params.push(json!({
+            "name": "stream", "in": "query", "required": false,
+            "description": "Follow the logs as Server-Sent Events instead of answering the last lines",
+            "schema": { "type": "boolean" }
+        }));
+        params.push(json!({
+            "name": "after", "in": "query", "required": false,
+            "description": "With `stream`: every kept line after this cursor (as `Last-Event-ID`)",
+            "schema": { "type": "string", "pattern": "^[0-9]{1,19}$" }
+        }));
+        params.push(json!({
+            "name": "Last-Event-ID", "in": "header", "required": false,
+            "description": "With `stream`: resume after this event (a line's cursor)",
+            "schema": { "type": "string", "pattern": "^[0-9]{1,19}$" }
+        }));
+    }
     if route.spec.paginate {
         let params = op["parameters"].as_array_mut().expect("array");
         params.push(json!({

@@ -135,6 +135,10 @@ pub struct LogLine {
     pub level: String,
     pub msg: String,
     pub deployment_id: Option<Uuid>,
+    /// Where the line stands in its environment's history: grows by one
+    /// per line kept (0: a runtime that numbers no lines).
+    #[serde(default)]
+    pub cursor: u64,
 }
 
 /// Which logs to read.
@@ -142,6 +146,8 @@ pub struct LogLine {
 pub struct LogQuery {
     pub tail: usize,
     pub deployment_id: Option<Uuid>,
+    /// Every kept line after this cursor instead of the last `tail`.
+    pub after: Option<u64>,
 }
 
 /// A CI runner of the pool.

@@ -14,6 +14,18 @@ const HISTORY: usize = 10_000;
 struct Channel {
     history: VecDeque<LogLine>,
     live: broadcast::Sender<LogLine>,
+    /// The cursor of the newest line.
+    last: u64,
+}
+
+impl Channel {
+    fn new() -> Channel {
+        Channel {
+            history: VecDeque::new(),
+            live: broadcast::channel(1024).0,
+            last: 0,
+        }
+    }
 }
 
 /// Captured output of every environment: bounded, newest kept.
@@ -24,15 +36,15 @@ pub struct LogStore {
 
 impl LogStore {
     /// Appends a line to an environment's history and sends it to followers.
-    pub fn push(&self, environment_id: Uuid, line: LogLine) {
+    /// The line gets the environment's next cursor.
+    pub fn push(&self, environment_id: Uuid, mut line: LogLine) {
         let mut map = self.inner.lock().expect("log store");
-        let ch = map.entry(environment_id).or_insert_with(|| Channel {
-            history: VecDeque::new(),
-            live: broadcast::channel(1024).0,
-        });
+        let ch = map.entry(environment_id).or_insert_with(Channel::new);
         if ch.history.len() == HISTORY {
             ch.history.pop_front();
         }
+        ch.last += 1;
+        line.cursor = ch.last;
         ch.history.push_back(line.clone());
         let _ = ch.live.send(line);
     }
@@ -72,11 +84,27 @@ impl LogStore {
     pub fn subscribe(&self, environment_id: Uuid) -> broadcast::Receiver<LogLine> {
         let mut map = self.inner.lock().expect("log store");
         map.entry(environment_id)
-            .or_insert_with(|| Channel {
-                history: VecDeque::new(),
-                live: broadcast::channel(1024).0,
-            })
+            .or_insert_with(Channel::new)
             .live
             .subscribe()
+    }
+
+    /// Every kept line after `cursor`, optionally of one deployment.
+    pub fn after(
+        &self,
+        environment_id: Uuid,
+        cursor: u64,
+        deployment: Option<Uuid>,
+    ) -> Vec<LogLine> {
+        let map = self.inner.lock().expect("log store");
+        let Some(ch) = map.get(&environment_id) else {
+            return Vec::new();
+        };
+        ch.history
+            .iter()
+            .filter(|l| l.cursor > cursor)
+            .filter(|l| deployment.is_none() || l.deployment_id == deployment)
+            .cloned()
+            .collect()
     }
 }

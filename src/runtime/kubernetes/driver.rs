@@ -64,6 +64,7 @@ fn say(sink: &LogSink, source: &str, level: &str, msg: String, deployment: Optio
         level: level.into(),
         msg,
         deployment_id: deployment,
+        cursor: 0,
     });
 }
 

@@ -25,6 +25,7 @@ pub fn parse_line(raw: &str, source: &str, deployment_id: Option<Uuid>) -> LogLi
         level: "info".into(),
         msg: msg.to_string(),
         deployment_id,
+        cursor: 0,
     }
 }
 

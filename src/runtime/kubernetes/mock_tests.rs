@@ -738,6 +738,7 @@ async fn logs_merge_pods_by_time() {
     let query = LogQuery {
         tail: 2,
         deployment_id: Some(Uuid::from_u128(V2)),
+        after: None,
     };
     let lines = run(
         Scenario::Logs,

@@ -373,6 +373,7 @@ impl LocalRuntime {
             level: level.into(),
             msg,
             deployment_id: Some(deployment),
+            cursor: 0,
         });
     }
 
@@ -774,9 +775,14 @@ impl Runtime for LocalRuntime {
     }
 
     async fn logs(&self, env: &EnvironmentRef, query: &LogQuery) -> Result<Vec<LogLine>> {
-        Ok(self
-            .logs
-            .tail(env.environment_id, query.tail, query.deployment_id))
+        Ok(match query.after {
+            Some(after) => self
+                .logs
+                .after(env.environment_id, after, query.deployment_id),
+            None => self
+                .logs
+                .tail(env.environment_id, query.tail, query.deployment_id),
+        })
     }
 
     async fn follow_logs(

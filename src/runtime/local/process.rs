@@ -119,6 +119,7 @@ fn pump(
                 level: level.into(),
                 msg,
                 deployment_id: Some(deployment),
+                cursor: 0,
             },
         )
     }));
@@ -277,6 +278,7 @@ fn push_event(logs: &LogStore, spec: &ReplicaSpec, msg: String) {
             level: "error".into(),
             msg,
             deployment_id: Some(spec.deployment_id),
+            cursor: 0,
         },
     );
 }
