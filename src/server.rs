@@ -446,11 +446,14 @@ pub async fn serve(app: App) -> Result<()> {
     let ai = app.ai.clone();
     let runtime = app.deployer().runtime.clone();
     let limits = app.config().connections.clone();
+    let state = app.state.clone();
     let mut serving = Serving::start(listener, router(app), threads, limits)?;
     let failed = tokio::select! {
         () = shutdown_signal() => None,
         e = serving.failed() => Some(e),
     };
+    // Websockets and event streams end with a goodbye, not a reset.
+    state.end_streams(Duration::from_secs(3)).await;
     // Tenant processes stop within their own bound, whatever the API's
     // connections do meanwhile.
     let (stopped, ()) = tokio::join!(serving.stop(), runtime.shutdown());

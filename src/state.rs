@@ -51,6 +51,28 @@ struct Inner {
     sessions: SessionKeys,
     statements: StatementCounter,
     rate_limits: RateLimiter,
+    streams: Streams,
+}
+
+/// The long-lived answers (websockets, event streams): told when the
+/// server stops, and counted, so that shutdown can wait for them to say
+/// goodbye.
+#[derive(Default)]
+pub struct Streams {
+    stop: tokio::sync::watch::Sender<bool>,
+    open: std::sync::atomic::AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// Held by an open stream; dropping it counts the stream closed.
+pub struct StreamGuard(AppState);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let s = &self.0.0.streams;
+        s.open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        s.closed.notify_waiters();
+    }
 }
 
 /// Shared by every handler; cheap to clone.
@@ -112,7 +134,33 @@ impl AppState {
             sessions: SessionKeys::new(&session_secret)?,
             statements,
             rate_limits,
+            streams: Streams::default(),
         })))
+    }
+
+    /// Registers a long-lived stream: the guard to hold while it is open,
+    /// and a receiver that turns `true` when the server stops.
+    pub fn open_stream(&self) -> (StreamGuard, tokio::sync::watch::Receiver<bool>) {
+        let s = &self.0.streams;
+        s.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        (StreamGuard(self.clone()), s.stop.subscribe())
+    }
+
+    /// Tells every open stream that the server stops, and waits (at most
+    /// `grace`) until they have ended.
+    pub async fn end_streams(&self, grace: std::time::Duration) {
+        let s = &self.0.streams;
+        s.stop.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let closed = s.closed.notified();
+            if s.open.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Deployments, runtime and job queue.

@@ -476,6 +476,59 @@ async fn sse_logs_resume_exactly(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
 
+/// SIGTERM ends each running subscription with `complete` and the socket
+/// with close 1001, rather than dropping the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_says_goodbye() {
+    use common::binary::{ServeProcess, free_port, post};
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let port = free_port();
+    let server = ServeProcess::start(
+        port,
+        &[],
+        &[("SYLPHX_DATA_DIR", data.to_str().unwrap())],
+        work.path(),
+    )
+    .await;
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    let token = token.trim();
+    let (status, body) = post(
+        &server.base,
+        "/projects",
+        token,
+        json!({"name": "Bye", "slug": "bye"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(ws::request_at(&format!("http://127.0.0.1:{port}"), &[]))
+            .await
+            .unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
+    socket.send(Message::text(init.to_string())).await.unwrap();
+    assert_eq!(
+        ws::next_text(&mut socket).await.unwrap()["type"],
+        "connection_ack"
+    );
+    let follow = "subscription { logs(projectId: \"bye\", tail: 0) { msg } }";
+    subscribe(&mut socket, "f", follow, json!({})).await;
+    // Messages are handled in order: once this one is answered, `f` runs.
+    subscribe(&mut socket, "q", "{ viewer { role } }", json!({})).await;
+    let answered = read_until(&mut socket, "q", "viewer", |_| true).await;
+    assert_eq!(answered[0]["role"], "admin");
+    assert_eq!(
+        ws::next_text(&mut socket).await.unwrap()["type"],
+        "complete"
+    );
+
+    let exit = tokio::task::spawn_blocking(move || server.terminate());
+    let (code, texts) = until_closed(&mut socket).await;
+    assert_eq!(texts, vec![json!({ "type": "complete", "id": "f" })]);
+    assert_eq!(code, Some(1001));
+    assert!(exit.await.unwrap().success());
+}
+
 /// A socket that never sends `connection_init` is closed with 4408.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_socket_is_closed_with_4408() {

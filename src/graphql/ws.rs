@@ -111,6 +111,18 @@ fn refusal_code(e: &Error) -> u16 {
     }
 }
 
+/// Resolves once the server stops (never, if it cannot tell).
+pub async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 fn text(v: Value) -> Message {
     Message::Text(v.to_string().into())
 }
@@ -126,6 +138,7 @@ fn message_len(m: &Message) -> usize {
 impl Connection {
     /// Runs the connection until either side ends it.
     pub async fn run(self, socket: WebSocket) {
+        let (_open, stopping) = self.app.open_stream();
         let (mut sink, mut stream) = socket.split();
         let (out, mut outbox) = mpsc::channel::<Message>(64);
         let writer = tokio::spawn(async move {
@@ -138,9 +151,15 @@ impl Connection {
             let _ = sink.close().await;
         });
         let mut active: HashMap<String, JoinHandle<()>> = HashMap::new();
-        let outcome = self.serve(&mut stream, &out, &mut active).await;
-        for (_, task) in active.drain() {
+        let outcome = self.serve(&mut stream, &out, &mut active, stopping).await;
+        let stopping = matches!(&outcome, Outcome::Close(1001, _));
+        for (id, task) in active.drain() {
             task.abort();
+            if stopping && !task.is_finished() {
+                let _ = out
+                    .send(text(json!({ "type": "complete", "id": id })))
+                    .await;
+            }
         }
         if let Outcome::Close(code, reason) = outcome {
             let frame = CloseFrame {
@@ -158,11 +177,17 @@ impl Connection {
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
         out: &mpsc::Sender<Message>,
         active: &mut HashMap<String, JoinHandle<()>>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Outcome {
+        const GOING_AWAY: &str = "the server is shutting down";
         // Until `connection_init`: small messages, a deadline.
         let deadline = tokio::time::Instant::now() + INIT_TIMEOUT;
         let (principal, token) = loop {
-            let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
+            let next = tokio::select! {
+                m = tokio::time::timeout_at(deadline, stream.next()) => m,
+                () = stopped(&mut stopping) => return close(1001, GOING_AWAY),
+            };
+            let msg = match next {
                 Err(_) => return close(4408, "connection initialisation timeout"),
                 Ok(None | Some(Err(_))) => return Outcome::Gone,
                 Ok(Some(Ok(m))) => m,
@@ -230,6 +255,7 @@ impl Connection {
                         return close(refusal_code(&e), e.public_message());
                     }
                 }
+                () = stopped(&mut stopping) => return close(1001, GOING_AWAY),
                 _ = ping.tick() => {
                     let keepalive = match self.protocol {
                         Protocol::Legacy => text(json!({ "type": "ka" })),

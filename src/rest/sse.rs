@@ -84,6 +84,14 @@ pub fn logs(
         };
         Ok::<_, Infallible>(event)
     });
+    // Counted as open until dropped; ends when the server stops.
+    let (open, mut stopping) = s.app.open_stream();
+    let events = events
+        .take_until(async move { crate::graphql::ws::stopped(&mut stopping).await })
+        .map(move |e| {
+            let _counted = &open;
+            e
+        });
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
         .into_response())

@@ -16,7 +16,15 @@ pub fn request(
     s: &TestServer,
     headers: &[(&'static str, String)],
 ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut req = format!("{}/graphql/ws", s.base.replace("http://", "ws://"))
+    request_at(&s.base, headers)
+}
+
+/// As [`request`], to the server at `base` (`http://host:port`).
+pub fn request_at(
+    base: &str,
+    headers: &[(&'static str, String)],
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut req = format!("{}/graphql/ws", base.replace("http://", "ws://"))
         .into_client_request()
         .unwrap();
     req.headers_mut().insert(
