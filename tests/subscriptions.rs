@@ -476,6 +476,49 @@ async fn sse_logs_resume_exactly(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
 
+/// Prints many lines at once, then runs the test app.
+const BURST: &str = r#"
+import sys
+for i in range(200000):
+    print("burst", i)
+sys.stdout.flush()
+exec(open("app.py").read())
+"#;
+
+/// A subscriber that does not read falls behind; it is not waited for: the
+/// deploy goes on, and when it reads again it gets a `lagged: N lines
+/// skipped` notice and continues from the live edge.
+async fn a_slow_subscriber_is_told_what_it_missed(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let src = repo_with("web: exec python3 burst.py\n", &[("burst.py", BURST)]);
+    let (status, body) = s
+        .post(
+            "/projects",
+            &s.admin_token,
+            json!({"name": "Burst", "slug": "burst", "gitRepository": src.path().to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut slow = ws::with_token(&s, &s.admin_token).await;
+    subscribe(&mut slow, "slow", LOGS, json!({ "p": "burst", "tail": 0 })).await;
+    // Not read while the app prints its 200,000 lines and starts.
+    deployed(&s, "burst").await;
+    let lines = read_until(&mut slow, "slow", "logs", |l| {
+        l["msg"].as_str().unwrap().starts_with("listening on")
+    })
+    .await;
+    let notice = lines
+        .iter()
+        .find(|l| l["source"] == "lagged")
+        .unwrap_or_else(|| panic!("no lagged notice among {} lines", lines.len()));
+    assert!(
+        notice["msg"].as_str().unwrap().starts_with("lagged: ")
+            && notice["msg"].as_str().unwrap().ends_with(" lines skipped"),
+        "{notice}"
+    );
+    assert!(lines.len() < 200_000, "{}", lines.len());
+}
+
 /// SIGTERM ends each running subscription with `complete` and the socket
 /// with close 1001, rather than dropping the connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -545,4 +588,5 @@ backend_tests!(
     a_connection_runs_at_most_100_operations,
     a_revoked_token_ends_its_subscriptions,
     sse_logs_resume_exactly,
+    a_slow_subscriber_is_told_what_it_missed,
 );

@@ -77,6 +77,9 @@ pub fn logs(
             if let Some(cursor) = line["cursor"].as_str() {
                 event = event.id(cursor);
             }
+            if line["source"] == crate::runtime::LogLine::LAGGED {
+                event = event.event("lagged");
+            }
             event.data(line.to_string())
         } else {
             let errors = serde_json::to_string(&resp.errors).unwrap_or_default();

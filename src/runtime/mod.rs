@@ -141,6 +141,23 @@ pub struct LogLine {
     pub cursor: u64,
 }
 
+impl LogLine {
+    /// Source of the notice a slow follower gets for lines it skipped.
+    pub const LAGGED: &'static str = "lagged";
+
+    /// The notice that `n` lines were skipped for a slow follower.
+    pub fn lagged(n: u64) -> LogLine {
+        LogLine {
+            ts: chrono::Utc::now(),
+            source: Self::LAGGED.into(),
+            level: "warning".into(),
+            msg: format!("lagged: {n} lines skipped"),
+            deployment_id: None,
+            cursor: 0,
+        }
+    }
+}
+
 /// Which logs to read.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {

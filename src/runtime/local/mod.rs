@@ -791,10 +791,19 @@ impl Runtime for LocalRuntime {
         query: &LogQuery,
     ) -> Result<BoxStream<'static, LogLine>> {
         let deployment = query.deployment_id;
+        // A follower that falls behind by more than the channel holds
+        // skips to the live edge and is told how many lines it missed
+        // (they stay readable with `after`).
         let live = BroadcastStream::new(self.logs.subscribe(env.environment_id)).filter_map(
             move |l| async move {
-                l.ok()
-                    .filter(|l| deployment.is_none() || l.deployment_id == deployment)
+                match l {
+                    Ok(l) => {
+                        Some(l).filter(|l| deployment.is_none() || l.deployment_id == deployment)
+                    }
+                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                        Some(crate::runtime::LogLine::lagged(n))
+                    }
+                }
             },
         );
         Ok(live.boxed())
