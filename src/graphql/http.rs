@@ -152,7 +152,7 @@ async fn graphql_ws(
         app: s.app,
         core: s.core,
         protocol,
-        upgrade: super::ws::Credentials::Upgrade(from_headers),
+        upgrade: from_headers,
         request_id: request_id(&headers),
     };
     upgrade

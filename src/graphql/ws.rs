@@ -74,18 +74,14 @@ impl Protocol {
     }
 }
 
-/// How the connection proves who it is, again and again.
-pub enum Credentials {
-    /// From the upgrade request (cookie or header), already checked.
-    Upgrade(Result<Principal, Error>),
-}
-
 /// What one connection needs.
 pub struct Connection {
     pub app: AppState,
     pub core: Core,
     pub protocol: Protocol,
-    pub upgrade: Credentials,
+    /// The caller as the upgrade request (cookie or header) showed it, for
+    /// a `connection_init` without a token.
+    pub upgrade: Result<Principal, Error>,
     pub request_id: Option<String>,
 }
 
@@ -209,12 +205,9 @@ impl Connection {
                     let token = super::http::token_from_payload(&v["payload"]);
                     let who = match &token {
                         Some(t) => self.app.authenticate_token(t).await,
-                        None => match &self.upgrade {
-                            Credentials::Upgrade(Ok(p)) => Ok(p.clone()),
-                            Credentials::Upgrade(Err(_)) => Err(Error::Unauthenticated(
-                                "missing credentials in connection_init".into(),
-                            )),
-                        },
+                        None => self.upgrade.as_ref().map(Principal::clone).map_err(|_| {
+                            Error::Unauthenticated("missing credentials in connection_init".into())
+                        }),
                     };
                     match who {
                         Ok(p) => break (p, token),

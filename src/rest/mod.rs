@@ -408,15 +408,18 @@ async fn answer(
         Ok(p) => p.flatten(),
         Err(e) => return e.into_response(),
     };
-    let query_pairs = query.clone();
+    let stream = route
+        .spec
+        .render
+        .is_some()
+        .then(|| sse::wanted(&query, &call.headers))
+        .flatten();
     let mut vars = match variables(&s.rest, route, &call.method, path, query, &body) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     let status = StatusCode::from_u16(route.spec.status).unwrap_or(StatusCode::OK);
-    if route.spec.render.is_some()
-        && let Some(after) = sse::wanted(&query_pairs, &call.headers)
-    {
+    if let Some(after) = stream {
         // Bad arguments, an unknown or foreign project: answered as for
         // the text form, before any event.
         if let Err(resp) = execute(s, route, &ctx, vars.clone(), false).await {
