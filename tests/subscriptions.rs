@@ -476,6 +476,60 @@ async fn sse_logs_resume_exactly(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
 
+/// Following one deployment ends when its processes have stopped: a
+/// newer deployment succeeded. The subscription completes; the event
+/// stream ends with `event: end`.
+async fn a_deployments_logs_end_when_it_is_superseded(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let _src = app_project(&s, "old").await;
+    let first = deployed(&s, "old").await;
+    let mut socket = ws::with_token(&s, &s.admin_token).await;
+    let query = "subscription($d: ID) { logs(projectId: \"old\", deploymentId: $d, tail: 1000) { msg deploymentId } }";
+    subscribe(&mut socket, "d", query, json!({ "d": first })).await;
+    read_until(&mut socket, "d", "logs", |l| {
+        l["msg"].as_str().unwrap().starts_with("listening on")
+    })
+    .await;
+    deployed(&s, "old").await;
+    // Its remaining lines, if any, then `complete`.
+    let ended = async {
+        loop {
+            let msg = ws::next_text(&mut socket)
+                .await
+                .expect("the socket stays open");
+            assert_eq!(msg["id"], "d", "{msg}");
+            match msg["type"].as_str() {
+                Some("complete") => return,
+                _ => assert_eq!(
+                    msg["payload"]["data"]["logs"]["deploymentId"],
+                    first.as_str(),
+                    "{msg}"
+                ),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), ended)
+        .await
+        .expect("the subscription completes");
+
+    // The stream of a deployment already superseded: its lines, then the end.
+    let resp = s
+        .api(
+            reqwest::Method::GET,
+            &format!("/projects/old/logs?stream=true&deploymentId={first}"),
+            &s.admin_token,
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = tokio::time::timeout(Duration::from_secs(60), resp.text())
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    assert!(body.contains("listening on"), "{body}");
+    assert!(body.trim_end().ends_with("event: end\ndata: {}"), "{body}");
+}
+
 /// Prints many lines at once, then runs the test app.
 const BURST: &str = r#"
 import sys
@@ -589,4 +643,5 @@ backend_tests!(
     a_revoked_token_ends_its_subscriptions,
     sse_logs_resume_exactly,
     a_slow_subscriber_is_told_what_it_missed,
+    a_deployments_logs_end_when_it_is_superseded,
 );

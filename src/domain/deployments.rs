@@ -451,7 +451,66 @@ impl Deployer {
             };
             std::future::ready(!again)
         });
-        Ok(futures_util::stream::iter(past).chain(live).boxed())
+        let lines = futures_util::stream::iter(past).chain(live).boxed();
+        let Some(deployment) = deployment_id else {
+            return Ok(lines);
+        };
+        // A deployment's lines end when its processes have stopped: the
+        // lines already captured are sent, then the stream ends.
+        let me = self.clone();
+        let over = Box::pin(async move { me.stopped(env.environment_id, deployment).await });
+        Ok(
+            futures_util::stream::unfold((lines, Some(over)), |(mut lines, over)| async move {
+                match over {
+                    Some(mut over) => tokio::select! {
+                        biased;
+                        line = lines.next() => line.map(|l| (l, (lines, Some(over)))),
+                        () = &mut over => {
+                            let l = futures_util::FutureExt::now_or_never(lines.next()).flatten()?;
+                            Some((l, (lines, None)))
+                        }
+                    },
+                    None => {
+                        let l = futures_util::FutureExt::now_or_never(lines.next()).flatten()?;
+                        Some((l, (lines, None)))
+                    }
+                }
+            })
+            .boxed(),
+        )
+    }
+
+    /// Resolves once deployment `id`'s processes have stopped: it failed
+    /// or was cancelled, or a newer deployment of its environment
+    /// succeeded (superseded, or rolled back from).
+    async fn stopped(&self, environment_id: Uuid, id: Uuid) {
+        loop {
+            let woken = self.changes.clone().notified_owned();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let over = async {
+                let d = deployments::Entity::find_by_id(id).one(&self.db).await?;
+                if d.as_ref()
+                    .is_none_or(|d| matches!(d.status.as_str(), FAILED | "cancelled"))
+                {
+                    return Ok::<_, Error>(true);
+                }
+                let newer = deployments::Entity::find()
+                    .filter(deployments::Column::EnvironmentId.eq(environment_id))
+                    .filter(deployments::Column::Status.eq(SUCCESS))
+                    .filter(deployments::Column::Id.gt(id))
+                    .one(&self.db)
+                    .await?;
+                Ok(newer.is_some())
+            };
+            if matches!(over.await, Ok(true)) {
+                return;
+            }
+            tokio::select! {
+                _ = woken => {}
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
     }
 
     /// The environment whose logs are read, and the deployment they are

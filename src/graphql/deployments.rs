@@ -153,7 +153,9 @@ impl Subscription {
     /// (`envType`, default `production`) or of one deployment, then each new
     /// line as it is captured. Without `deploymentId` it follows the
     /// environment across deploys and restarts: a new release's lines
-    /// arrive on the same subscription. `after` (a line's `cursor`) sends
+    /// arrive on the same subscription. With `deploymentId` it completes
+    /// once that deployment's processes have stopped (it failed, or a newer
+    /// deployment of its environment succeeded). `after` (a line's `cursor`) sends
     /// every kept line after it instead of the last `tail`: a client that
     /// reconnects misses nothing and gets nothing twice.
     async fn logs(

@@ -87,9 +87,14 @@ pub fn logs(
         };
         Ok::<_, Infallible>(event)
     });
+    // A followed deployment's stream ends with an `end` event.
+    let end = futures_util::stream::once(async {
+        Ok::<_, Infallible>(Event::default().event("end").data("{}"))
+    });
     // Counted as open until dropped; ends when the server stops.
     let (open, mut stopping) = s.app.open_stream();
     let events = events
+        .chain(end)
         .take_until(async move { crate::graphql::ws::stopped(&mut stopping).await })
         .map(move |e| {
             let _counted = &open;
