@@ -350,6 +350,18 @@ fn addr(s: &TestServer) -> String {
     s.base.trim_start_matches("http://").to_string()
 }
 
+/// What a new connection sending one request reads before it is closed.
+async fn one_more_connection(s: &TestServer) -> String {
+    let a = addr(s);
+    tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(a).unwrap();
+        let _ = c.write_all(b"GET /api/v1/health/status HTTP/1.1\r\nHost: x\r\n\r\n");
+        read_to_close(&mut c)
+    })
+    .await
+    .unwrap()
+}
+
 /// Reads until the peer closes; what it sent.
 fn read_to_close(stream: &mut TcpStream) -> String {
     stream
@@ -411,14 +423,7 @@ async fn the_connection_limit_refuses_new_connections_only() {
     for c in &clients {
         assert_eq!(get(c).await.unwrap().status(), StatusCode::OK);
     }
-    let a = addr(&s);
-    let refused = tokio::task::spawn_blocking(move || {
-        let mut c = TcpStream::connect(a).unwrap();
-        let _ = c.write_all(b"GET /api/v1/health/status HTTP/1.1\r\nHost: x\r\n\r\n");
-        read_to_close(&mut c)
-    })
-    .await
-    .unwrap();
+    let refused = one_more_connection(&s).await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     let body = refused.split("\r\n\r\n").nth(1).unwrap_or_default();
     let body: Value = serde_json::from_str(body).unwrap();
@@ -576,14 +581,7 @@ async fn the_per_address_limit_refuses_the_next_connection() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let a = addr(&s);
-    let refused = tokio::task::spawn_blocking(move || {
-        let mut c = TcpStream::connect(a).unwrap();
-        let _ = c.write_all(b"GET /api/v1/health/status HTTP/1.1\r\nHost: x\r\n\r\n");
-        read_to_close(&mut c)
-    })
-    .await
-    .unwrap();
+    let refused = one_more_connection(&s).await;
     assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
     for c in &clients {
         let r = c

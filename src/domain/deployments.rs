@@ -352,33 +352,16 @@ impl Deployer {
         Ok(futures_util::stream::unfold(last, move |last| {
             let (me, env) = (me.clone(), env.clone());
             async move {
-                loop {
-                    // Listen before reading, so no change falls in between.
-                    let ours = me.changes.clone().notified_owned();
-                    let runtime = me.runtime.changes().map(Notify::notified_owned);
-                    tokio::pin!(ours);
-                    ours.as_mut().enable();
-                    let mut runtime = runtime.map(Box::pin);
-                    if let Some(r) = runtime.as_mut() {
-                        r.as_mut().enable();
-                    }
-                    if let Ok(now) = me.current_status(&env).await
-                        && last.as_ref() != Some(&now)
-                    {
-                        return Some((now.clone(), Some(now)));
-                    }
-                    let runtime_changed = async {
-                        match runtime {
-                            Some(r) => r.await,
-                            None => std::future::pending().await,
+                let now = me
+                    .when(true, || {
+                        let (me, env, last) = (me.clone(), env.clone(), last.clone());
+                        async move {
+                            let now = me.current_status(&env).await.ok()?;
+                            (last.as_ref() != Some(&now)).then_some(now)
                         }
-                    };
-                    tokio::select! {
-                        _ = ours => {}
-                        _ = runtime_changed => {}
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    }
-                }
+                    })
+                    .await;
+                Some((now.clone(), Some(now)))
             }
         })
         .boxed())
@@ -484,30 +467,60 @@ impl Deployer {
     /// or was cancelled, or a newer deployment of its environment
     /// succeeded (superseded, or rolled back from).
     async fn stopped(&self, environment_id: Uuid, id: Uuid) {
-        loop {
-            let woken = self.changes.clone().notified_owned();
-            tokio::pin!(woken);
-            woken.as_mut().enable();
-            let over = async {
-                let d = deployments::Entity::find_by_id(id).one(&self.db).await?;
-                if d.as_ref()
-                    .is_none_or(|d| matches!(d.status.as_str(), FAILED | "cancelled"))
-                {
-                    return Ok::<_, Error>(true);
-                }
-                let newer = deployments::Entity::find()
-                    .filter(deployments::Column::EnvironmentId.eq(environment_id))
-                    .filter(deployments::Column::Status.eq(SUCCESS))
-                    .filter(deployments::Column::Id.gt(id))
-                    .one(&self.db)
-                    .await?;
-                Ok(newer.is_some())
-            };
-            if matches!(over.await, Ok(true)) {
-                return;
+        let over = |db: DatabaseConnection| async move {
+            let d = deployments::Entity::find_by_id(id).one(&db).await?;
+            if d.as_ref()
+                .is_none_or(|d| matches!(d.status.as_str(), FAILED | "cancelled"))
+            {
+                return Ok::<_, Error>(true);
             }
+            let newer = deployments::Entity::find()
+                .filter(deployments::Column::EnvironmentId.eq(environment_id))
+                .filter(deployments::Column::Status.eq(SUCCESS))
+                .filter(deployments::Column::Id.gt(id))
+                .one(&db)
+                .await?;
+            Ok(newer.is_some())
+        };
+        self.when(false, || {
+            let over = over(self.db.clone());
+            async move { matches!(over.await, Ok(true)).then_some(()) }
+        })
+        .await
+    }
+
+    /// Runs `check` until it answers, again each time a deployment is
+    /// queued or moves on (and, with `runtime`, each time the runtime
+    /// reports a change), and at least every two seconds for what neither
+    /// reports (another replica's deployments, a Kubernetes cluster). It
+    /// listens before it checks, so that no change falls in between.
+    async fn when<T, F>(&self, runtime: bool, mut check: impl FnMut() -> F) -> T
+    where
+        F: std::future::Future<Output = Option<T>>,
+    {
+        loop {
+            let ours = self.changes.clone().notified_owned();
+            tokio::pin!(ours);
+            ours.as_mut().enable();
+            let mut theirs = runtime
+                .then(|| self.runtime.changes())
+                .flatten()
+                .map(|n| Box::pin(n.notified_owned()));
+            if let Some(t) = theirs.as_mut() {
+                t.as_mut().enable();
+            }
+            if let Some(answer) = check().await {
+                return answer;
+            }
+            let theirs = async {
+                match theirs {
+                    Some(t) => t.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = woken => {}
+                _ = ours => {}
+                _ = theirs => {}
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             }
         }
