@@ -87,6 +87,9 @@ struct FileConfig {
     sandbox_ids: Option<String>,
     sandbox_max_processes: Option<u64>,
     local_git_roots: Option<Vec<PathBuf>>,
+    log_history_lines: Option<u64>,
+    log_history_bytes: Option<u64>,
+    log_history_org_bytes: Option<u64>,
     ai: Option<crate::ai::config::AiConfig>,
 }
 
@@ -213,21 +216,55 @@ pub struct Config {
     pub local_git_roots: Vec<PathBuf>,
     /// The bubblewrap binary (`SYLPHX_BWRAP`); found on `PATH` when absent.
     pub bwrap: Option<PathBuf>,
+    /// How much log history is kept on disk.
+    pub log_history: crate::streams::HistoryLimits,
+}
+
+/// A count from variable `var`, else the file's `key`, else `default`;
+/// 0 is refused.
+fn at_least_one(key: &str, var: &str, from_file: Option<u64>, default: u64) -> Result<u64> {
+    match env_u64(var)?.or(from_file) {
+        Some(0) => Err(Error::bad_request(format!(
+            "{key} ({var}) must be at least 1"
+        ))),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+/// The log history bounds: each from its variable, else the file, else
+/// the default; all must be at least 1.
+fn log_history(file: &FileConfig) -> Result<crate::streams::HistoryLimits> {
+    let d = crate::streams::HistoryLimits::default();
+    let get = at_least_one;
+    Ok(crate::streams::HistoryLimits {
+        lines: usize::try_from(get(
+            "log_history_lines",
+            "SYLPHX_LOG_HISTORY_LINES",
+            file.log_history_lines,
+            d.lines as u64,
+        )?)
+        .unwrap_or(usize::MAX),
+        bytes: get(
+            "log_history_bytes",
+            "SYLPHX_LOG_HISTORY_BYTES",
+            file.log_history_bytes,
+            d.bytes,
+        )?,
+        org_bytes: get(
+            "log_history_org_bytes",
+            "SYLPHX_LOG_HISTORY_ORG_BYTES",
+            file.log_history_org_bytes,
+            d.org_bytes,
+        )?,
+    })
 }
 
 /// The connection limits: each from its variable, else the file, else the
 /// default; all must be at least 1.
 fn connection_limits(file: &FileConfig) -> Result<crate::listen::ConnectionLimits> {
     let d = crate::listen::ConnectionLimits::default();
-    let get = |key: &str, var: &str, from_file: Option<u64>, default: u64| -> Result<u64> {
-        match env_u64(var)?.or(from_file) {
-            Some(0) => Err(Error::bad_request(format!(
-                "{key} ({var}) must be at least 1"
-            ))),
-            Some(n) => Ok(n),
-            None => Ok(default),
-        }
-    };
+    let get = at_least_one;
     let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
     let secs = std::time::Duration::from_secs;
     Ok(crate::listen::ConnectionLimits {
@@ -348,6 +385,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let connections = connection_limits(&file)?;
+        let log_history = log_history(&file)?;
         let allowed_origins = allowed_origins(&file)?;
         let rate_limits = rate_limits(&file)?;
         let data_dir = args
@@ -490,6 +528,7 @@ impl Config {
                     .local_git_roots
                     .unwrap_or_else(|| vec![std::env::temp_dir(), "/home".into(), "/srv".into()]),
             },
+            log_history,
         }
         .checked()
     }

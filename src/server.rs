@@ -35,6 +35,10 @@ use crate::state::request_id;
 /// nothing asked for it.
 const ROUTE_REFRESH: Duration = Duration::from_secs(15);
 
+/// How often captured log lines are written out to the history files (a
+/// crash loses at most this much; a clean stop loses nothing).
+const LOG_FLUSH: Duration = Duration::from_millis(200);
+
 /// The whole application: the shared state and what each entry point adds.
 #[derive(Clone)]
 pub struct App {
@@ -90,6 +94,8 @@ impl App {
             }
             None => None,
         };
+        deployer.logs.spawn_flusher(LOG_FLUSH);
+        crate::store::spawn_listener(&deployer.db, deployer.changes.clone());
         let restorer = deployer.clone();
         let queue = deployer.queue.clone();
         let workers = self.config().job_workers;
@@ -458,6 +464,7 @@ pub async fn serve(app: App) -> Result<()> {
     // connections do meanwhile.
     let (stopped, ()) = tokio::join!(serving.stop(), runtime.shutdown());
     ai.meter.flush().await;
+    state.deployer().logs.flush();
     match failed {
         Some(e) => Err(e),
         None => stopped,

@@ -96,7 +96,8 @@ impl AppState {
                 || random_hex(32),
             )?),
         };
-        let logs = LogStore::default();
+        let logs = LogStore::open(&config.data_dir.join("logs"), config.log_history)
+            .map_err(|e| Error::internal(format!("cannot open the log history: {e}")))?;
         let runtime: Arc<dyn Runtime> = match config.runtime {
             RuntimeKind::Local => {
                 if store::postgres_without_password(&config.database_url) {

@@ -25,6 +25,62 @@ impl StatementCounter {
 /// The longest a statement may run on PostgreSQL (migrations included).
 pub const STATEMENT_TIMEOUT: &str = "15s";
 
+/// The channel on which servers sharing a PostgreSQL store tell each other
+/// that deployments moved on (status and event watchers look again).
+pub const CHANGES_CHANNEL: &str = "sylphx_changes";
+
+pub fn is_postgres(db: &DatabaseConnection) -> bool {
+    db.get_database_backend() == sea_orm::DbBackend::Postgres
+}
+
+/// Tells every server on the PostgreSQL store that something changed.
+pub async fn announce(db: &DatabaseConnection) {
+    use sea_orm::ConnectionTrait;
+    if let Err(e) = db
+        .execute_unprepared(&format!("NOTIFY {CHANGES_CHANNEL}"))
+        .await
+    {
+        tracing::debug!(error = %e, "could not announce a change");
+    }
+}
+
+/// Wakes `changes` each time a server on the PostgreSQL store announces a
+/// change (and after the listening connection was lost and restored, since
+/// announcements may have been missed meanwhile). `None` on SQLite, which
+/// one process serves.
+pub fn spawn_listener(
+    db: &DatabaseConnection,
+    changes: std::sync::Arc<tokio::sync::Notify>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !is_postgres(db) {
+        return None;
+    }
+    let pool = db.get_postgres_connection_pool().clone();
+    Some(tokio::spawn(async move {
+        loop {
+            let listener = async {
+                let mut l = sea_orm::sqlx::postgres::PgListener::connect_with(&pool).await?;
+                l.listen(CHANGES_CHANNEL).await?;
+                Ok::<_, sea_orm::sqlx::Error>(l)
+            };
+            let mut listener = match listener.await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot listen for changes; trying again");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+            };
+            changes.notify_waiters();
+            // `Ok(None)`: the connection was lost and is back.
+            while listener.try_recv().await.is_ok() {
+                changes.notify_waiters();
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }))
+}
+
 /// Opens the store and brings its schema up to date.
 pub async fn connect(url: &str) -> Result<(DatabaseConnection, StatementCounter)> {
     let mut opts = ConnectOptions::new(url.to_string());

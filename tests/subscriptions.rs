@@ -115,20 +115,52 @@ async fn logs_follow_an_environment_across_deploys(backend: Backend) {
     all.dedup();
     assert_eq!(all.len(), count, "a line came twice");
 
+    // One service's lines matching a text, with where each came from.
+    let mut filtered = ws::with_token(&s, &s.admin_token).await;
+    let query = "subscription { logs(projectId: \"app\", tail: 1000, service: \"web\", filter: \"listening\") { msg stream service replica level } }";
+    subscribe(&mut filtered, "f", query, json!({})).await;
+    let lines = read_until(&mut filtered, "f", "logs", |l| {
+        l["msg"].as_str().unwrap().starts_with("listening on")
+            && l["msg"] == live.last().unwrap()["msg"]
+    })
+    .await;
+    assert_eq!(lines.len(), 2, "one line per release: {lines:?}");
+    for l in &lines {
+        assert_eq!(
+            (&l["stream"], &l["service"], &l["replica"], &l["level"]),
+            (
+                &json!("stdout"),
+                &json!("web"),
+                &json!("web.1"),
+                &json!("info")
+            ),
+            "{l}"
+        );
+    }
+    // An unknown service is refused, naming it.
+    let query = "subscription { logs(projectId: \"app\", service: \"nope\") { msg } }";
+    subscribe(&mut filtered, "u", query, json!({})).await;
+    let refused = ws::next_text(&mut filtered).await.unwrap();
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
+        "{refused}"
+    );
+
     // Another organisation's token is refused the project: an error and
-    // no data, then the subscription completes.
+    // no data, then the connection closes with 4403.
     let other = s.token("other", Role::Admin).await;
     let mut theirs = ws::with_token(&s, &other).await;
     subscribe(&mut theirs, "x", LOGS, json!({ "p": "app" })).await;
-    let refused = ws::next_text(&mut theirs).await.unwrap();
-    assert_eq!(refused["id"], "x");
-    assert_eq!(refused["payload"]["data"], Value::Null, "{refused}");
-    let error = &refused["payload"]["errors"][0];
-    assert_eq!(error["extensions"]["code"], "FORBIDDEN", "{refused}");
-    let end = ws::next_text(&mut theirs).await.unwrap();
+    let (code, texts) = until_closed(&mut theirs).await;
+    assert_eq!(code, Some(4403), "{texts:?}");
+    assert_eq!(texts.len(), 1, "{texts:?}");
     assert_eq!(
-        (end["type"].as_str(), end["id"].as_str()),
-        (Some("complete"), Some("x"))
+        (texts[0]["type"].as_str(), texts[0]["id"].as_str()),
+        (Some("error"), Some("x"))
+    );
+    assert_eq!(
+        texts[0]["payload"][0]["extensions"]["code"], "FORBIDDEN",
+        "{texts:?}"
     );
 }
 
@@ -588,26 +620,16 @@ async fn shutdown_says_goodbye() {
         work.path(),
     )
     .await;
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let token = token.trim();
+    let token = admin_token_in(&data);
     let (status, body) = post(
         &server.base,
         "/projects",
-        token,
+        &token,
         json!({"name": "Bye", "slug": "bye"}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (mut socket, _) =
-        tokio_tungstenite::connect_async(ws::request_at(&format!("http://127.0.0.1:{port}"), &[]))
-            .await
-            .unwrap();
-    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
-    socket.send(Message::text(init.to_string())).await.unwrap();
-    assert_eq!(
-        ws::next_text(&mut socket).await.unwrap()["type"],
-        "connection_ack"
-    );
+    let mut socket = ws_at(&server.base, &token).await;
     let follow = "subscription { logs(projectId: \"bye\", tail: 0) { msg } }";
     subscribe(&mut socket, "f", follow, json!({})).await;
     // Messages are handled in order: once this one is answered, `f` runs.
@@ -635,7 +657,299 @@ async fn a_silent_socket_is_closed_with_4408() {
     assert_eq!(code, Some(4408), "{texts:?}");
 }
 
+const EVENTS: &str = "subscription($d: ID!) { deploymentEvents(deploymentId: $d) { deploymentId seq step message at } }";
+
+/// Reads the `next` values of subscription `id` until it completes.
+async fn until_complete(socket: &mut ws::Ws, id: &str, field: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
+    let read = async {
+        loop {
+            let msg = ws::next_text(socket).await.expect("the socket stays open");
+            assert_eq!(msg["id"], id, "{msg}");
+            match msg["type"].as_str() {
+                Some("complete") => return,
+                Some("next") => seen.push(msg["payload"]["data"][field].clone()),
+                _ => panic!("{msg}"),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .unwrap_or_else(|_| panic!("{id} did not complete; saw {seen:?}"));
+    seen
+}
+
+fn steps(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["step"].as_str().unwrap()).collect()
+}
+
+/// `deploymentEvents` gives each step in order as it happens and completes
+/// with the outcome; asked again later, the whole timeline. A failing
+/// release completes with `failed` and why.
+async fn deployment_events_tell_each_step(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let _src = app_project(&s, "steps").await;
+    let (status, body) = s
+        .post("/projects/steps/deploy", &s.admin_token, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["deploymentId"].as_str().unwrap().to_string();
+    let mut socket = ws::with_token(&s, &s.admin_token).await;
+    subscribe(&mut socket, "e", EVENTS, json!({ "d": id })).await;
+    let events = until_complete(&mut socket, "e", "deploymentEvents").await;
+    assert_eq!(
+        steps(&events),
+        [
+            "queued",
+            "cloning",
+            "building",
+            "releasing",
+            "starting",
+            "health-checking",
+            "switching",
+            "success"
+        ],
+        "{events:?}"
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>());
+    assert!(events.iter().all(|e| e["deploymentId"] == id.as_str()));
+    let times: Vec<&str> = events.iter().map(|e| e["at"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+
+    // The second deploy retires the first release.
+    let second = deployed(&s, "steps").await;
+    subscribe(&mut socket, "e2", EVENTS, json!({ "d": second })).await;
+    let again = until_complete(&mut socket, "e2", "deploymentEvents").await;
+    assert!(steps(&again).contains(&"stopping-old"), "{again:?}");
+    assert_eq!(steps(&again).last(), Some(&"success"));
+    // A deployment that ended: the same timeline, then complete.
+    subscribe(&mut socket, "old", EVENTS, json!({ "d": id })).await;
+    assert_eq!(
+        until_complete(&mut socket, "old", "deploymentEvents").await,
+        events
+    );
+
+    let broken = repo("web: exec python3 app.py\nrelease: echo migrating; exit 3\n");
+    let (status, body) = s
+        .post(
+            "/projects",
+            &s.admin_token,
+            json!({"name": "Broken", "slug": "broken", "gitRepository": broken.path().to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let failed = deploy(&s, "broken").await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    subscribe(&mut socket, "f", EVENTS, json!({ "d": failed["id"] })).await;
+    let events = until_complete(&mut socket, "f", "deploymentEvents").await;
+    let last = events.last().unwrap();
+    assert_eq!(last["step"], "failed", "{events:?}");
+    assert_eq!(last["message"], failed["error"], "{events:?}");
+    assert!(steps(&events).contains(&"releasing"), "{events:?}");
+    assert!(!steps(&events).contains(&"starting"), "{events:?}");
+
+    // Another organisation's deployment is refused (4403).
+    let other = s.token("other", Role::Admin).await;
+    let mut theirs = ws::with_token(&s, &other).await;
+    subscribe(&mut theirs, "x", EVENTS, json!({ "d": id })).await;
+    let (code, texts) = until_closed(&mut theirs).await;
+    assert_eq!(code, Some(4403), "{texts:?}");
+    assert!(!texts.iter().any(|t| t["type"] == "next"), "{texts:?}");
+}
+
+/// The bootstrap admin token the first `serve` wrote into its data dir.
+fn admin_token_in(data: &std::path::Path) -> String {
+    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
+    token.trim().to_string()
+}
+
+/// A project `slug` on a repository of the test app with `procfile`,
+/// created through a `serve` process's API; the repository.
+async fn project_at(base: &str, token: &str, slug: &str, procfile: &str) -> tempfile::TempDir {
+    let src = repo(procfile);
+    let (status, body) = common::binary::post(
+        base,
+        "/projects",
+        token,
+        json!({"name": slug, "slug": slug, "gitRepository": src.path().to_str().unwrap()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    src
+}
+
+/// A graphql-transport-ws connection to a `serve` process (`base` ends
+/// in `/api/v1`), acknowledged for `token`.
+async fn ws_at(base: &str, token: &str) -> ws::Ws {
+    let root = base.trim_end_matches("/api/v1");
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws::request_at(root, &[]))
+        .await
+        .unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
+    socket.send(Message::text(init.to_string())).await.unwrap();
+    assert_eq!(
+        ws::next_text(&mut socket).await.unwrap()["type"],
+        "connection_ack"
+    );
+    socket
+}
+
+/// Reads SSE events of a `serve` process's log stream until `wanted`.
+async fn sse_from(
+    base: &str,
+    token: &str,
+    path: &str,
+    last_id: Option<&str>,
+    wanted: impl Fn(&Value) -> bool,
+) -> Vec<SseEvent> {
+    let mut req = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(token);
+    if let Some(id) = last_id {
+        req = req.header("Last-Event-ID", id);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    sse_until(resp, wanted).await
+}
+
+/// Log history outlives the server: after a restart, `Last-Event-ID`
+/// continues exactly after the last line seen (nothing lost, nothing
+/// twice, cursors going on), and the text endpoint still has the lines
+/// of before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_resumes_across_a_server_restart() {
+    use common::binary::{ServeProcess, free_port, post};
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let (port, apps) = (free_port(), free_port().to_string());
+    let apps_listen = format!("127.0.0.1:{apps}");
+    let envs = [
+        ("SYLPHX_DATA_DIR", data.to_str().unwrap()),
+        ("SYLPHX_APPS_LISTEN", apps_listen.as_str()),
+    ];
+    let server = ServeProcess::start(port, &[], &envs, work.path()).await;
+    let token = admin_token_in(&data);
+    let _src = project_at(
+        &server.base,
+        &token,
+        "again",
+        "web: exec python3 app.py\nrelease: echo release-phase-ran\n",
+    )
+    .await;
+    let (status, body) = post(&server.base, "/projects/again/deploy", &token, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let path = "/projects/again/logs?stream=true&tail=1000";
+    let listening = |l: &Value| l["msg"].as_str().unwrap().starts_with("listening on");
+    let before = sse_from(&server.base, &token, path, None, listening).await;
+    assert!(before.len() >= 3, "{before:?}");
+
+    assert!(server.terminate().success());
+    let server = ServeProcess::start(port, &[], &envs, work.path()).await;
+    // The release comes back and prints again; the stream resumes after
+    // the second line of before.
+    let seen = before[1].0.clone().unwrap();
+    let last: u64 = before.last().unwrap().0.as_ref().unwrap().parse().unwrap();
+    let restored =
+        |l: &Value| listening(l) && l["cursor"].as_str().unwrap().parse::<u64>().unwrap() > last;
+    let after = sse_from(&server.base, &token, path, Some(&seen), restored).await;
+    assert_eq!(
+        after[..before.len() - 2],
+        before[2..],
+        "the rest of before, exactly"
+    );
+    let ids: Vec<u64> = before[..2]
+        .iter()
+        .chain(&after)
+        .map(|(id, _)| id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap, nothing twice, across the restart: {ids:?}"
+    );
+    assert!(
+        after.len() > before.len() - 2,
+        "the restored release's lines follow"
+    );
+
+    let text = reqwest::Client::new()
+        .get(format!("{}/projects/again/logs?tail=1000", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("release-phase-ran"), "{text}");
+    assert!(server.terminate().success());
+}
+
+/// Two `serve` processes on one PostgreSQL: a subscriber on one sees the
+/// status and the steps of a deploy asked of the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_sees_deploys_run_by_another_server() {
+    use common::binary::{ServeProcess, free_port, post};
+    let Some((url, name)) = common::fresh_postgres().await else {
+        eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let key = "ab".repeat(32);
+    let start = |n: &str| {
+        let data = work.path().join(n);
+        let apps = format!("127.0.0.1:{}", free_port());
+        let (url, key, work) = (url.clone(), key.clone(), work.path().to_path_buf());
+        async move {
+            let envs = [
+                ("SYLPHX_DATA_DIR", data.to_str().unwrap()),
+                ("SYLPHX_APPS_LISTEN", apps.as_str()),
+                ("SYLPHX_DATABASE_URL", url.as_str()),
+                ("SYLPHX_MASTER_KEY", key.as_str()),
+            ];
+            (
+                ServeProcess::start(free_port(), &[], &envs, &work).await,
+                data,
+            )
+        }
+    };
+    let (a, data) = start("a").await;
+    let (b, _) = start("b").await;
+    let token = admin_token_in(&data);
+    let _src = project_at(&a.base, &token, "shared", "web: exec python3 app.py\n").await;
+    let mut socket = ws_at(&b.base, &token).await;
+    subscribe(&mut socket, "st", STATUS, json!({ "p": "shared" })).await;
+    let now = read_until(&mut socket, "st", "projectStatus", |_| true).await;
+    assert_eq!(now[0]["status"], "not_deployed");
+
+    let (status, body) = post(&a.base, "/projects/shared/deploy", &token, json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["deploymentId"].as_str().unwrap().to_string();
+    let deploying = read_until(&mut socket, "st", "projectStatus", |st| {
+        st["status"] == "deploying"
+    })
+    .await;
+    assert_eq!(deploying.last().unwrap()["deploymentId"], id.as_str());
+    let settled = read_until(&mut socket, "st", "projectStatus", |st| {
+        st["status"] != "deploying"
+    })
+    .await;
+    assert_eq!(settled.last().unwrap()["deploymentId"], id.as_str());
+    let mut socket2 = ws_at(&b.base, &token).await;
+    subscribe(&mut socket2, "e", EVENTS, json!({ "d": id })).await;
+    let events = until_complete(&mut socket2, "e", "deploymentEvents").await;
+    assert_eq!(steps(&events).first(), Some(&"queued"));
+    assert_eq!(steps(&events).last(), Some(&"success"), "{events:?}");
+    assert!(steps(&events).contains(&"health-checking"), "{events:?}");
+    drop((socket, socket2));
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    common::drop_postgres(&name).await;
+}
+
 backend_tests!(
+    deployment_events_tell_each_step,
     logs_follow_an_environment_across_deploys,
     project_status_follows_deploys_and_restarts,
     bad_credentials_close_with_4401,
@@ -645,3 +959,30 @@ backend_tests!(
     a_slow_subscriber_is_told_what_it_missed,
     a_deployments_logs_end_when_it_is_superseded,
 );
+
+/// On PostgreSQL a change announced by one server wakes the watchers of
+/// every other: what one `NOTIFY`s, a listener on another connection hears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_announced_on_postgres_wakes_other_servers() {
+    let Some((url, name)) = common::fresh_postgres().await else {
+        eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let (listening, _) = sylphx::store::connect(&url).await.unwrap();
+    let (announcing, _) = sylphx::store::connect(&url).await.unwrap();
+    let changes = std::sync::Arc::new(tokio::sync::Notify::new());
+    // The listener wakes everyone once it listens.
+    let connected = changes.notified();
+    let listener = sylphx::store::spawn_listener(&listening, changes.clone()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), connected)
+        .await
+        .expect("the listener listens");
+    let woken = changes.notified();
+    sylphx::store::announce(&announcing).await;
+    tokio::time::timeout(Duration::from_secs(30), woken)
+        .await
+        .expect("the announcement arrives");
+    listener.abort();
+    drop((listening, announcing));
+    common::drop_postgres(&name).await;
+}

@@ -6,6 +6,7 @@ pub mod ai_usage;
 pub mod api_keys;
 pub mod audit_events;
 pub mod config_entries;
+pub mod deployment_events;
 pub mod deployments;
 pub mod env_vars;
 pub mod environments;
@@ -31,6 +32,7 @@ pub mod prelude {
     pub use super::api_keys::Entity as ApiKeys;
     pub use super::audit_events::Entity as AuditEvents;
     pub use super::config_entries::Entity as ConfigEntries;
+    pub use super::deployment_events::Entity as DeploymentEvents;
     pub use super::deployments::Entity as Deployments;
     pub use super::env_vars::Entity as EnvVars;
     pub use super::environments::Entity as Environments;

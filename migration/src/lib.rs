@@ -7,6 +7,7 @@ mod m20261128_000002_ai_usage;
 mod m20261130_000001_environment_domains;
 mod m20261130_000002_sandbox_users;
 mod m20261201_000001_api_hardening;
+mod m20261201_000002_deployment_events;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000001_environment_domains::Migration),
             Box::new(m20261130_000002_sandbox_users::Migration),
             Box::new(m20261201_000001_api_hardening::Migration),
+            Box::new(m20261201_000002_deployment_events::Migration),
         ]
     }
 }

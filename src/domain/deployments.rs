@@ -18,18 +18,22 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::audit::{self, Target};
-use super::{Ctx, env_vars, environments, new_id, now, parse_id, projects, sandboxes, services};
+use super::{
+    Ctx, deployment_events, env_vars, environments, new_id, now, parse_id, projects, sandboxes,
+    services,
+};
 use crate::auth::Role;
 use crate::config::SandboxIds;
 use crate::error::{Error, Result};
 use crate::reconcile::{self, Handler, NewJob, Queue};
 use crate::runtime::{
-    BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LogLine, LogQuery, Release, Runtime,
-    ServiceSpec,
+    BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LogFilter, LogLine, LogQuery,
+    Release, Runtime, ServiceSpec,
 };
 use crate::runtime::{LiveEnvironments, Teardown};
 use crate::secrets::{Keyring, SecretString};
 use crate::streams::LogStore;
+use entity::deployment_events as deployment_events_rows;
 use entity::{deployments, environments as envs, jobs, projects as proj, services as svcs};
 
 pub const QUEUED: &str = "queued";
@@ -146,6 +150,7 @@ async fn insert<C: ConnectionTrait>(
     }
     .insert(conn)
     .await?;
+    deployment_events::record(conn, d.id, deployment_events::QUEUED, None).await?;
     reconcile::enqueue(
         conn,
         NewJob {
@@ -205,7 +210,7 @@ impl Deployer {
         .await?;
         txn.commit().await?;
         self.queue.notify();
-        self.changes.notify_waiters();
+        self.changed();
         Ok((d, env))
     }
 
@@ -259,7 +264,7 @@ impl Deployer {
         .await?;
         txn.commit().await?;
         self.queue.notify();
-        self.changes.notify_waiters();
+        self.changed();
         Ok(d)
     }
 
@@ -368,25 +373,18 @@ impl Deployer {
     }
 
     /// The last log lines of an environment, or of one deployment.
-    pub async fn logs(
-        &self,
-        ctx: &Ctx,
-        project: &str,
-        env_type: Option<&str>,
-        tail: Option<i32>,
-        deployment: Option<&str>,
-    ) -> Result<Vec<LogLine>> {
-        let tail = tail.unwrap_or(200);
+    pub async fn logs(&self, ctx: &Ctx, project: &str, args: &LogArgs<'_>) -> Result<Vec<LogLine>> {
+        let tail = args.tail.unwrap_or(200);
         if !(1..=1000).contains(&tail) {
             return Err(Error::field("tail", "must be between 1 and 1000"));
         }
-        let (env, deployment_id) = self.log_source(ctx, project, env_type, deployment).await?;
+        let (env, filter) = self.log_source(ctx, project, args).await?;
         self.runtime
             .logs(
                 &env,
                 &LogQuery {
                     tail: tail as usize,
-                    deployment_id,
+                    filter,
                     after: None,
                 },
             )
@@ -402,19 +400,18 @@ impl Deployer {
         &self,
         ctx: &Ctx,
         project: &str,
-        env_type: Option<&str>,
-        tail: Option<i32>,
-        deployment: Option<&str>,
-        after: Option<u64>,
+        args: &LogArgs<'_>,
     ) -> Result<BoxStream<'static, LogLine>> {
-        let tail = tail.unwrap_or(200);
+        let tail = args.tail.unwrap_or(200);
         if !(0..=1000).contains(&tail) {
             return Err(Error::field("tail", "must be between 0 and 1000"));
         }
-        let (env, deployment_id) = self.log_source(ctx, project, env_type, deployment).await?;
+        let after = args.after;
+        let (env, filter) = self.log_source(ctx, project, args).await?;
+        let deployment_id = filter.deployment_id;
         let query = LogQuery {
             tail: tail as usize,
-            deployment_id,
+            filter,
             after,
         };
         let live = self.runtime.follow_logs(&env, &query).await?;
@@ -526,17 +523,17 @@ impl Deployer {
         }
     }
 
-    /// The environment whose logs are read, and the deployment they are
-    /// narrowed to, checked against the caller's organisation.
+    /// The environment whose logs are read, and which of its lines,
+    /// checked against the caller's organisation.
     async fn log_source(
         &self,
         ctx: &Ctx,
         project: &str,
-        env_type: Option<&str>,
-        deployment: Option<&str>,
-    ) -> Result<(EnvironmentRef, Option<Uuid>)> {
+        args: &LogArgs<'_>,
+    ) -> Result<(EnvironmentRef, LogFilter)> {
         let project = projects::resolve(&self.db, ctx, project).await?;
-        let deployment_id = deployment
+        let deployment_id = args
+            .deployment
             .map(|d| parse_id("deploymentId", d))
             .transpose()?;
         let env = match deployment_id {
@@ -551,10 +548,110 @@ impl Deployer {
                     .await?
                     .ok_or_else(|| Error::not_found("environment", d.environment_id))?
             }
-            None => environments::select(&self.db, project.id, env_type, None).await?,
+            None => environments::select(&self.db, project.id, args.env_type, None).await?,
         };
-        Ok((env_ref(&project, &env), deployment_id))
+        let service = match args.service.map(str::trim) {
+            Some(name) => {
+                crate::domain::validate::dns_label("service", name)?;
+                let known = services::list(&self.db, project.id)
+                    .await?
+                    .iter()
+                    .any(|s| s.name == name);
+                // An image project without named services runs `web`.
+                if !(known || name == "web" && project.docker_image.is_some()) {
+                    return Err(Error::not_found("service", name));
+                }
+                Some(name.to_string())
+            }
+            None => None,
+        };
+        if args.filter.is_some_and(|f| f.chars().count() > 200) {
+            return Err(Error::field("filter", "must be at most 200 characters"));
+        }
+        let mut filter = LogFilter {
+            deployment_id,
+            service,
+            ..LogFilter::default()
+        };
+        filter.parse_text(args.filter);
+        Ok((env_ref(&project, &env), filter))
     }
+
+    /// The steps of a deployment so far, then each new one as it is
+    /// recorded (by this server or another on the same store); ends after
+    /// the last (`success`, `failed` or `cancelled`). A deployment that
+    /// ended long ago gives its whole timeline, then ends.
+    pub async fn events(
+        &self,
+        ctx: &Ctx,
+        deployment: &str,
+    ) -> Result<BoxStream<'static, deployment_events_rows::Model>> {
+        let id = parse_id("deploymentId", deployment)?;
+        let d = deployments::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .ok_or_else(|| Error::not_found("deployment", id))?;
+        // Checked against the caller's organisation like its project.
+        projects::resolve(&self.db, ctx, &d.project_id.to_string()).await?;
+        let me = self.clone();
+        // (last seq sent, ended)
+        let batches = futures_util::stream::unfold((0, false), move |(last, ended)| {
+            let me = me.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                let batch = me
+                    .when(false, || {
+                        let me = me.clone();
+                        async move { me.events_after(id, last).await.ok().flatten() }
+                    })
+                    .await;
+                let last = batch.last().map_or(last, |e| e.seq);
+                let ended = batch.is_empty()
+                    || batch
+                        .iter()
+                        .any(|e| deployment_events::is_terminal(&e.step));
+                Some((batch, (last, ended)))
+            }
+        });
+        Ok(batches.flat_map(futures_util::stream::iter).boxed())
+    }
+
+    /// Events of deployment `id` after `last`; `None` while there are none
+    /// yet, empty once the deployment is gone.
+    async fn events_after(
+        &self,
+        id: Uuid,
+        last: i32,
+    ) -> Result<Option<Vec<deployment_events_rows::Model>>> {
+        let new = deployment_events::after(&self.db, id, last).await?;
+        if !new.is_empty() {
+            return Ok(Some(new));
+        }
+        let Some(d) = deployments::Entity::find_by_id(id).one(&self.db).await? else {
+            return Ok(Some(Vec::new()));
+        };
+        // Ended before its steps were recorded.
+        if last == 0 && deployment_events::is_terminal(&d.status) {
+            return Ok(Some(deployment_events::from_row(&d)));
+        }
+        Ok(None)
+    }
+}
+
+/// Which log lines to read: every field optional.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LogArgs<'a> {
+    /// `production` by default.
+    pub env_type: Option<&'a str>,
+    pub service: Option<&'a str>,
+    pub deployment: Option<&'a str>,
+    /// A substring of the message, or `level:<level>`.
+    pub filter: Option<&'a str>,
+    pub tail: Option<i32>,
+    /// Every kept line after this cursor instead of the last `tail`.
+    pub after: Option<u64>,
 }
 
 /// Deployment history of a project, newest first.
@@ -648,7 +745,8 @@ pub async fn record_deletion<C: ConnectionTrait>(
 }
 
 impl Deployer {
-    /// Moves a deployment on, and tells the status watchers.
+    /// Moves a deployment on, and tells the status watchers (of every
+    /// server on the store).
     async fn set_status(
         &self,
         d: &deployments::Model,
@@ -656,13 +754,40 @@ impl Deployer {
         error: Option<String>,
     ) -> Result<deployments::Model> {
         let saved = set_status(&self.db, d, status, error).await?;
-        self.changes.notify_waiters();
+        self.changed();
         Ok(saved)
+    }
+
+    /// Wakes the status and event watchers of this server, and of the
+    /// others that share its PostgreSQL store.
+    pub fn changed(&self) {
+        self.changes.notify_waiters();
+        if crate::store::is_postgres(&self.db) {
+            let db = self.db.clone();
+            tokio::spawn(async move { crate::store::announce(&db).await });
+        }
     }
 }
 
+/// Saves a deployment's new status; a final one with its event, in one
+/// transaction.
 async fn set_status(
     db: &DatabaseConnection,
+    d: &deployments::Model,
+    status: &str,
+    error: Option<String>,
+) -> Result<deployments::Model> {
+    let txn = db.begin().await?;
+    let saved = save_status(&txn, d, status, error.clone()).await?;
+    if deployment_events::is_terminal(status) {
+        deployment_events::record(&txn, d.id, status, error).await?;
+    }
+    txn.commit().await?;
+    Ok(saved)
+}
+
+async fn save_status<C: ConnectionTrait>(
+    db: &C,
     d: &deployments::Model,
     status: &str,
     error: Option<String>,
@@ -775,58 +900,58 @@ impl Deployer {
         if let Some(image) = &d.image {
             self.check_release_owner(image, &project).await?;
         }
-        let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
-        let forward = {
-            let (logs, env_id) = (self.logs.clone(), env.id);
-            tokio::spawn(async move {
-                while let Some(line) = rx.recv().await {
-                    logs.push(env_id, line);
-                }
-            })
-        };
-        let mut declared = Vec::new();
-        let build_needed = d.rollback_target_id.is_none() && project.git_repository.is_some();
-        if build_needed {
-            d = self.set_status(&d, BUILDING, None).await?;
-            let out = self
-                .runtime
-                .build(
-                    &BuildRequest {
-                        deployment_id: d.id,
-                        env: env_ref.clone(),
-                        git_repository: project.git_repository.clone().unwrap_or_default(),
-                        git_branch: d.git_branch.clone().unwrap_or_else(|| "main".into()),
-                        git_commit: d.git_commit.clone(),
-                        dockerfile_path: "Dockerfile".into(),
-                        build_pack: project.build_pack.clone(),
-                        sandbox_uid,
-                    },
-                    sink.clone(),
-                )
-                .await?;
-            declared = out.declared_services;
-            let mut a = d.clone().into_active_model();
-            a.image = Set(Some(out.image));
-            a.git_commit = Set(Some(out.commit));
-            d = a.update(&self.db).await?;
-        } else if d.image.is_none() {
-            return Err(Error::Unprocessable(
-                "the project has neither gitRepository nor dockerImage to deploy".into(),
-            ));
+        self.logs.assign(env.id, project.organization_id);
+        let (sink, rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
+        let forward = self.forward_output(env.id, d.id, rx);
+        let rolled_out = async {
+            let mut declared = Vec::new();
+            let build_needed = d.rollback_target_id.is_none() && project.git_repository.is_some();
+            if build_needed {
+                d = self.set_status(&d, BUILDING, None).await?;
+                let out = self
+                    .runtime
+                    .build(
+                        &BuildRequest {
+                            deployment_id: d.id,
+                            env: env_ref.clone(),
+                            git_repository: project.git_repository.clone().unwrap_or_default(),
+                            git_branch: d.git_branch.clone().unwrap_or_else(|| "main".into()),
+                            git_commit: d.git_commit.clone(),
+                            dockerfile_path: "Dockerfile".into(),
+                            build_pack: project.build_pack.clone(),
+                            sandbox_uid,
+                        },
+                        sink.clone(),
+                    )
+                    .await?;
+                declared = out.declared_services;
+                let mut a = d.clone().into_active_model();
+                a.image = Set(Some(out.image));
+                a.git_commit = Set(Some(out.commit));
+                d = a.update(&self.db).await?;
+            } else if d.image.is_none() {
+                return Err(Error::Unprocessable(
+                    "the project has neither gitRepository nor dockerImage to deploy".into(),
+                ));
+            }
+            d = self.set_status(&d, DEPLOYING, None).await?;
+            let release = Release {
+                deployment_id: d.id,
+                env: env_ref.clone(),
+                image: d.image.clone().unwrap_or_default(),
+                env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
+                services: release_services(&self.db, &project, &env, &declared).await?,
+                sandbox_uid,
+                restore: false,
+            };
+            self.runtime.provision(&env_ref, &release.env_vars).await?;
+            self.runtime.deploy(&release, sink).await?;
+            Ok::<_, Error>(d)
         }
-        d = self.set_status(&d, DEPLOYING, None).await?;
-        let release = Release {
-            deployment_id: d.id,
-            env: env_ref.clone(),
-            image: d.image.clone().unwrap_or_default(),
-            env_vars: open_vars(&self.keyring, d.env_snapshot.as_deref())?,
-            services: release_services(&self.db, &project, &env, &declared).await?,
-            sandbox_uid,
-            restore: false,
-        };
-        self.runtime.provision(&env_ref, &release.env_vars).await?;
-        self.runtime.deploy(&release, sink).await?;
+        .await;
+        // Every line and step of the attempt is recorded before its end is.
         let _ = forward.await;
+        let d = rolled_out?;
         self.set_status(&d, SUCCESS, None).await?;
         svcs::Entity::update_many()
             .col_expr(
@@ -841,6 +966,38 @@ impl Deployer {
             .exec(&self.db)
             .await?;
         Ok(())
+    }
+
+    /// Records a deployment's output as it comes: each line in the
+    /// environment's log, each step (a line that starts one) as an event.
+    fn forward_output(
+        &self,
+        env_id: Uuid,
+        deployment: Uuid,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<LogLine>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some(line) = rx.recv().await {
+                if let Some(step) = &line.step {
+                    match deployment_events::record(
+                        &me.db,
+                        deployment,
+                        step,
+                        Some(line.msg.clone()),
+                    )
+                    .await
+                    {
+                        Ok(()) => me.changed(),
+                        Err(e) => tracing::warn!(
+                            error = e.message(),
+                            "could not record a deployment step"
+                        ),
+                    }
+                }
+                me.logs.push(env_id, line);
+            }
+        })
     }
 
     async fn run_provision(&self, env_id: Uuid) -> Result<()> {
@@ -933,10 +1090,12 @@ impl Deployer {
             sandbox_uid: self.sandbox_uid(project.id).await?,
             restore: true,
         };
+        self.logs.assign(env.id, project.organization_id);
         let (sink, mut rx) = tokio::sync::mpsc::unbounded_channel::<LogLine>();
         let logs = self.logs.clone();
         tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
+            while let Some(mut line) = rx.recv().await {
+                line.step = None; // The deployment's steps were recorded when it ran.
                 logs.push(env.id, line);
             }
         });

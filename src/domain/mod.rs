@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod audit;
 pub mod config_entries;
+pub mod deployment_events;
 pub mod deployments;
 pub mod env_vars;
 pub mod environments;

@@ -4,7 +4,7 @@ use async_graphql::{Context, ID, Object, Result, SimpleObject};
 
 use super::types::Timestamp;
 use super::{db, domain_ctx};
-use crate::domain::deployments::{self, Deployer, Trigger};
+use crate::domain::deployments::{self, Deployer, LogArgs, Trigger};
 use crate::error::Error;
 use entity::deployments as rows;
 
@@ -121,6 +121,7 @@ pub struct LogEntry {
     pub ts: Timestamp,
     /// Replica, `build`, `release` or `deploy`.
     pub source: String,
+    /// `info` (stdout), `error` (stderr, failures) or `warning`.
     pub level: String,
     pub msg: String,
     pub deployment_id: Option<ID>,
@@ -128,6 +129,13 @@ pub struct LogEntry {
     /// `logs` subscription (and SSE's `Last-Event-ID`) resumes after it.
     /// Null where the runtime numbers no lines (Kubernetes).
     pub cursor: Option<String>,
+    /// `stdout`, `stderr`, `build`, `release` or `system` (the platform's
+    /// own lines: rollout progress, exits, lagged notices).
+    pub stream: String,
+    /// The service whose process wrote the line.
+    pub service: Option<String>,
+    /// The replica (`web.1`, a pod name) that wrote the line.
+    pub replica: Option<String>,
 }
 
 impl From<crate::runtime::LogLine> for LogEntry {
@@ -139,6 +147,36 @@ impl From<crate::runtime::LogLine> for LogEntry {
             msg: l.msg,
             deployment_id: l.deployment_id.map(|d| ID(d.to_string())),
             cursor: (l.cursor != 0).then(|| l.cursor.to_string()),
+            stream: l.stream,
+            service: l.service,
+            replica: l.replica,
+        }
+    }
+}
+
+/// One step of a deployment.
+#[derive(SimpleObject)]
+pub struct DeploymentEvent {
+    pub deployment_id: ID,
+    /// 1, 2, … in the order the steps happened.
+    pub seq: i32,
+    /// `queued`, `cloning`, `building`, `releasing`, `starting`,
+    /// `health-checking`, `switching`, `stopping-old`, then `success`,
+    /// `failed` or `cancelled`.
+    pub step: String,
+    /// What happened (for `failed`: why).
+    pub message: Option<String>,
+    pub at: Timestamp,
+}
+
+impl From<entity::deployment_events::Model> for DeploymentEvent {
+    fn from(e: entity::deployment_events::Model) -> Self {
+        DeploymentEvent {
+            deployment_id: ID(e.deployment_id.to_string()),
+            seq: e.seq,
+            step: e.step,
+            message: e.message,
+            at: Timestamp(e.created_at),
         }
     }
 }
@@ -157,31 +195,54 @@ impl Subscription {
     /// once that deployment's processes have stopped (it failed, or a newer
     /// deployment of its environment succeeded). `after` (a line's `cursor`) sends
     /// every kept line after it instead of the last `tail`: a client that
-    /// reconnects misses nothing and gets nothing twice.
+    /// reconnects misses nothing and gets nothing twice, also across a
+    /// server restart. `service` keeps one service's lines; `filter` keeps
+    /// lines containing a text, or `level:error` (any level) lines of one
+    /// level.
+    #[allow(clippy::too_many_arguments)]
     async fn logs(
         &self,
         ctx: &Context<'_>,
         project_id: String,
         env_type: Option<String>,
-        tail: Option<i32>,
+        service: Option<String>,
         deployment_id: Option<ID>,
+        tail: Option<i32>,
         after: Option<String>,
+        filter: Option<String>,
     ) -> Result<impl futures_util::Stream<Item = LogEntry> + use<>> {
         let after = after
             .map(|a| a.trim().parse::<u64>())
             .transpose()
             .map_err(|_| Error::field("after", "must be the cursor of a log line"))?;
+        let args = LogArgs {
+            env_type: env_type.as_deref(),
+            service: service.as_deref(),
+            deployment: deployment_id.as_ref().map(|d| d.as_str()),
+            filter: filter.as_deref(),
+            tail,
+            after,
+        };
         let lines = deployer(ctx)?
-            .follow(
-                domain_ctx(ctx)?,
-                &project_id,
-                env_type.as_deref(),
-                tail,
-                deployment_id.as_ref().map(|d| d.as_str()),
-                after,
-            )
+            .follow(domain_ctx(ctx)?, &project_id, &args)
             .await?;
         Ok(futures_util::StreamExt::map(lines, LogEntry::from))
+    }
+
+    /// The steps of a deployment already passed, then each new one as it
+    /// happens (`queued`, `cloning`, `building`, `releasing`, `starting`,
+    /// `health-checking`, `switching`, `stopping-old`, then `success`,
+    /// `failed` or `cancelled`); completes after the last. A deployment
+    /// that ended long ago gives its whole timeline, then completes.
+    async fn deployment_events(
+        &self,
+        ctx: &Context<'_>,
+        deployment_id: ID,
+    ) -> Result<impl futures_util::Stream<Item = DeploymentEvent> + use<>> {
+        let events = deployer(ctx)?
+            .events(domain_ctx(ctx)?, &deployment_id)
+            .await?;
+        Ok(futures_util::StreamExt::map(events, DeploymentEvent::from))
     }
 
     /// The live status of an environment (production by default) now,
@@ -277,7 +338,10 @@ impl DeploymentQuery {
         Ok(ProjectStatus::new(env.name, status, deployment))
     }
 
-    /// The last log lines (`tail` 200 by default, at most 1000).
+    /// The last log lines (`tail` 200 by default, at most 1000), of one
+    /// deployment or service, or matching `filter` (a text, or
+    /// `level:error`), if asked.
+    #[allow(clippy::too_many_arguments)]
     async fn project_logs(
         &self,
         ctx: &Context<'_>,
@@ -285,15 +349,19 @@ impl DeploymentQuery {
         env_type: Option<String>,
         tail: Option<i32>,
         deployment_id: Option<ID>,
+        service: Option<String>,
+        filter: Option<String>,
     ) -> Result<Vec<LogEntry>> {
+        let args = LogArgs {
+            env_type: env_type.as_deref(),
+            service: service.as_deref(),
+            deployment: deployment_id.as_ref().map(|d| d.as_str()),
+            filter: filter.as_deref(),
+            tail,
+            after: None,
+        };
         let lines = deployer(ctx)?
-            .logs(
-                domain_ctx(ctx)?,
-                &project_id,
-                env_type.as_deref(),
-                tail,
-                deployment_id.as_ref().map(|d| d.as_str()),
-            )
+            .logs(domain_ctx(ctx)?, &project_id, &args)
             .await?;
         Ok(lines.into_iter().map(LogEntry::from).collect())
     }

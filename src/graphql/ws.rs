@@ -228,6 +228,8 @@ impl Connection {
         };
         let data = Arc::new(super::connection_data(self.app.db(), ctx));
 
+        // An operation refused as forbidden ends the connection (4403).
+        let (forbid, mut forbidden) = mpsc::channel::<String>(1);
         let mut recheck = tokio::time::interval(RECHECK);
         recheck.tick().await;
         let mut ping = tokio::time::interval(PING_EVERY);
@@ -239,10 +241,11 @@ impl Connection {
                         None | Some(Err(_)) => return Outcome::Gone,
                         Some(Ok(m)) => m,
                     };
-                    if let Some(end) = self.handle(msg, &principal, &data, out, active).await {
+                    if let Some(end) = self.handle(msg, &principal, &data, out, active, &forbid).await {
                         return end;
                     }
                 }
+                Some(reason) = forbidden.recv() => return close(4403, reason),
                 _ = recheck.tick() => {
                     if let Err(e) = self.still_valid(token.as_deref()).await {
                         return close(refusal_code(&e), e.public_message());
@@ -293,6 +296,7 @@ impl Connection {
         data: &Arc<Data>,
         out: &mpsc::Sender<Message>,
         active: &mut HashMap<String, JoinHandle<()>>,
+        forbid: &mpsc::Sender<String>,
     ) -> Option<Outcome> {
         let v = match &msg {
             Message::Close(_) => return Some(Outcome::Gone),
@@ -330,7 +334,12 @@ impl Connection {
                     let _ = out.send(self.error(&id, &refused.error)).await;
                     return None;
                 }
-                let task = self.start(id.clone(), request, data.clone(), out.clone());
+                let task = self.start(
+                    id.clone(),
+                    request,
+                    data.clone(),
+                    (out.clone(), forbid.clone()),
+                );
                 active.insert(id, task);
                 None
             }
@@ -351,16 +360,19 @@ impl Connection {
         }
     }
 
-    /// Runs one operation, sending each response, then `complete`.
+    /// Runs one operation, sending each response, then `complete`; one
+    /// refused as forbidden (another organisation's project, a role that
+    /// may not) gets its `error` message, and the connection closes 4403.
     fn start(
         &self,
         id: String,
         request: async_graphql::Request,
         data: Arc<Data>,
-        out: mpsc::Sender<Message>,
+        (out, forbid): (mpsc::Sender<Message>, mpsc::Sender<String>),
     ) -> JoinHandle<()> {
         let responses = self.core.execute_stream(request, Some(data));
-        let next = match self.protocol {
+        let protocol = self.protocol;
+        let next = match protocol {
             Protocol::TransportWs => "next",
             Protocol::Legacy => "data",
         };
@@ -368,6 +380,18 @@ impl Connection {
             let mut responses = responses;
             while let Some(resp) = responses.next().await {
                 let payload = serde_json::to_value(&resp).unwrap_or(Value::Null);
+                let refused = &payload["errors"][0];
+                if payload["data"].is_null() && refused["extensions"]["code"] == "FORBIDDEN" {
+                    let errors = match protocol {
+                        Protocol::TransportWs => payload["errors"].clone(),
+                        Protocol::Legacy => refused.clone(),
+                    };
+                    let m = text(json!({ "type": "error", "id": id, "payload": errors }));
+                    let _ = out.send(m).await;
+                    let reason = refused["message"].as_str().unwrap_or("forbidden");
+                    let _ = forbid.send(reason.to_string()).await;
+                    return;
+                }
                 let m = text(json!({ "type": next, "id": id, "payload": payload }));
                 if out.send(m).await.is_err() {
                     return;

@@ -108,6 +108,14 @@ pub fn variable(name: &str) -> Option<Value> {
         "key" => json!({ "pattern": CONFIG_KEY_PATTERN, "minLength": 1, "maxLength": 128 }),
         "value" => long_text(MAX_VALUE_CHARS),
         "tail" => json!({ "minimum": 1, "maximum": 1000, "default": 200 }),
+        "service" => json!({
+            "pattern": DNS_LABEL_PATTERN, "minLength": 1, "maxLength": 63,
+            "description": "Only this service's lines"
+        }),
+        "filter" => json!({
+            "maxLength": 200,
+            "description": "Only lines containing this text, or with `level:<level>` (e.g. `level:error`) of that level"
+        }),
         "limit" => json!({ "minimum": 1, "maximum": 100, "default": 20 }),
         "vars" => entries("a key twice is refused"),
         "entries" => entries("a key twice is refused"),

@@ -18,7 +18,7 @@ use crate::domain::Ctx;
 use crate::error::{Error, Result};
 
 /// The subscription behind the stream.
-const LOGS: &str = "subscription($id: String!, $envType: String, $tail: Int, $deploymentId: ID, $after: String) { logs(projectId: $id, envType: $envType, tail: $tail, deploymentId: $deploymentId, after: $after) { cursor ts source level msg deploymentId } }";
+const LOGS: &str = "subscription($id: String!, $envType: String, $tail: Int, $deploymentId: ID, $after: String, $service: String, $filter: String) { logs(projectId: $id, envType: $envType, tail: $tail, deploymentId: $deploymentId, after: $after, service: $service, filter: $filter) { cursor ts source stream level msg service replica deploymentId } }";
 
 /// A heartbeat comment this often keeps proxies from closing an idle
 /// stream.

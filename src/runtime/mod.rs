@@ -126,12 +126,12 @@ impl EnvironmentStatus {
 }
 
 /// One captured log line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     pub ts: chrono::DateTime<chrono::Utc>,
-    /// Replica or pod name, or `build`.
+    /// Replica or pod name, or `build`, `release`, `deploy`.
     pub source: String,
-    /// `info` (stdout) or `error` (stderr).
+    /// `info` (stdout), `error` (stderr, failures) or `warning`.
     pub level: String,
     pub msg: String,
     pub deployment_id: Option<Uuid>,
@@ -139,6 +139,20 @@ pub struct LogLine {
     /// per line kept (0: a runtime that numbers no lines).
     #[serde(default)]
     pub cursor: u64,
+    /// `stdout`, `stderr`, `build`, `release` or `system`.
+    #[serde(default)]
+    pub stream: String,
+    /// The service whose process wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The replica (process or pod) that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// The deployment step this line starts (`cloning`, `building`,
+    /// `releasing`, `starting`, `health-checking`, `switching`,
+    /// `stopping-old`): recorded as a deployment event too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 impl LogLine {
@@ -152,17 +166,125 @@ impl LogLine {
             source: Self::LAGGED.into(),
             level: "warning".into(),
             msg: format!("lagged: {n} lines skipped"),
-            deployment_id: None,
-            cursor: 0,
+            stream: STREAM_SYSTEM.into(),
+            ..LogLine::default()
         }
     }
+
+    /// A line the platform writes about a deployment: `source` `build`,
+    /// `release` (the release command's output), or `deploy`/the replica
+    /// for rollout progress.
+    pub fn platform(source: &str, level: &str, msg: String, deployment: Option<Uuid>) -> LogLine {
+        let stream = match source {
+            "build" => STREAM_BUILD,
+            "release" => STREAM_RELEASE,
+            _ => STREAM_SYSTEM,
+        };
+        LogLine {
+            ts: chrono::Utc::now(),
+            source: source.into(),
+            level: level.into(),
+            msg,
+            deployment_id: deployment,
+            stream: stream.into(),
+            ..LogLine::default()
+        }
+    }
+}
+
+impl LogLine {
+    /// A progress line that starts deployment step `step`.
+    pub fn step(source: &str, step: &str, msg: String, deployment: Uuid) -> LogLine {
+        LogLine {
+            step: Some(step.into()),
+            ..LogLine::platform(source, "info", msg, Some(deployment))
+        }
+    }
+}
+
+/// Deployment steps a runtime reports (see `LogLine::step`).
+pub mod step {
+    pub const CLONING: &str = "cloning";
+    pub const BUILDING: &str = "building";
+    pub const RELEASING: &str = "releasing";
+    pub const STARTING: &str = "starting";
+    pub const HEALTH_CHECKING: &str = "health-checking";
+    pub const SWITCHING: &str = "switching";
+    pub const STOPPING_OLD: &str = "stopping-old";
+}
+
+pub const STREAM_STDOUT: &str = "stdout";
+pub const STREAM_STDERR: &str = "stderr";
+pub const STREAM_BUILD: &str = "build";
+pub const STREAM_RELEASE: &str = "release";
+pub const STREAM_SYSTEM: &str = "system";
+
+/// Which lines a reader wants: `filter` is a substring of the message, or
+/// `level:<level>`; `service` one service's lines.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    pub deployment_id: Option<Uuid>,
+    pub service: Option<String>,
+    pub level: Option<String>,
+    pub text: Option<String>,
+}
+
+impl LogFilter {
+    /// Reads a `filter` argument: `level:<level>`, else a substring.
+    pub fn parse_text(&mut self, filter: Option<&str>) {
+        if let Some(f) = filter.map(str::trim).filter(|f| !f.is_empty()) {
+            match f.strip_prefix("level:") {
+                Some(level) => self.level = Some(level.trim().to_ascii_lowercase()),
+                None => self.text = Some(f.to_string()),
+            }
+        }
+    }
+
+    /// Whether `line` is wanted. A lagged notice always is.
+    pub fn keeps(&self, line: &LogLine) -> bool {
+        if line.source == LogLine::LAGGED && line.cursor == 0 {
+            return true;
+        }
+        self.deployment_id
+            .is_none_or(|d| line.deployment_id == Some(d))
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| line.service.as_ref() == Some(s))
+            && self.level.as_ref().is_none_or(|l| &line.level == l)
+            && self
+                .text
+                .as_ref()
+                .is_none_or(|t| line.msg.contains(t.as_str()))
+    }
+}
+
+/// The lines of a log channel that `filter` keeps, as a follower reads
+/// them: one that falls behind by more than the channel holds skips to the
+/// live edge and is told how many lines it missed (lines kept in history
+/// stay readable with `after`).
+pub fn follow_channel(
+    rx: tokio::sync::broadcast::Receiver<LogLine>,
+    filter: LogFilter,
+) -> BoxStream<'static, LogLine> {
+    use futures_util::StreamExt;
+    use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+    BroadcastStream::new(rx)
+        .filter_map(move |l| {
+            std::future::ready(match l {
+                Ok(l) => Some(l).filter(|l| filter.keeps(l)),
+                Err(BroadcastStreamRecvError::Lagged(n)) => Some(LogLine::lagged(n)),
+            })
+        })
+        .boxed()
 }
 
 /// Which logs to read.
 #[derive(Debug, Clone, Default)]
 pub struct LogQuery {
     pub tail: usize,
-    pub deployment_id: Option<Uuid>,
+    /// Which lines (deployment, service, level, text).
+    pub filter: LogFilter,
     /// Every kept line after this cursor instead of the last `tail`.
     pub after: Option<u64>,
 }

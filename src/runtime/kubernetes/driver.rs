@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use futures_util::stream::{self, BoxStream};
+use futures_util::stream::BoxStream;
 use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -19,7 +19,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::instrument;
 
-use super::logs::{last_lines, parse_line, pod_deployment};
+use super::logs::{last_lines, parse_line, parse_pod_line, pod_deployment, pod_service};
 use super::manifests::{self, KANIKO_CONTAINER};
 use super::status::{self, JobState, Rollout};
 use super::{KubernetesRuntime, names};
@@ -58,14 +58,12 @@ fn is_not_found(err: &kube::Error) -> bool {
 /// A progress line for the caller's log.
 fn say(sink: &LogSink, source: &str, level: &str, msg: String, deployment: Option<uuid::Uuid>) {
     // A caller that stopped listening does not stop the action.
-    let _ = sink.send(LogLine {
-        ts: chrono::Utc::now(),
-        source: source.into(),
-        level: level.into(),
-        msg,
-        deployment_id: deployment,
-        cursor: 0,
-    });
+    let _ = sink.send(LogLine::platform(source, level, msg, deployment));
+}
+
+/// A progress line that starts deployment step `step`.
+fn step(sink: &LogSink, source: &str, step: &str, msg: String, deployment: uuid::Uuid) {
+    let _ = sink.send(LogLine::step(source, step, msg, deployment));
 }
 
 /// How long past the build Job's own deadline (which fails it first) the
@@ -424,12 +422,12 @@ impl Runtime for KubernetesRuntime {
         let job_name = job.name_any();
         let jobs: Api<Job> = self.api(&self.config.build_namespace);
         self.apply(&jobs, &job, "apply build Job").await?;
-        say(
+        step(
             &logs,
             "build",
-            "info",
+            crate::runtime::step::BUILDING,
             format!("building {} at {commit}", req.git_repository),
-            Some(req.deployment_id),
+            req.deployment_id,
         );
 
         // Slack over the Job's own deadline, which fails it first.
@@ -478,12 +476,12 @@ impl Runtime for KubernetesRuntime {
     async fn deploy(&self, release: &Release, logs: LogSink) -> Result<()> {
         let env = &release.env;
         let ns = self.ns(env);
-        say(
+        step(
             &logs,
             "deploy",
-            "info",
+            crate::runtime::step::STARTING,
             format!("applying release to namespace {ns}"),
-            Some(release.deployment_id),
+            release.deployment_id,
         );
         self.apply_secret(env, &release.env_vars).await?;
 
@@ -509,16 +507,30 @@ impl Runtime for KubernetesRuntime {
         }
         self.apply_route(env).await?;
 
-        self.wait_for_rollout(release, &rolled, &logs).await?;
-        self.prune(env, &rolled.iter().cloned().collect(), &kept_services)
-            .await?;
-        say(
+        step(
             &logs,
             "deploy",
-            "info",
-            "release is live".into(),
-            Some(release.deployment_id),
+            crate::runtime::step::HEALTH_CHECKING,
+            "waiting for the rollout".into(),
+            release.deployment_id,
         );
+        self.wait_for_rollout(release, &rolled, &logs).await?;
+        step(
+            &logs,
+            "deploy",
+            crate::runtime::step::SWITCHING,
+            "release is live".into(),
+            release.deployment_id,
+        );
+        step(
+            &logs,
+            "deploy",
+            crate::runtime::step::STOPPING_OLD,
+            "removing what the previous release no longer runs".into(),
+            release.deployment_id,
+        );
+        self.prune(env, &rolled.iter().cloned().collect(), &kept_services)
+            .await?;
         Ok(())
     }
 
@@ -568,11 +580,15 @@ impl Runtime for KubernetesRuntime {
             ..LogParams::default()
         };
         let mut lines = Vec::new();
-        for pod in self.service_pods(env, query.deployment_id).await? {
+        for pod in self.service_pods(env, query.filter.deployment_id).await? {
             let name = pod.name_any();
-            let deployment = pod_deployment(&pod);
+            let (deployment, service) = (pod_deployment(&pod), pod_service(&pod));
             match api.logs(&name, &params).await {
-                Ok(text) => lines.extend(text.lines().map(|l| parse_line(l, &name, deployment))),
+                Ok(text) => lines.extend(
+                    text.lines()
+                        .map(|l| parse_pod_line(l, &name, service.as_deref(), deployment))
+                        .filter(|l| query.filter.keeps(l)),
+                ),
                 // A pod that has not started yet has no log.
                 Err(kube::Error::Api(s)) if s.code == 400 || s.code == 404 => {}
                 Err(e) => return Err(kube_error("read pod log", e)),
@@ -587,31 +603,11 @@ impl Runtime for KubernetesRuntime {
         env: &EnvironmentRef,
         query: &LogQuery,
     ) -> Result<BoxStream<'static, LogLine>> {
-        let api: Api<Pod> = self.api(&self.ns(env));
-        let params = LogParams {
-            follow: true,
-            tail_lines: Some(i64::try_from(query.tail).unwrap_or(i64::MAX)),
-            timestamps: true,
-            ..LogParams::default()
-        };
-        let mut streams = Vec::new();
-        for pod in self.service_pods(env, query.deployment_id).await? {
-            let name = pod.name_any();
-            let deployment = pod_deployment(&pod);
-            let reader = match api.log_stream(&name, &params).await {
-                Ok(r) => r,
-                Err(kube::Error::Api(s)) if s.code == 400 || s.code == 404 => continue,
-                Err(e) => return Err(kube_error("follow pod log", e)),
-            };
-            let lines = reader
-                .lines()
-                .take_while(|l| std::future::ready(l.is_ok()))
-                .filter_map(move |l| {
-                    std::future::ready(l.ok().map(|l| parse_line(&l, &name, deployment)))
-                });
-            streams.push(lines.boxed());
-        }
-        Ok(stream::select_all(streams).boxed())
+        // One reader per pod, shared by every follower of the environment.
+        let rx = self
+            .hubs
+            .subscribe(env.environment_id, self.api(&self.ns(env)));
+        Ok(crate::runtime::follow_channel(rx, query.filter.clone()))
     }
 
     #[instrument(skip_all, fields(env.id = %env.environment_id))]

@@ -12,6 +12,21 @@ use crate::runtime::LogLine;
 /// One line as the kubelet sends it: `<RFC 3339 time> <message>`. A line
 /// without a readable time keeps all its text and gets the current time.
 pub fn parse_line(raw: &str, source: &str, deployment_id: Option<Uuid>) -> LogLine {
+    let mut line = parse_pod_line(raw, source, None, deployment_id);
+    if source == "build" {
+        line.stream = crate::runtime::STREAM_BUILD.into();
+        line.replica = None;
+    }
+    line
+}
+
+/// A line of pod `source` of `service`.
+pub fn parse_pod_line(
+    raw: &str,
+    source: &str,
+    service: Option<&str>,
+    deployment_id: Option<Uuid>,
+) -> LogLine {
     let raw = raw.trim_end_matches(['\r', '\n']);
     let (stamp, msg) = raw.split_once(' ').unwrap_or((raw, ""));
     let (ts, msg) = match DateTime::parse_from_rfc3339(stamp) {
@@ -26,6 +41,10 @@ pub fn parse_line(raw: &str, source: &str, deployment_id: Option<Uuid>) -> LogLi
         msg: msg.to_string(),
         deployment_id,
         cursor: 0,
+        stream: crate::runtime::STREAM_STDOUT.into(),
+        service: service.map(str::to_string),
+        replica: Some(source.to_string()),
+        step: None,
     }
 }
 
@@ -37,6 +56,11 @@ pub fn pod_deployment(pod: &Pod) -> Option<Uuid> {
         .get(names::DEPLOYMENT_ID)?
         .parse()
         .ok()
+}
+
+/// The service a pod runs, from its name label.
+pub fn pod_service(pod: &Pod) -> Option<String> {
+    pod.metadata.labels.as_ref()?.get(names::NAME).cloned()
 }
 
 /// Lines of several pods in time order, keeping the last `n`.

@@ -193,6 +193,17 @@ fn named(name: &str) -> Value {
     json!({ "metadata": { "name": name, "namespace": NS } })
 }
 
+/// A watch answer: a replica is created (its container not started yet),
+/// starts, and gets a new version (nothing to follow again).
+const WATCH_EVENTS: &str = concat!(
+    r#"{"type":"ADDED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web-b","namespace":"sylphx-shop-production","labels":{"app.kubernetes.io/name":"web"}},"status":{"containerStatuses":[{"name":"app","image":"","imageID":"","ready":false,"restartCount":0,"state":{"waiting":{"reason":"ContainerCreating"}}}]}}}"#,
+    "\n",
+    r#"{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web-b","namespace":"sylphx-shop-production","labels":{"app.kubernetes.io/name":"web"}},"status":{"containerStatuses":[{"name":"app","image":"","imageID":"","ready":true,"restartCount":0,"state":{"running":{"startedAt":"2025-03-01T10:00:03Z"}}}]}}}"#,
+    "\n",
+    r#"{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"web-b","namespace":"sylphx-shop-production","labels":{"app.kubernetes.io/name":"web"}},"status":{"containerStatuses":[{"name":"app","image":"","imageID":"","ready":true,"restartCount":0,"state":{"running":{"startedAt":"2025-03-01T10:00:03Z"}}}]}}}"#,
+    "\n",
+);
+
 fn managed() -> String {
     "&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dsylphx".into()
 }
@@ -399,14 +410,24 @@ impl Scenario {
                     .text("2025-03-01T10:00:02Z b1\n2025-03-01T10:00:03Z b2\n"),
             ],
             Scenario::FollowLogs => vec![
+                // The pods running when the first follower comes, from now on.
                 Exchange::new(Method::GET, format!("{}?&labelSelector=sylphx.io%2Fservice-id", base("pods"))).json(
                     200,
-                    list("PodList", vec![named("web-a"), named("worker-a")]),
+                    json!({ "kind": "PodList", "apiVersion": "v1", "metadata": { "resourceVersion": "41" }, "items": [named("web-a"), named("worker-a")] }),
                 ),
                 Exchange::new(Method::GET, format!("{}/web-a/log?&follow=true&tailLines=0&timestamps=true", base("pods")))
                     .text("2025-03-01T10:00:01Z GET / 200\n"),
                 Exchange::new(Method::GET, format!("{}/worker-a/log?&follow=true&tailLines=0&timestamps=true", base("pods")))
                     .text("2025-03-01T10:00:02Z job done\n"),
+                // Then the pods, from that version on: a replica that
+                // starts later is followed from its first line.
+                Exchange::new(
+                    Method::GET,
+                    format!("{}?&watch=true&timeoutSeconds=290&labelSelector=sylphx.io%2Fservice-id&allowWatchBookmarks=true&resourceVersion=41", base("pods")),
+                )
+                .text(WATCH_EVENTS),
+                Exchange::new(Method::GET, format!("{}/web-b/log?&follow=true&timestamps=true", base("pods")))
+                    .text("2025-03-01T10:00:03Z web-b up\n"),
             ],
             Scenario::Health { up } => vec![Exchange::new(Method::GET, "/version").json(
                 if up { 200 } else { 503 },
@@ -534,7 +555,10 @@ where
 fn drain(mut rx: mpsc::UnboundedReceiver<LogLine>) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(line) = rx.try_recv() {
-        out.push(format!("{} {}", line.source, line.msg));
+        match &line.step {
+            Some(step) => out.push(format!("{} {} [{step}]", line.source, line.msg)),
+            None => out.push(format!("{} {}", line.source, line.msg)),
+        }
     }
     out
 }
@@ -582,12 +606,14 @@ async fn deploy_applies_waits_for_the_rollout_and_prunes() {
     assert_eq!(
         lines,
         [
-            format!("deploy applying release to namespace {NS}"),
+            format!("deploy applying release to namespace {NS} [starting]"),
+            "deploy waiting for the rollout [health-checking]".into(),
             "deploy web: waiting for the new spec to be observed".into(),
             "deploy worker: rolled out".into(),
             "deploy web: 1 of 2 new replicas have been updated".into(),
             "deploy web: rolled out".into(),
-            "deploy release is live".into(),
+            "deploy release is live [switching]".into(),
+            "deploy removing what the previous release no longer runs [stopping-old]".into(),
         ]
     );
 }
@@ -737,7 +763,10 @@ async fn status_reads_deployments() {
 async fn logs_merge_pods_by_time() {
     let query = LogQuery {
         tail: 2,
-        deployment_id: Some(Uuid::from_u128(V2)),
+        filter: crate::runtime::LogFilter {
+            deployment_id: Some(Uuid::from_u128(V2)),
+            ..Default::default()
+        },
         after: None,
     };
     let lines = run(
@@ -759,20 +788,41 @@ async fn logs_merge_pods_by_time() {
 }
 
 #[tokio::test]
-async fn follow_logs_merges_the_pod_streams() {
+async fn follow_logs_merges_the_pod_streams_and_follows_new_pods() {
     use futures_util::StreamExt;
     let query = LogQuery::default();
-    let mut lines = run(Scenario::FollowLogs, |rt| async move {
-        let stream = rt.follow_logs(&env(), &query).await.unwrap();
-        stream.collect::<Vec<_>>().await
+    let (mut lines, joined) = run(Scenario::FollowLogs, |rt| async move {
+        let first = rt.follow_logs(&env(), &query).await.unwrap();
+        // A second follower shares the hub: no request of its own.
+        let second = rt.follow_logs(&env(), &query).await.unwrap();
+        let lines = first.take(3).collect::<Vec<_>>().await;
+        let joined = second.take(3).collect::<Vec<_>>().await;
+        (lines, joined)
     })
     .await;
+    assert_eq!(lines.len(), joined.len());
     lines.sort_by_key(|l| l.ts);
     let got: Vec<_> = lines
         .iter()
         .map(|l| (l.source.as_str(), l.msg.as_str()))
         .collect();
-    assert_eq!(got, [("web-a", "GET / 200"), ("worker-a", "job done")]);
+    assert_eq!(
+        got,
+        [
+            ("web-a", "GET / 200"),
+            ("worker-a", "job done"),
+            ("web-b", "web-b up")
+        ]
+    );
+    let web_b = &lines[2];
+    assert_eq!(
+        (
+            web_b.service.as_deref(),
+            web_b.replica.as_deref(),
+            web_b.stream.as_str()
+        ),
+        (Some("web"), Some("web-b"), "stdout")
+    );
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 mod driver;
+mod hub;
 mod logs;
 pub mod manifests;
 pub mod names;
@@ -86,6 +87,7 @@ impl Default for KubernetesConfig {
 pub struct KubernetesRuntime {
     client: kube::Client,
     config: KubernetesConfig,
+    hubs: hub::Hubs,
 }
 
 impl std::fmt::Debug for KubernetesRuntime {
@@ -99,7 +101,11 @@ impl std::fmt::Debug for KubernetesRuntime {
 impl KubernetesRuntime {
     /// A driver on an existing client (tests pass a mock service here).
     pub fn new(client: kube::Client, config: KubernetesConfig) -> Self {
-        KubernetesRuntime { client, config }
+        KubernetesRuntime {
+            client,
+            config,
+            hubs: hub::Hubs::default(),
+        }
     }
 
     /// A driver on the kubeconfig at `kubeconfig`, else the ambient

@@ -21,15 +21,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::BroadcastStream;
 use uuid::Uuid;
 
 use super::{
     BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LiveEnvironments,
     LogLine, LogQuery, LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus, Teardown,
+    step,
 };
 use crate::domain::services::Resources;
 use crate::error::{Error, Result};
@@ -367,14 +366,12 @@ impl LocalRuntime {
     }
 
     fn say(sink: &LogSink, deployment: Uuid, source: &str, level: &str, msg: String) {
-        let _ = sink.send(LogLine {
-            ts: chrono::Utc::now(),
-            source: source.into(),
-            level: level.into(),
-            msg,
-            deployment_id: Some(deployment),
-            cursor: 0,
-        });
+        let _ = sink.send(LogLine::platform(source, level, msg, Some(deployment)));
+    }
+
+    /// Starts deployment step `step` with a progress line.
+    fn step(sink: &LogSink, deployment: Uuid, source: &str, step: &str, msg: String) {
+        let _ = sink.send(LogLine::step(source, step, msg, deployment));
     }
 
     /// Runs the `release:` command in the project's sandbox, its output
@@ -504,10 +501,13 @@ impl Runtime for LocalRuntime {
         let project_dir = self.prepare_project_dir(req.env.project_id, uid)?;
         let dir = project_dir.join(req.deployment_id.to_string());
         let say = |msg: String| Self::say(&logs, req.deployment_id, "build", "info", msg);
-        say(format!(
-            "cloning {} ({})",
-            req.git_repository, req.git_branch
-        ));
+        Self::step(
+            &logs,
+            req.deployment_id,
+            "build",
+            step::CLONING,
+            format!("cloning {} ({})", req.git_repository, req.git_branch),
+        );
         let commit =
             source::checkout(&repo, &req.git_branch, req.git_commit.as_deref(), &dir).await?;
         let owned = dir.clone();
@@ -516,7 +516,13 @@ impl Runtime for LocalRuntime {
             .await
             .map_err(Error::internal)?
             .map_err(|e| Error::internal(format!("cannot hand the release over: {e}")))?;
-        say(format!("checked out {commit}"));
+        Self::step(
+            &logs,
+            req.deployment_id,
+            "build",
+            step::BUILDING,
+            format!("checked out {commit}"),
+        );
         let procfile = Procfile::read(&dir).await?;
         let declared = procfile
             .processes
@@ -558,11 +564,11 @@ impl Runtime for LocalRuntime {
             .map(|(k, v)| (k.clone(), v.expose().to_string()))
             .collect();
         if let Some(cmd) = procfile.release.as_ref().filter(|_| !release.restore) {
-            Self::say(
+            Self::step(
                 &logs,
                 deployment,
                 "deploy",
-                "info",
+                step::RELEASING,
                 "running the release command".into(),
             );
             self.run_release_command(&dir, cmd, &vars, &logs, release, uid)
@@ -572,6 +578,13 @@ impl Runtime for LocalRuntime {
             return Err(Error::Unavailable("the server is stopping".into()));
         }
         // Start the new replicas beside the old ones.
+        Self::step(
+            &logs,
+            deployment,
+            "deploy",
+            step::STARTING,
+            "starting the new replicas".into(),
+        );
         let mut started = Vec::new();
         for svc in &release.services {
             let Some(command) = svc
@@ -609,11 +622,11 @@ impl Runtime for LocalRuntime {
                 "the release has no process to run".into(),
             ));
         }
-        Self::say(
+        Self::step(
             &logs,
             deployment,
             "deploy",
-            "info",
+            step::HEALTH_CHECKING,
             "waiting for the new replicas to become ready".into(),
         );
         let deadline = tokio::time::Instant::now() + self.config.ready_timeout;
@@ -665,13 +678,22 @@ impl Runtime for LocalRuntime {
             }
         };
         self.shared.changed.notify_waiters();
-        Self::say(
+        Self::step(
             &logs,
             deployment,
             "deploy",
-            "info",
+            step::SWITCHING,
             "switched traffic to the new release".into(),
         );
+        if !old.is_empty() {
+            Self::step(
+                &logs,
+                deployment,
+                "deploy",
+                step::STOPPING_OLD,
+                "stopping the previous release".into(),
+            );
+        }
         stop_all(old, RETIRE_DRAIN, RETIRE_GRACE).await;
         Ok(())
     }
@@ -775,13 +797,10 @@ impl Runtime for LocalRuntime {
     }
 
     async fn logs(&self, env: &EnvironmentRef, query: &LogQuery) -> Result<Vec<LogLine>> {
+        let keep = |l: &LogLine| query.filter.keeps(l);
         Ok(match query.after {
-            Some(after) => self
-                .logs
-                .after(env.environment_id, after, query.deployment_id),
-            None => self
-                .logs
-                .tail(env.environment_id, query.tail, query.deployment_id),
+            Some(after) => self.logs.after(env.environment_id, after, keep),
+            None => self.logs.tail(env.environment_id, query.tail, keep),
         })
     }
 
@@ -790,23 +809,10 @@ impl Runtime for LocalRuntime {
         env: &EnvironmentRef,
         query: &LogQuery,
     ) -> Result<BoxStream<'static, LogLine>> {
-        let deployment = query.deployment_id;
-        // A follower that falls behind by more than the channel holds
-        // skips to the live edge and is told how many lines it missed
-        // (they stay readable with `after`).
-        let live = BroadcastStream::new(self.logs.subscribe(env.environment_id)).filter_map(
-            move |l| async move {
-                match l {
-                    Ok(l) => {
-                        Some(l).filter(|l| deployment.is_none() || l.deployment_id == deployment)
-                    }
-                    Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                        Some(crate::runtime::LogLine::lagged(n))
-                    }
-                }
-            },
-        );
-        Ok(live.boxed())
+        Ok(super::follow_channel(
+            self.logs.subscribe(env.environment_id),
+            query.filter.clone(),
+        ))
     }
 
     async fn delete(&self, env: &EnvironmentRef) -> Result<()> {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::cgroups::Limits;
 use super::host;
 use super::sandbox::{Sandboxes, Spec};
-use crate::runtime::LogLine;
+use crate::runtime::{LogLine, STREAM_STDERR, STREAM_STDOUT, STREAM_SYSTEM};
 use crate::streams::LogStore;
 
 /// What a replica runs.
@@ -32,6 +32,29 @@ pub struct ReplicaSpec {
     /// The project's sandbox uid.
     pub uid: u32,
     pub limits: Limits,
+}
+
+impl ReplicaSpec {
+    /// The service the replica belongs to (`web` of `web.1`).
+    pub fn service(&self) -> &str {
+        self.name.split('.').next().unwrap_or(&self.name)
+    }
+
+    /// A line this replica wrote, or one about it.
+    fn line(&self, stream: &str, level: &str, msg: String) -> LogLine {
+        LogLine {
+            ts: chrono::Utc::now(),
+            source: self.name.clone(),
+            level: level.into(),
+            msg,
+            deployment_id: Some(self.deployment_id),
+            stream: stream.into(),
+            service: Some(self.service().to_string()),
+            replica: Some(self.name.clone()),
+            cursor: 0,
+            step: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for ReplicaSpec {
@@ -106,22 +129,17 @@ pub async fn read_lines(mut reader: impl AsyncRead + Unpin, mut line: impl FnMut
 fn pump(
     reader: impl AsyncRead + Unpin + Send + 'static,
     spec: &ReplicaSpec,
-    level: &'static str,
+    stream: &'static str,
     logs: LogStore,
 ) {
-    let (env, deployment, source) = (spec.environment_id, spec.deployment_id, spec.name.clone());
+    let level = if stream == STREAM_STDERR {
+        "error"
+    } else {
+        "info"
+    };
+    let spec = spec.clone();
     tokio::spawn(read_lines(reader, move |msg| {
-        logs.push(
-            env,
-            LogLine {
-                ts: chrono::Utc::now(),
-                source: source.clone(),
-                level: level.into(),
-                msg,
-                deployment_id: Some(deployment),
-                cursor: 0,
-            },
-        )
+        logs.push(spec.environment_id, spec.line(stream, level, msg))
     }));
 }
 
@@ -222,10 +240,10 @@ async fn supervise(
             }
         };
         if let Some(out) = sandbox.child.stdout.take() {
-            pump(out, &spec, "info", sup.logs.clone());
+            pump(out, &spec, STREAM_STDOUT, sup.logs.clone());
         }
         if let Some(err) = sandbox.child.stderr.take() {
-            pump(err, &spec, "error", sup.logs.clone());
+            pump(err, &spec, STREAM_STDERR, sup.logs.clone());
         }
         let ready_watch = {
             let (port, state, sup) = (spec.port, state.clone(), sup.clone());
@@ -270,17 +288,7 @@ async fn supervise(
 }
 
 fn push_event(logs: &LogStore, spec: &ReplicaSpec, msg: String) {
-    logs.push(
-        spec.environment_id,
-        LogLine {
-            ts: chrono::Utc::now(),
-            source: spec.name.clone(),
-            level: "error".into(),
-            msg,
-            deployment_id: Some(spec.deployment_id),
-            cursor: 0,
-        },
-    );
+    logs.push(spec.environment_id, spec.line(STREAM_SYSTEM, "error", msg));
 }
 
 #[cfg(test)]
