@@ -226,8 +226,8 @@ impl From<sea_orm::DbErr> for Error {
                 Error::Conflict("a referenced resource no longer exists".into())
             }
             _ if store_unreachable(&err) => {
-                tracing::warn!(error = %err, "the store is unreachable");
-                Error::Unavailable("the store is unreachable; try again shortly".into())
+                tracing::warn!(error = %err, "the store is unreachable or saturated");
+                Error::Unavailable("the store is unreachable or too busy; try again shortly".into())
             }
             _ => Error::Internal(err.to_string()),
         }

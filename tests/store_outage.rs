@@ -288,6 +288,10 @@ async fn writes_survive_a_postgres_restart() {
         .collect();
 
     wait_for("201s before the outage", &progress.created, 40).await;
+    // A subscriber connected before the outage, and a token not used yet
+    // (so no server has it in its verified-token cache).
+    let mut connected = common::ws::with_token(&s, &s.admin_token).await;
+    let fresh = s.token("fresh", sylphx::auth::Role::Read).await;
     cluster.stop().await;
     let unavailable_before = progress.unavailable.load(Ordering::SeqCst);
     wait_for(
@@ -299,6 +303,17 @@ async fn writes_survive_a_postgres_restart() {
     let (status, body) = health(&s).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["services"]["database"], "down", "{body}");
+    // A websocket whose token cannot be checked now is told to try again
+    // later (1013), not that its token is bad (4401).
+    let (mut socket, _) = tokio_tungstenite::connect_async(common::ws::request(&s, &[]))
+        .await
+        .unwrap();
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {fresh}") } });
+    futures_util::SinkExt::send(&mut socket, init.to_string().into())
+        .await
+        .unwrap();
+    let (code, texts) = common::ws::until_closed(&mut socket).await;
+    assert_eq!(code, Some(1013), "{texts:?}");
 
     cluster.resume().await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -314,6 +329,14 @@ async fn writes_survive_a_postgres_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The connection made before the outage outlived it: its credentials
+    // were not refused because the store could not be asked.
+    let ping = json!({ "type": "ping" }).to_string();
+    futures_util::SinkExt::send(&mut connected, ping.into())
+        .await
+        .unwrap();
+    let pong = common::ws::next_text(&mut connected).await;
+    assert_eq!(pong, Some(json!({ "type": "pong" })));
     let created_before = progress.created.load(Ordering::SeqCst);
     wait_for(
         "201s after the outage",

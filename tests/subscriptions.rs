@@ -145,13 +145,34 @@ async fn logs_follow_an_environment_across_deploys(backend: Backend) {
         refused["payload"]["errors"][0]["extensions"]["code"], "NOT_FOUND",
         "{refused}"
     );
+    let end = ws::next_text(&mut filtered).await.unwrap();
+    assert_eq!(
+        (end["type"].as_str(), end["id"].as_str()),
+        (Some("complete"), Some("u"))
+    );
+    // A filter is at most 200 characters: more is refused, naming it.
+    let query = "subscription($f: String) { logs(projectId: \"app\", filter: $f) { msg } }";
+    subscribe(
+        &mut filtered,
+        "long",
+        query,
+        json!({ "f": "x".repeat(201) }),
+    )
+    .await;
+    let refused = ws::next_text(&mut filtered).await.unwrap();
+    let error = &refused["payload"]["errors"][0];
+    assert_eq!(error["extensions"]["code"], "BAD_REQUEST", "{refused}");
+    assert!(
+        error["message"].as_str().unwrap().contains("filter"),
+        "{refused}"
+    );
 
     // Another organisation's token is refused the project: an error and
     // no data, then the connection closes with 4403.
     let other = s.token("other", Role::Admin).await;
     let mut theirs = ws::with_token(&s, &other).await;
     subscribe(&mut theirs, "x", LOGS, json!({ "p": "app" })).await;
-    let (code, texts) = until_closed(&mut theirs).await;
+    let (code, texts) = ws::until_closed(&mut theirs).await;
     assert_eq!(code, Some(4403), "{texts:?}");
     assert_eq!(texts.len(), 1, "{texts:?}");
     assert_eq!(
@@ -247,29 +268,6 @@ async fn project_status_follows_deploys_and_restarts(backend: Backend) {
     );
 }
 
-/// Reads until the server closes the socket: the close code, and the
-/// JSON messages that came before it.
-async fn until_closed(socket: &mut ws::Ws) -> (Option<u16>, Vec<Value>) {
-    use futures_util::StreamExt;
-    let mut texts = Vec::new();
-    // A bound for a broken server, not a measurement.
-    let read = async {
-        while let Some(msg) = socket.next().await {
-            match msg {
-                Ok(Message::Text(t)) => texts.push(serde_json::from_str(&t).unwrap()),
-                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-        }
-        None
-    };
-    let code = tokio::time::timeout(Duration::from_secs(60), read)
-        .await
-        .expect("the server closes the socket");
-    (code, texts)
-}
-
 async fn connect(s: &TestServer) -> ws::Ws {
     tokio_tungstenite::connect_async(ws::request(s, &[]))
         .await
@@ -288,13 +286,13 @@ async fn bad_credentials_close_with_4401(backend: Backend) {
         let mut socket = connect(&s).await;
         let init = json!({ "type": "connection_init", "payload": payload });
         socket.send(Message::text(init.to_string())).await.unwrap();
-        let (code, texts) = until_closed(&mut socket).await;
+        let (code, texts) = ws::until_closed(&mut socket).await;
         assert_eq!(code, Some(4401), "{texts:?}");
         assert!(texts.is_empty(), "{texts:?}");
     }
     let mut socket = connect(&s).await;
     subscribe(&mut socket, "1", "{ viewer { role } }", json!({})).await;
-    let (code, texts) = until_closed(&mut socket).await;
+    let (code, texts) = ws::until_closed(&mut socket).await;
     assert_eq!(code, Some(4401));
     assert!(texts.is_empty(), "{texts:?}");
 }
@@ -358,7 +356,7 @@ async fn a_revoked_token_ends_its_subscriptions(backend: Backend) {
         )
         .await;
     assert!(revoked["errors"].is_null(), "{revoked}");
-    let (code, texts) = until_closed(&mut socket).await;
+    let (code, texts) = ws::until_closed(&mut socket).await;
     assert_eq!(code, Some(4401), "{texts:?}");
 }
 
@@ -642,7 +640,7 @@ async fn shutdown_says_goodbye() {
     );
 
     let exit = tokio::task::spawn_blocking(move || server.terminate());
-    let (code, texts) = until_closed(&mut socket).await;
+    let (code, texts) = ws::until_closed(&mut socket).await;
     assert_eq!(texts, vec![json!({ "type": "complete", "id": "f" })]);
     assert_eq!(code, Some(1001));
     assert!(exit.await.unwrap().success());
@@ -653,7 +651,7 @@ async fn shutdown_says_goodbye() {
 async fn a_silent_socket_is_closed_with_4408() {
     let s = TestServer::start(Backend::Sqlite).await;
     let mut socket = connect(&s).await;
-    let (code, texts) = until_closed(&mut socket).await;
+    let (code, texts) = ws::until_closed(&mut socket).await;
     assert_eq!(code, Some(4408), "{texts:?}");
 }
 
@@ -753,7 +751,7 @@ async fn deployment_events_tell_each_step(backend: Backend) {
     let other = s.token("other", Role::Admin).await;
     let mut theirs = ws::with_token(&s, &other).await;
     subscribe(&mut theirs, "x", EVENTS, json!({ "d": id })).await;
-    let (code, texts) = until_closed(&mut theirs).await;
+    let (code, texts) = ws::until_closed(&mut theirs).await;
     assert_eq!(code, Some(4403), "{texts:?}");
     assert!(!texts.iter().any(|t| t["type"] == "next"), "{texts:?}");
 }

@@ -16,6 +16,9 @@ use crate::domain::Ctx;
 use crate::error::Error;
 use crate::state::{AppState, has_session_cookie, request_id};
 
+/// Initial read and write buffer of a websocket connection.
+const WS_BUFFER: usize = 4 * 1024;
+
 /// What the GraphQL endpoints need.
 #[derive(Clone)]
 pub struct GraphqlState {
@@ -157,6 +160,10 @@ async fn graphql_ws(
     };
     upgrade
         .protocols([protocol.name()])
+        // Small buffers, grown for a large message: an idle subscriber
+        // costs a few KiB, not 256.
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| connection.run(socket))

@@ -99,10 +99,14 @@ fn close(code: u16, reason: impl Into<String>) -> Outcome {
     Outcome::Close(code, reason)
 }
 
-/// The close code for a refused credential.
+/// The close code for a credential that could not be accepted: 4403
+/// forbidden, 4401 unknown, revoked or expired; 1013 (try again later)
+/// when the store could not tell, so that clients retry rather than
+/// give up on their token.
 fn refusal_code(e: &Error) -> u16 {
     match e {
         Error::Forbidden(_) => 4403,
+        Error::Unavailable(_) => 1013,
         _ => 4401,
     }
 }
@@ -247,8 +251,10 @@ impl Connection {
                 }
                 Some(reason) = forbidden.recv() => return close(4403, reason),
                 _ = recheck.tick() => {
-                    if let Err(e) = self.still_valid(token.as_deref()).await {
-                        return close(refusal_code(&e), e.public_message());
+                    match self.still_valid(token.as_deref()).await {
+                        // The store could not tell: checked again next time.
+                        Ok(()) | Err(Error::Unavailable(_)) => {}
+                        Err(e) => return close(refusal_code(&e), e.public_message()),
                     }
                 }
                 () = stopped(&mut stopping) => return close(1001, GOING_AWAY),
@@ -378,22 +384,35 @@ impl Connection {
         };
         tokio::spawn(async move {
             let mut responses = responses;
+            // `{"type":"next","id":"…","payload":` once; each response is
+            // serialized straight into the message after it.
+            let head = format!(
+                "{{\"type\":\"{next}\",\"id\":{},\"payload\":",
+                Value::String(id.clone())
+            );
             while let Some(resp) = responses.next().await {
-                let payload = serde_json::to_value(&resp).unwrap_or(Value::Null);
-                let refused = &payload["errors"][0];
-                if payload["data"].is_null() && refused["extensions"]["code"] == "FORBIDDEN" {
-                    let errors = match protocol {
-                        Protocol::TransportWs => payload["errors"].clone(),
-                        Protocol::Legacy => refused.clone(),
-                    };
-                    let m = text(json!({ "type": "error", "id": id, "payload": errors }));
-                    let _ = out.send(m).await;
-                    let reason = refused["message"].as_str().unwrap_or("forbidden");
-                    let _ = forbid.send(reason.to_string()).await;
+                if resp.data == async_graphql::Value::Null && !resp.errors.is_empty() {
+                    let payload = serde_json::to_value(&resp).unwrap_or(Value::Null);
+                    let refused = &payload["errors"][0];
+                    if refused["extensions"]["code"] == "FORBIDDEN" {
+                        let errors = match protocol {
+                            Protocol::TransportWs => payload["errors"].clone(),
+                            Protocol::Legacy => refused.clone(),
+                        };
+                        let m = text(json!({ "type": "error", "id": id, "payload": errors }));
+                        let _ = out.send(m).await;
+                        let reason = refused["message"].as_str().unwrap_or("forbidden");
+                        let _ = forbid.send(reason.to_string()).await;
+                        return;
+                    }
+                }
+                let mut m = head.clone().into_bytes();
+                if serde_json::to_writer(&mut m, &resp).is_err() {
                     return;
                 }
-                let m = text(json!({ "type": next, "id": id, "payload": payload }));
-                if out.send(m).await.is_err() {
+                m.push(b'}');
+                let m = String::from_utf8(m).unwrap_or_default();
+                if out.send(Message::Text(m.into())).await.is_err() {
                     return;
                 }
             }

@@ -62,3 +62,25 @@ pub async fn with_token(s: &TestServer, token: &str) -> Ws {
     assert_eq!(next_text(&mut ws).await.unwrap()["type"], "connection_ack");
     ws
 }
+
+/// Reads until the server closes the socket: the close code, and the
+/// JSON messages that came before it.
+pub async fn until_closed(socket: &mut Ws) -> (Option<u16>, Vec<Value>) {
+    let mut texts = Vec::new();
+    // A bound for a broken server, not a measurement.
+    let read = async {
+        while let Some(msg) = socket.next().await {
+            match msg {
+                Ok(Message::Text(t)) => texts.push(serde_json::from_str(&t).unwrap()),
+                Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    let code = tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("the server closes the socket");
+    (code, texts)
+}
