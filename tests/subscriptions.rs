@@ -15,10 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const LOGS: &str = "subscription($p: String!, $tail: Int) { logs(projectId: $p, tail: $tail) { ts msg source deploymentId } }";
 
-/// A project `slug` on a repository of the test app with a release phase;
-/// the repository (kept while it is alive).
-async fn app_project(s: &TestServer, slug: &str) -> tempfile::TempDir {
-    let src = repo("web: exec python3 app.py\nrelease: echo release-phase-ran\n");
+/// A project `slug` on the repository `src`.
+async fn git_project(s: &TestServer, slug: &str, src: &tempfile::TempDir) {
     let (status, body) = s
         .post(
             "/projects",
@@ -27,6 +25,13 @@ async fn app_project(s: &TestServer, slug: &str) -> tempfile::TempDir {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// A project `slug` on a repository of the test app with a release phase;
+/// the repository (kept while it is alive).
+async fn app_project(s: &TestServer, slug: &str) -> tempfile::TempDir {
+    let src = repo("web: exec python3 app.py\nrelease: echo release-phase-ran\n");
+    git_project(s, slug, &src).await;
     src
 }
 
@@ -197,14 +202,7 @@ async fn project_status_follows_deploys_and_restarts(backend: Backend) {
         &format!("web: exec python3 app.py {marker}\nrelease: python3 gate.py\n"),
         &[("gate.py", GATE)],
     );
-    let (status, body) = s
-        .post(
-            "/projects",
-            &s.admin_token,
-            json!({"name": "Live", "slug": "live", "gitRepository": src.path().to_str().unwrap()}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    git_project(&s, "live", &src).await;
     let gate = Gate::start().await;
     let (status, _) = s
         .post(
@@ -575,14 +573,7 @@ exec(open("app.py").read())
 async fn a_slow_subscriber_is_told_what_it_missed(backend: Backend) {
     let s = TestServer::start(backend).await;
     let src = repo_with("web: exec python3 burst.py\n", &[("burst.py", BURST)]);
-    let (status, body) = s
-        .post(
-            "/projects",
-            &s.admin_token,
-            json!({"name": "Burst", "slug": "burst", "gitRepository": src.path().to_str().unwrap()}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    git_project(&s, "burst", &src).await;
     let mut slow = ws::with_token(&s, &s.admin_token).await;
     subscribe(&mut slow, "slow", LOGS, json!({ "p": "burst", "tail": 0 })).await;
     // Not read while the app prints its 200,000 lines and starts.
@@ -729,14 +720,7 @@ async fn deployment_events_tell_each_step(backend: Backend) {
     );
 
     let broken = repo("web: exec python3 app.py\nrelease: echo migrating; exit 3\n");
-    let (status, body) = s
-        .post(
-            "/projects",
-            &s.admin_token,
-            json!({"name": "Broken", "slug": "broken", "gitRepository": broken.path().to_str().unwrap()}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
+    git_project(&s, "broken", &broken).await;
     let failed = deploy(&s, "broken").await;
     assert_eq!(failed["status"], "failed", "{failed}");
     subscribe(&mut socket, "f", EVENTS, json!({ "d": failed["id"] })).await;
@@ -780,17 +764,7 @@ async fn project_at(base: &str, token: &str, slug: &str, procfile: &str) -> temp
 /// A graphql-transport-ws connection to a `serve` process (`base` ends
 /// in `/api/v1`), acknowledged for `token`.
 async fn ws_at(base: &str, token: &str) -> ws::Ws {
-    let root = base.trim_end_matches("/api/v1");
-    let (mut socket, _) = tokio_tungstenite::connect_async(ws::request_at(root, &[]))
-        .await
-        .unwrap();
-    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
-    socket.send(Message::text(init.to_string())).await.unwrap();
-    assert_eq!(
-        ws::next_text(&mut socket).await.unwrap()["type"],
-        "connection_ack"
-    );
-    socket
+    ws::with_token_at(base.trim_end_matches("/api/v1"), token).await
 }
 
 /// Reads SSE events of a `serve` process's log stream until `wanted`.

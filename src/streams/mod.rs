@@ -124,6 +124,18 @@ impl Channel {
         }
     }
 
+    /// Drops the oldest lines until the history fits an environment's
+    /// budget (the newest line stays, however large); the bytes freed.
+    fn keep_within(&mut self, limits: &HistoryLimits) -> u64 {
+        let mut freed = 0;
+        while self.history.len() > limits.lines
+            || (self.bytes > limits.bytes && self.history.len() > 1)
+        {
+            freed += self.pop_front();
+        }
+        freed
+    }
+
     fn pop_front(&mut self) -> u64 {
         let n = self.history.pop_front().map_or(0, |(_, n)| n);
         self.bytes -= n;
@@ -298,10 +310,7 @@ impl LogStore {
         let size = weight(&line);
         ch.history.push_back((line.clone(), size));
         ch.bytes += size;
-        let mut freed = 0;
-        while ch.history.len() > limits.lines || (ch.bytes > limits.bytes && ch.history.len() > 1) {
-            freed += ch.pop_front();
-        }
+        let freed = ch.keep_within(&limits);
         let org = ch.org;
         if persist && !ch.rewrite_due {
             ch.pending.push(line.clone());
@@ -572,9 +581,7 @@ fn read_history(path: &Path, limits: &HistoryLimits) -> std::io::Result<Channel>
         let size = weight(&line);
         ch.history.push_back((line, size));
         ch.bytes += size;
-        while ch.history.len() > limits.lines || (ch.bytes > limits.bytes && ch.history.len() > 1) {
-            ch.pop_front();
-        }
+        ch.keep_within(limits);
     }
     Ok(ch)
 }

@@ -51,7 +51,12 @@ pub async fn next_text(ws: &mut Ws) -> Option<Value> {
 
 /// A websocket whose `connection_init` with `token` was acknowledged.
 pub async fn with_token(s: &TestServer, token: &str) -> Ws {
-    let (mut ws, _) = tokio_tungstenite::connect_async(request(s, &[]))
+    with_token_at(&s.base, token).await
+}
+
+/// As [`with_token`], to the server at `base` (`http://host:port`).
+pub async fn with_token_at(base: &str, token: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async(request_at(base, &[]))
         .await
         .unwrap();
     ws.send(Message::text(format!(
