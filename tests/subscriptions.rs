@@ -330,7 +330,8 @@ async fn a_connection_runs_at_most_100_operations(backend: Backend) {
 }
 
 /// A token revoked while its socket is open ends the connection (4401)
-/// and its subscriptions.
+/// and its subscriptions, whether it came in `connection_init` or on the
+/// upgrade request (with an empty `connection_init`).
 async fn a_revoked_token_ends_its_subscriptions(backend: Backend) {
     let s = TestServer::start(backend).await;
     s.project(&s.admin_token, "watched").await;
@@ -343,9 +344,18 @@ async fn a_revoked_token_ends_its_subscriptions(backend: Backend) {
         .await;
     let key = &created["data"]["createApiKey"];
     let token = key["token"].as_str().unwrap();
-    let mut socket = ws::with_token(&s, token).await;
+    let mut in_init = ws::with_token(&s, token).await;
+    let upgrade = ws::request(&s, &[("authorization", format!("Bearer {token}"))]);
+    let (mut on_upgrade, _) = tokio_tungstenite::connect_async(upgrade).await.unwrap();
+    on_upgrade
+        .send(Message::text(r#"{"type":"connection_init"}"#))
+        .await
+        .unwrap();
+    let ack = ws::next_text(&mut on_upgrade).await.unwrap();
+    assert_eq!(ack["type"], "connection_ack", "{ack}");
     let follow = "subscription { logs(projectId: \"watched\", tail: 0) { msg } }";
-    subscribe(&mut socket, "f", follow, json!({})).await;
+    subscribe(&mut in_init, "f", follow, json!({})).await;
+    subscribe(&mut on_upgrade, "f", follow, json!({})).await;
     let revoked = s
         .graphql(
             &s.admin_token,
@@ -354,8 +364,10 @@ async fn a_revoked_token_ends_its_subscriptions(backend: Backend) {
         )
         .await;
     assert!(revoked["errors"].is_null(), "{revoked}");
-    let (code, texts) = ws::until_closed(&mut socket).await;
-    assert_eq!(code, Some(4401), "{texts:?}");
+    for socket in [&mut in_init, &mut on_upgrade] {
+        let (code, texts) = ws::until_closed(socket).await;
+        assert_eq!(code, Some(4401), "{texts:?}");
+    }
 }
 
 /// The older graphql-ws protocol (subscriptions-transport-ws) is spoken

@@ -150,12 +150,19 @@ async fn graphql_ws(
         .into_response();
     };
     let from_headers = s.app.authenticate(&Method::GET, &headers).await;
+    let mut upgrade_credentials = HeaderMap::new();
+    for name in [header::AUTHORIZATION, header::COOKIE] {
+        for v in headers.get_all(&name) {
+            upgrade_credentials.append(name.clone(), v.clone());
+        }
+    }
     let max_message = s.app.config().max_websocket_message_bytes;
     let connection = super::ws::Connection {
         app: s.app,
         core: s.core,
         protocol,
         upgrade: from_headers,
+        upgrade_credentials,
         request_id: request_id(&headers),
     };
     upgrade

@@ -82,6 +82,9 @@ pub struct Connection {
     /// The caller as the upgrade request (cookie or header) showed it, for
     /// a `connection_init` without a token.
     pub upgrade: Result<Principal, Error>,
+    /// The upgrade request's credentials (`Authorization`, `Cookie`), checked
+    /// again like a `connection_init` token while the socket is open.
+    pub upgrade_credentials: axum::http::HeaderMap,
     pub request_id: Option<String>,
 }
 
@@ -272,12 +275,17 @@ impl Connection {
     /// The credentials still hold: a store that cannot be reached is not a
     /// refusal (the next check decides).
     async fn still_valid(&self, token: Option<&str>) -> Result<(), Error> {
-        let Some(token) = token else {
-            // A session from the upgrade request: its JWT expires on its own
-            // and is not re-read here.
-            return Ok(());
+        let who = match token {
+            Some(token) => self.app.authenticate_token(token).await,
+            // A token or session from the upgrade request: revoked,
+            // expired or of an organisation since deleted ends it as well.
+            None => {
+                self.app
+                    .authenticate(&axum::http::Method::GET, &self.upgrade_credentials)
+                    .await
+            }
         };
-        match self.app.authenticate_token(token).await {
+        match who {
             Ok(_) | Err(Error::Unavailable(_) | Error::Internal(_)) => Ok(()),
             Err(e) => Err(e),
         }
