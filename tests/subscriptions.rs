@@ -516,6 +516,111 @@ async fn sse_logs_resume_exactly(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
 
+/// Reads the raw `next` messages of subscription `id` until one whose
+/// `data.lines` satisfies `wanted`; all it read, as sent.
+async fn raw_until(socket: &mut ws::Ws, wanted: impl Fn(&Value) -> bool) -> Vec<String> {
+    use futures_util::StreamExt;
+    let mut seen = Vec::new();
+    // A bound for a broken server, not a measurement.
+    let read = async {
+        while let Some(msg) = socket.next().await {
+            let Message::Text(text) = msg.unwrap() else {
+                continue;
+            };
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], "next", "{v}");
+            seen.push(text.to_string());
+            if wanted(&v["payload"]["data"]["lines"]) {
+                return;
+            }
+        }
+        panic!("the socket closed");
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .unwrap_or_else(|_| panic!("the wanted line never came; saw {seen:?}"));
+    seen
+}
+
+/// A `logs` subscription the executor has run once is then written
+/// straight from the lines, each line once for every follower of the same
+/// selection: a later subscriber gets exactly the executor's bytes, for
+/// past and live lines alike. The event stream with `tail=0` starts at the
+/// live edge, and the text form with `tail=0` is empty.
+async fn followers_of_one_selection_get_the_same_bytes(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let _src = app_project(&s, "same").await;
+    let first = deployed(&s, "same").await;
+    let query = "subscription($p: String!) { lines: logs(projectId: $p, tail: 1000) { ...L __typename cursor } } fragment L on LogEntry { ts msg source stream level service replica deploymentId }";
+    let listening = |d: &str| {
+        let d = d.to_string();
+        move |l: &Value| {
+            l["deploymentId"] == d.as_str()
+                && l["msg"].as_str().unwrap().starts_with("listening on")
+        }
+    };
+    let mut by_executor = ws::with_token(&s, &s.admin_token).await;
+    subscribe(&mut by_executor, "x", query, json!({ "p": "same" })).await;
+    let past = raw_until(&mut by_executor, listening(&first)).await;
+    assert!(past.len() >= 3, "{past:?}");
+
+    let before = s.app.graphql.direct_answers();
+    let mut written = ws::with_token(&s, &s.admin_token).await;
+    subscribe(&mut written, "x", query, json!({ "p": "same" })).await;
+    assert_eq!(raw_until(&mut written, listening(&first)).await, past);
+    assert_eq!(
+        s.app.graphql.direct_answers() - before,
+        1,
+        "the second subscription was written from the lines"
+    );
+
+    let text = s
+        .api(
+            reqwest::Method::GET,
+            "/projects/same/logs?tail=0",
+            &s.admin_token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(text.status(), StatusCode::OK);
+    assert_eq!(text.text().await.unwrap(), "");
+    let events = s
+        .api(
+            reqwest::Method::GET,
+            "/projects/same/logs?stream=true&tail=0",
+            &s.admin_token,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+
+    let second = deployed(&s, "same").await;
+    let live = raw_until(&mut by_executor, listening(&second)).await;
+    assert_eq!(raw_until(&mut written, listening(&second)).await, live);
+    let events = sse_until(events, listening(&second)).await;
+    // The event stream got the live lines, none from before.
+    let cursors = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|t| {
+                serde_json::from_str::<Value>(t).unwrap()["payload"]["data"]["lines"]["cursor"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    let ids: Vec<String> = events.iter().map(|(id, _)| id.clone().unwrap()).collect();
+    assert!(ids.len() >= 3, "{events:?}");
+    assert!(
+        cursors(&live).ends_with(&ids),
+        "{ids:?} are the last of {live:?}"
+    );
+    assert!(!cursors(&past).contains(&ids[0]));
+}
+
 /// Following one deployment ends when its processes have stopped: a
 /// newer deployment succeeded. The subscription completes; the event
 /// stream ends with `event: end`.
@@ -942,6 +1047,7 @@ backend_tests!(
     sse_logs_resume_exactly,
     a_slow_subscriber_is_told_what_it_missed,
     a_deployments_logs_end_when_it_is_superseded,
+    followers_of_one_selection_get_the_same_bytes,
 );
 
 /// On PostgreSQL a change announced by one server wakes the watchers of

@@ -375,10 +375,13 @@ impl Deployer {
     /// The last log lines of an environment, or of one deployment.
     pub async fn logs(&self, ctx: &Ctx, project: &str, args: &LogArgs<'_>) -> Result<Vec<LogLine>> {
         let tail = args.tail.unwrap_or(200);
-        if !(1..=1000).contains(&tail) {
-            return Err(Error::field("tail", "must be between 1 and 1000"));
+        if !(0..=1000).contains(&tail) {
+            return Err(Error::field("tail", "must be between 0 and 1000"));
         }
         let (env, filter) = self.log_source(ctx, project, args).await?;
+        if tail == 0 {
+            return Ok(Vec::new());
+        }
         self.runtime
             .logs(
                 &env,

@@ -24,10 +24,13 @@ use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::AppSchema;
+use super::live::LiveLogs;
 use super::order::reorder;
 use super::plan::{ListPlan, projects_field};
 use super::query::{DEFAULT_PAGE, MAX_PAGE};
 use crate::domain::Ctx;
+use crate::domain::deployments::Deployer;
+use bytes::Bytes;
 
 /// Documents the cache holds.
 const DOCUMENTS: usize = 512;
@@ -47,6 +50,8 @@ struct Document {
     validated: Mutex<HashSet<u64>>,
     /// The document as a written-through list, when it is one.
     direct: OnceLock<Option<Direct>>,
+    /// The document as a written-through `logs` subscription, when it is one.
+    live: OnceLock<Option<LiveLogs>>,
 }
 
 /// A query whose only field is `projects`: its response key, arguments and
@@ -114,6 +119,8 @@ struct Inner {
     hasher: RandomState,
     /// Answers written by the direct path (for tests and diagnostics).
     direct_answers: AtomicU64,
+    /// Follows log lines for subscriptions written straight from the lines.
+    deployer: Option<Deployer>,
 }
 
 /// The schema behind the API, with its document cache.
@@ -123,7 +130,7 @@ pub struct Core(Arc<Inner>);
 impl Core {
     /// `strict` validates with every rule, `fast` the same schema built
     /// with [`async_graphql::ValidationMode::Fast`].
-    pub fn new(strict: AppSchema, fast: AppSchema) -> Core {
+    pub fn new(strict: AppSchema, fast: AppSchema, deployer: Option<Deployer>) -> Core {
         Core(Arc::new(Inner {
             strict,
             fast,
@@ -132,10 +139,11 @@ impl Core {
             )),
             hasher: RandomState::new(),
             direct_answers: AtomicU64::new(0),
+            deployer,
         }))
     }
 
-    /// How many answers the direct path wrote.
+    /// How many answers (and subscriptions) the direct path wrote.
     pub fn direct_answers(&self) -> u64 {
         self.0.direct_answers.load(Ordering::Relaxed)
     }
@@ -171,6 +179,7 @@ impl Core {
             declares_variables,
             validated: Mutex::default(),
             direct: OnceLock::new(),
+            live: OnceLock::new(),
         });
         if text.len() <= MAX_CACHED_TEXT {
             self.0
@@ -216,6 +225,38 @@ impl Core {
         out.extend_from_slice(b"}}");
         self.0.direct_answers.fetch_add(1, Ordering::Relaxed);
         Some(out)
+    }
+
+    /// The answers to a `logs` subscription written straight from the
+    /// lines (each line once per selection, however many follow), for a
+    /// run of the document the executor has already validated with these
+    /// variables; `None` leaves the request to the executor, which also
+    /// answers every refusal (an unknown or foreign project, bad
+    /// arguments).
+    pub async fn follow_direct(
+        &self,
+        request: &Request,
+        ctx: &Ctx,
+    ) -> Option<BoxStream<'static, Bytes>> {
+        let deployer = self.0.deployer.as_ref()?;
+        let d = self.document(&request.query).ok()?;
+        let run = self.run_key(&d, request);
+        if !d.validated.lock().expect("lock").contains(&run) {
+            return None;
+        }
+        let name = request.operation_name.as_deref();
+        let live = d
+            .live
+            .get_or_init(|| LiveLogs::compile(&d.doc, name))
+            .as_ref()?;
+        let arguments = live.arguments(&request.variables)?;
+        let lines = deployer
+            .follow(ctx, &arguments.project_id, &arguments.args())
+            .await
+            .ok()?;
+        self.0.direct_answers.fetch_add(1, Ordering::Relaxed);
+        let plan = live.plan.clone();
+        Some(lines.map(move |l| plan.render(&l)).boxed())
     }
 
     /// Whether the operation `request` selects is a mutation (false when
@@ -348,7 +389,7 @@ mod tests {
 
     #[test]
     fn the_document_cache_is_bounded() {
-        let core = Core::new(super::super::bare(), super::super::bare());
+        let core = Core::new(super::super::bare(), super::super::bare(), None);
         for i in 0..(DOCUMENTS + 100) {
             core.document(&format!("{{ a{i}: viewer {{ role }} }}"))
                 .unwrap();

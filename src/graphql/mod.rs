@@ -5,6 +5,7 @@ pub mod ai;
 pub mod deployments;
 pub mod executor;
 pub mod http;
+pub mod live;
 pub mod loaders;
 pub mod mutation;
 pub mod order;
@@ -75,7 +76,11 @@ pub fn build(shared: Shared) -> Core {
             .validation_mode(mode)
             .finish()
     };
-    Core::new(schema(ValidationMode::Strict), schema(ValidationMode::Fast))
+    Core::new(
+        schema(ValidationMode::Strict),
+        schema(ValidationMode::Fast),
+        Some(shared.deployer.clone()),
+    )
 }
 
 /// The schema without data, for exporting its SDL.

@@ -150,18 +150,18 @@ pub async fn projects(
 
 /// One response key of a compiled selection and the field behind it.
 #[derive(Debug)]
-struct Out {
-    key: String,
+pub(super) struct Out {
+    pub(super) key: String,
     /// `"key":`, written once.
-    prefix: Vec<u8>,
-    name: String,
-    sub: Vec<Out>,
+    pub(super) prefix: Vec<u8>,
+    pub(super) name: String,
+    pub(super) sub: Vec<Out>,
 }
 
 /// Flattens a selection set (fragments in place of their spreads) into
 /// response keys; `None` for what only the executor handles: directives,
 /// arguments, a response key given twice.
-fn compile(set: &SelectionSet, fragments: &Fragments, out: &mut Vec<Out>) -> Option<()> {
+pub(super) fn compile(set: &SelectionSet, fragments: &Fragments, out: &mut Vec<Out>) -> Option<()> {
     for item in &set.items {
         match &item.node {
             Selection::Field(f) => {
@@ -241,6 +241,18 @@ pub fn projects_field<'a>(
     document: &'a ExecutableDocument,
     name: Option<&str>,
 ) -> Option<&'a Field> {
+    root_field(document, name, OperationType::Query, "projects")
+}
+
+/// The only field of `document`'s operation `name` (the document's only
+/// operation), when the operation is a `ty` and the field is `field`, and
+/// no directive applies.
+pub(super) fn root_field<'a>(
+    document: &'a ExecutableDocument,
+    name: Option<&str>,
+    ty: OperationType,
+    field: &str,
+) -> Option<&'a Field> {
     let op = match (&document.operations, name) {
         (DocumentOperations::Single(op), None) => op,
         (DocumentOperations::Multiple(ops), _) if ops.len() == 1 => {
@@ -253,17 +265,17 @@ pub fn projects_field<'a>(
         _ => return None,
     };
     let op = &op.node;
-    if op.ty != OperationType::Query || !op.directives.is_empty() {
+    if op.ty != ty || !op.directives.is_empty() {
         return None;
     }
     let [item] = &op.selection_set.node.items[..] else {
         return None;
     };
-    let Selection::Field(field) = &item.node else {
+    let Selection::Field(found) = &item.node else {
         return None;
     };
-    let field = &field.node;
-    (field.name.node == "projects" && field.directives.is_empty()).then_some(field)
+    let found = &found.node;
+    (found.name.node == field && found.directives.is_empty()).then_some(found)
 }
 
 /// A `projects` connection's selection compiled once, for writing it as
@@ -426,12 +438,12 @@ impl ListPlan {
 }
 
 /// Writes one JSON value (strings escaped as JSON requires).
-fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+pub(super) fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     serde_json::to_writer(&mut *out, v).expect("a value of ours serialises");
 }
 
 /// `"2026-03-09T11:00:00.123Z"`, as the `DateTime` scalar writes it.
-fn put_time(out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) {
+pub(super) fn put_time(out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) {
     use chrono::{Datelike, Timelike};
     let year = t.year();
     if !(0..=9999).contains(&year) || t.nanosecond() >= 1_000_000_000 {
@@ -466,7 +478,7 @@ fn put_time(out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) {
 }
 
 /// A UUID as a JSON string, without an allocation.
-fn put_id(out: &mut Vec<u8>, id: &Uuid) {
+pub(super) fn put_id(out: &mut Vec<u8>, id: &Uuid) {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     out.push(b'"');
     out.extend_from_slice(id.hyphenated().encode_lower(&mut buf).as_bytes());
@@ -474,7 +486,7 @@ fn put_id(out: &mut Vec<u8>, id: &Uuid) {
 }
 
 /// Writes `{"key": value, …}` in the order of `fields`.
-fn object(out: &mut Vec<u8>, fields: &[Out], mut value: impl FnMut(&mut Vec<u8>, &Out)) {
+pub(super) fn object(out: &mut Vec<u8>, fields: &[Out], mut value: impl FnMut(&mut Vec<u8>, &Out)) {
     out.push(b'{');
     for (i, f) in fields.iter().enumerate() {
         if i > 0 {

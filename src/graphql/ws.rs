@@ -145,9 +145,16 @@ impl Connection {
         let (mut sink, mut stream) = socket.split();
         let (out, mut outbox) = mpsc::channel::<Message>(64);
         let writer = tokio::spawn(async move {
-            while let Some(m) = outbox.recv().await {
-                let last = matches!(m, Message::Close(_));
-                if sink.send(m).await.is_err() || last {
+            // Messages ready together go out in one write.
+            let mut ready = Vec::with_capacity(16);
+            'write: while outbox.recv_many(&mut ready, 16).await > 0 {
+                for m in ready.drain(..) {
+                    let last = matches!(m, Message::Close(_));
+                    if sink.feed(m).await.is_err() || last {
+                        break 'write;
+                    }
+                }
+                if sink.flush().await.is_err() {
                     break;
                 }
             }
@@ -233,7 +240,7 @@ impl Connection {
             principal: principal.clone(),
             request_id: self.request_id.clone(),
         };
-        let data = Arc::new(super::connection_data(self.app.db(), ctx));
+        let data = Arc::new(super::connection_data(self.app.db(), ctx.clone()));
 
         // An operation refused as forbidden ends the connection (4403).
         let (forbid, mut forbidden) = mpsc::channel::<String>(1);
@@ -248,7 +255,7 @@ impl Connection {
                         None | Some(Err(_)) => return Outcome::Gone,
                         Some(Ok(m)) => m,
                     };
-                    if let Some(end) = self.handle(msg, &principal, &data, out, active, &forbid).await {
+                    if let Some(end) = self.handle(msg, &ctx, &data, out, active, &forbid).await {
                         return end;
                     }
                 }
@@ -306,7 +313,7 @@ impl Connection {
     async fn handle(
         &self,
         msg: Message,
-        principal: &Principal,
+        ctx: &Ctx,
         data: &Arc<Data>,
         out: &mpsc::Sender<Message>,
         active: &mut HashMap<String, JoinHandle<()>>,
@@ -344,14 +351,14 @@ impl Connection {
                         }
                     };
                 let cost = self.core.cost(&request.query);
-                if let Some(Err(refused)) = self.app.rate_limits().charge(principal, cost) {
+                if let Some(Err(refused)) = self.app.rate_limits().charge(&ctx.principal, cost) {
                     let _ = out.send(self.error(&id, &refused.error)).await;
                     return None;
                 }
                 let task = self.start(
                     id.clone(),
                     request,
-                    data.clone(),
+                    (ctx.clone(), data.clone()),
                     (out.clone(), forbid.clone()),
                 );
                 active.insert(id, task);
@@ -381,47 +388,63 @@ impl Connection {
         &self,
         id: String,
         request: async_graphql::Request,
-        data: Arc<Data>,
+        (ctx, data): (Ctx, Arc<Data>),
         (out, forbid): (mpsc::Sender<Message>, mpsc::Sender<String>),
     ) -> JoinHandle<()> {
-        let responses = self.core.execute_stream(request, Some(data));
+        let core = self.core.clone();
         let protocol = self.protocol;
         let next = match protocol {
             Protocol::TransportWs => "next",
             Protocol::Legacy => "data",
         };
         tokio::spawn(async move {
-            let mut responses = responses;
             // `{"type":"next","id":"…","payload":` once; each response is
-            // serialized straight into the message after it.
+            // written straight into the message after it.
             let head = format!(
                 "{{\"type\":\"{next}\",\"id\":{},\"payload\":",
                 Value::String(id.clone())
             );
-            while let Some(resp) = responses.next().await {
-                if resp.data == async_graphql::Value::Null && !resp.errors.is_empty() {
-                    let payload = serde_json::to_value(&resp).unwrap_or(Value::Null);
-                    let refused = &payload["errors"][0];
-                    if refused["extensions"]["code"] == "FORBIDDEN" {
-                        let errors = match protocol {
-                            Protocol::TransportWs => payload["errors"].clone(),
-                            Protocol::Legacy => refused.clone(),
-                        };
-                        let m = text(json!({ "type": "error", "id": id, "payload": errors }));
-                        let _ = out.send(m).await;
-                        let reason = refused["message"].as_str().unwrap_or("forbidden");
-                        let _ = forbid.send(reason.to_string()).await;
+            let message = |payload: &[u8]| {
+                let mut m = String::with_capacity(head.len() + payload.len() + 1);
+                m.push_str(&head);
+                // Payloads are JSON written by serde_json: UTF-8.
+                m.push_str(std::str::from_utf8(payload).unwrap_or("null"));
+                m.push('}');
+                Message::Text(m.into())
+            };
+            // A log subscription run before: its lines written once for
+            // every follower with this selection.
+            if let Some(mut lines) = core.follow_direct(&request, &ctx).await {
+                while let Some(payload) = lines.next().await {
+                    if out.send(message(&payload)).await.is_err() {
                         return;
                     }
                 }
-                let mut m = head.clone().into_bytes();
-                if serde_json::to_writer(&mut m, &resp).is_err() {
-                    return;
-                }
-                m.push(b'}');
-                let m = String::from_utf8(m).unwrap_or_default();
-                if out.send(Message::Text(m.into())).await.is_err() {
-                    return;
+            } else {
+                let mut responses = core.execute_stream(request, Some(data));
+                let mut buf = Vec::new();
+                while let Some(resp) = responses.next().await {
+                    if resp.data == async_graphql::Value::Null && !resp.errors.is_empty() {
+                        let payload = serde_json::to_value(&resp).unwrap_or(Value::Null);
+                        let refused = &payload["errors"][0];
+                        if refused["extensions"]["code"] == "FORBIDDEN" {
+                            let errors = match protocol {
+                                Protocol::TransportWs => payload["errors"].clone(),
+                                Protocol::Legacy => refused.clone(),
+                            };
+                            let m = text(json!({ "type": "error", "id": id, "payload": errors }));
+                            let _ = out.send(m).await;
+                            let reason = refused["message"].as_str().unwrap_or("forbidden");
+                            let _ = forbid.send(reason.to_string()).await;
+                            return;
+                        }
+                    }
+                    buf.clear();
+                    if serde_json::to_writer(&mut buf, &resp).is_err()
+                        || out.send(message(&buf)).await.is_err()
+                    {
+                        return;
+                    }
                 }
             }
             let _ = out

@@ -107,7 +107,7 @@ pub fn variable(name: &str) -> Option<Value> {
         }),
         "key" => json!({ "pattern": CONFIG_KEY_PATTERN, "minLength": 1, "maxLength": 128 }),
         "value" => long_text(MAX_VALUE_CHARS),
-        "tail" => json!({ "minimum": 1, "maximum": 1000, "default": 200 }),
+        "tail" => json!({ "minimum": 0, "maximum": 1000, "default": 200 }),
         "service" => json!({
             "pattern": DNS_LABEL_PATTERN, "minLength": 1, "maxLength": 63,
             "description": "Only this service's lines"

@@ -420,12 +420,7 @@ async fn answer(
     };
     let status = StatusCode::from_u16(route.spec.status).unwrap_or(StatusCode::OK);
     if let Some(after) = stream {
-        // Bad arguments, an unknown or foreign project: answered as for
-        // the text form, before any event.
-        if let Err(resp) = execute(s, route, &ctx, vars.clone(), false).await {
-            return resp;
-        }
-        return match sse::logs(s, &ctx, vars, after) {
+        return match sse::logs(s, &ctx, vars, after).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         };

@@ -1,24 +1,24 @@
 //! `GET /projects/:id/logs` as Server-Sent Events (`?stream=true`, or
-//! `Accept: text/event-stream`): the `logs` subscription run in-process,
-//! one event per line, `id:` its cursor, so that `Last-Event-ID` (or
-//! `?after=`) resumes exactly after the last line a client saw.
+//! `Accept: text/event-stream`): the lines the `logs` subscription
+//! follows, one event per line, `id:` its cursor, so that `Last-Event-ID`
+//! (or `?after=`) resumes exactly after the last line a client saw.
 
 use std::convert::Infallible;
+use std::sync::LazyLock;
 use std::time::Duration;
 
-use async_graphql::Executor;
 use axum::http::{HeaderMap, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::RestState;
 use crate::domain::Ctx;
+use crate::domain::deployments::LogArgs;
 use crate::error::{Error, Result};
-
-/// The subscription behind the stream.
-const LOGS: &str = "subscription($id: String!, $envType: String, $tail: Int, $deploymentId: ID, $after: String, $service: String, $filter: String) { logs(projectId: $id, envType: $envType, tail: $tail, deploymentId: $deploymentId, after: $after, service: $service, filter: $filter) { cursor ts source stream level msg service replica deploymentId } }";
+use crate::graphql::live::LogPlan;
+use crate::runtime::LogLine;
 
 /// A heartbeat comment this often keeps proxies from closing an idle
 /// stream.
@@ -51,41 +51,50 @@ pub fn wanted(query: &[(String, String)], headers: &HeaderMap) -> Option<Option<
     Some(after)
 }
 
-/// The event stream for the route's variables.
-pub fn logs(
+/// The event stream for the route's variables: the caller's lines, each
+/// written once for every stream that follows it. Bad arguments and an
+/// unknown or foreign project are answered before any event, as for the
+/// text form.
+pub async fn logs(
     s: &RestState,
     ctx: &Ctx,
-    mut vars: Map<String, Value>,
+    vars: Map<String, Value>,
     after: Option<String>,
 ) -> Result<Response> {
-    if let Some(a) = after {
-        if a.trim().parse::<u64>().is_err() {
-            return Err(Error::field(
-                "Last-Event-ID",
-                "must be the id of an event of this stream",
-            ));
+    let after = after
+        .map(|a| a.trim().parse::<u64>())
+        .transpose()
+        .map_err(|_| Error::field("Last-Event-ID", "must be the id of an event of this stream"))?;
+    let text = |k: &str| vars.get(k).and_then(Value::as_str);
+    let tail = match vars.get("tail") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .and_then(|t| i32::try_from(t).ok())
+                .ok_or_else(|| Error::field("tail", "must be between 0 and 1000"))?,
+        ),
+    };
+    let args = LogArgs {
+        env_type: text("envType"),
+        service: text("service"),
+        deployment: text("deploymentId"),
+        filter: text("filter"),
+        tail,
+        after,
+    };
+    let project = text("id").unwrap_or_default();
+    let lines = s.app.deployer().follow(ctx, project, &args).await?;
+    static EVERY_FIELD: LazyLock<LogPlan> = LazyLock::new(LogPlan::every_field);
+    let events = lines.map(|line| {
+        let mut event = Event::default();
+        if line.cursor != 0 {
+            event = event.id(line.cursor.to_string());
         }
-        vars.insert("after".into(), json!(a.trim()));
-    }
-    let request = async_graphql::Request::new(LOGS)
-        .variables(async_graphql::Variables::from_json(Value::Object(vars)));
-    let request = crate::graphql::with_request_data(request, s.app.db(), ctx.clone());
-    let events = s.core.execute_stream(request, None).map(|resp| {
-        let event = if resp.errors.is_empty() {
-            let line = resp.data.into_json().unwrap_or_default()["logs"].take();
-            let mut event = Event::default();
-            if let Some(cursor) = line["cursor"].as_str() {
-                event = event.id(cursor);
-            }
-            if line["source"] == crate::runtime::LogLine::LAGGED {
-                event = event.event("lagged");
-            }
-            event.data(line.to_string())
-        } else {
-            let errors = serde_json::to_string(&resp.errors).unwrap_or_default();
-            Event::default().event("error").data(errors)
-        };
-        Ok::<_, Infallible>(event)
+        if line.source == LogLine::LAGGED {
+            event = event.event("lagged");
+        }
+        let data = EVERY_FIELD.render(&line);
+        Ok::<_, Infallible>(event.data(std::str::from_utf8(&data).unwrap_or("{}")))
     });
     // A followed deployment's stream ends with an `end` event.
     let end = futures_util::stream::once(async {

@@ -153,6 +153,61 @@ pub struct LogLine {
     /// `stopping-old`): recorded as a deployment event too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// The line as followers' selections write it, shared by every copy
+    /// of one live line (never stored).
+    #[serde(skip)]
+    pub rendered: Renders,
+}
+
+/// How many selections of one live line are kept written.
+const RENDERS_KEPT: usize = 4;
+
+/// The writings of one live line, shared by the copies its followers
+/// receive: each selection of its fields is written once, however many
+/// follow it (a line without a share is written for each).
+#[derive(Clone, Default)]
+pub struct Renders(Option<Arc<std::sync::Mutex<Writings>>>);
+
+/// A line's writings, by selection.
+type Writings = Vec<(u64, bytes::Bytes)>;
+
+impl Renders {
+    /// A share for a line about to be sent to its followers.
+    pub fn shared() -> Renders {
+        Renders(Some(Arc::default()))
+    }
+
+    /// The line as selection `shape` writes it: `write` runs once per
+    /// shape for a shared line.
+    pub fn get_or_write(&self, shape: u64, write: impl FnOnce() -> Vec<u8>) -> bytes::Bytes {
+        let Some(kept) = &self.0 else {
+            return write().into();
+        };
+        let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, b)) = kept.iter().find(|(s, _)| *s == shape) {
+            return b.clone();
+        }
+        let b = bytes::Bytes::from(write());
+        if kept.len() < RENDERS_KEPT {
+            kept.push((shape, b.clone()));
+        }
+        b
+    }
+}
+
+/// Writings are a copy of the line: they never make two lines differ.
+impl PartialEq for Renders {
+    fn eq(&self, _: &Renders) -> bool {
+        true
+    }
+}
+
+impl Eq for Renders {}
+
+impl fmt::Debug for Renders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Renders")
+    }
 }
 
 impl LogLine {

@@ -321,6 +321,8 @@ impl LogStore {
                 ch.rewrite_due = true;
             }
         }
+        // Followers share one writing of the line per selection.
+        line.rendered = crate::runtime::Renders::shared();
         let _ = ch.live.send(line);
         if let Some(org) = org {
             let total = inner.orgs.entry(org).or_default();

@@ -193,7 +193,9 @@ impl Hub {
                     line = lines.next() => line,
                 };
                 let Some(Ok(raw)) = line else { return };
-                let _ = tx.send(parse_pod_line(&raw, &name, service.as_deref(), deployment));
+                let mut line = parse_pod_line(&raw, &name, service.as_deref(), deployment);
+                line.rendered = crate::runtime::Renders::shared();
+                let _ = tx.send(line);
             }
         });
     }

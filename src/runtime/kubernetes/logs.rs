@@ -45,6 +45,7 @@ pub fn parse_pod_line(
         service: service.map(str::to_string),
         replica: Some(source.to_string()),
         step: None,
+        rendered: Default::default(),
     }
 }
 

@@ -53,6 +53,7 @@ impl ReplicaSpec {
             replica: Some(self.name.clone()),
             cursor: 0,
             step: None,
+            rendered: Default::default(),
         }
     }
 }
