@@ -10,7 +10,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every failure a client can see. Messages are safe to show; internal
 /// details are logged, never returned.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Error {
     /// Malformed input. `field` names the offending field when known.
     BadRequest {

@@ -54,9 +54,26 @@ pub struct TokenAuthenticator {
     refreshing: Arc<Mutex<HashSet<uuid::Uuid>>>,
     /// Token hash → principal and until when it may be trusted.
     recent: Arc<Mutex<HashMap<String, (Principal, Instant)>>>,
+    /// Token hash → the store read under way for it and, once done, its
+    /// answer: callers that miss the cache at once (thousands of websockets
+    /// re-checking one token) share one read instead of each reading the
+    /// store, also when it fails.
+    reading: Arc<Mutex<HashMap<String, Reading>>>,
     /// Organisations a session cookie named, and until when they are known
     /// to exist.
     orgs: Arc<Mutex<HashMap<uuid::Uuid, Instant>>>,
+}
+
+/// One store read of a token, shared by the callers that wait for it.
+type Reading = Arc<tokio::sync::Mutex<Option<Result<Principal>>>>;
+
+/// Forgets a token's read under way when dropped.
+struct Finished<'a>(&'a Mutex<HashMap<String, Reading>>, &'a str);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.lock().expect("lock").remove(self.1);
+    }
 }
 
 /// Drops expired entries of a bounded cache, and everything if it is still full.
@@ -75,13 +92,34 @@ impl TokenAuthenticator {
     /// from the store.
     pub async fn authenticate(&self, db: &DatabaseConnection, token: &str) -> Result<Principal> {
         let hash = sha256_hex(token.as_bytes());
-        let now = Instant::now();
-        if let Some((principal, until)) = self.recent.lock().expect("lock").get(&hash)
-            && *until > now
-        {
-            return Ok(principal.clone());
+        if let Some(principal) = self.cached(&hash) {
+            return Ok(principal);
         }
-        let (principal, expires_at) = self.check(db, token, &hash).await?;
+        let read = self
+            .reading
+            .lock()
+            .expect("lock")
+            .entry(hash.clone())
+            .or_default()
+            .clone();
+        let mut answer = read.lock().await;
+        if let Some(shared) = answer.as_ref() {
+            return shared.clone();
+        }
+        // Later callers start a read of their own, also when this one is
+        // abandoned half-way.
+        let finished = Finished(&self.reading, &hash);
+        let checked = self.check(db, token, &hash).await;
+        drop(finished);
+        let (principal, expires_at) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                *answer = Some(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        *answer = Some(Ok(principal.clone()));
+        let now = Instant::now();
         let mut until = now + TOKEN_TTL;
         if let Some(at) = expires_at {
             let left = (at - crate::domain::now()).to_std().unwrap_or_default();
@@ -91,6 +129,14 @@ impl TokenAuthenticator {
         make_room(&mut recent, now, |(_, u)| *u);
         recent.insert(hash, (principal.clone(), until));
         Ok(principal)
+    }
+
+    /// The principal behind the token hashed `hash`, when a check of it is
+    /// still trusted.
+    fn cached(&self, hash: &str) -> Option<Principal> {
+        let recent = self.recent.lock().expect("lock");
+        let (principal, until) = recent.get(hash)?;
+        (*until > Instant::now()).then(|| principal.clone())
     }
 
     /// Stops trusting every cached answer for the key `id` (on revocation).
@@ -189,6 +235,55 @@ impl TokenAuthenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Callers that all miss the cache at once (thousands of websockets
+    /// re-checking one token when its entry expires) cost the store one
+    /// read, and share its answer, a refusal too.
+    #[tokio::test]
+    async fn callers_missing_the_cache_together_share_one_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
+        let (db, statements) = crate::store::connect(&url).await.unwrap();
+        let org = crate::domain::organizations::ensure(&db, "acme")
+            .await
+            .unwrap();
+        let ctx = crate::domain::Ctx {
+            principal: Principal {
+                org_id: org.id,
+                role: Role::Admin,
+                actor: Actor::System,
+            },
+            request_id: None,
+        };
+        let key = crate::domain::api_keys::NewKey {
+            name: "k".into(),
+            role: Role::Read,
+            expires_at: None,
+        };
+        let (_, token) = crate::domain::api_keys::create(&db, &ctx, key)
+            .await
+            .unwrap();
+        let auth = TokenAuthenticator::default();
+        // Each caller is polled once before any read can answer: all miss.
+        let before = statements.get();
+        let all =
+            futures_util::future::join_all((0..50).map(|_| auth.authenticate(&db, token.expose())))
+                .await;
+        assert!(all.iter().all(|p| p.as_ref().unwrap().org_id == org.id));
+        let reads = statements.get() - before;
+        // The key's lookup, and at most the write of its last use.
+        assert!(reads <= 2, "{reads} statements for 50 callers");
+
+        let unknown = format!("{TOKEN_PREFIX}{}", "ab".repeat(32));
+        let before = statements.get();
+        let all =
+            futures_util::future::join_all((0..50).map(|_| auth.authenticate(&db, &unknown))).await;
+        assert!(
+            all.iter()
+                .all(|p| matches!(p, Err(Error::Unauthenticated(_))))
+        );
+        assert_eq!(statements.get() - before, 1);
+    }
 
     #[test]
     fn minted_tokens_are_long_random_and_hashed() {

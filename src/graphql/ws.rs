@@ -219,7 +219,7 @@ impl Connection {
                     let token = super::http::token_from_payload(&v["payload"]);
                     let who = match &token {
                         Some(t) => self.app.authenticate_token(t).await,
-                        None => self.upgrade.as_ref().map(Principal::clone).map_err(|_| {
+                        None => self.upgrade.clone().map_err(|_| {
                             Error::Unauthenticated("missing credentials in connection_init".into())
                         }),
                     };
