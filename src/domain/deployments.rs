@@ -423,9 +423,10 @@ impl Deployer {
         } else {
             Vec::new()
         };
-        // Numbered lines are told apart by cursor; others by content.
+        // Numbered lines are told apart by cursor; others by content (only
+        // those are kept for it).
         let newest = past.last().map(|l| (l.ts, l.cursor));
-        let sent = past.clone();
+        let sent: Vec<LogLine> = past.iter().filter(|l| l.cursor == 0).cloned().collect();
         let live = live.filter(move |line| {
             let again = match newest {
                 Some((_, c)) if line.cursor != 0 => line.cursor <= c,

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::{Data, Executor};
+use async_graphql::Executor;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -240,7 +240,6 @@ impl Connection {
             principal: principal.clone(),
             request_id: self.request_id.clone(),
         };
-        let data = Arc::new(super::connection_data(self.app.db(), ctx.clone()));
 
         // An operation refused as forbidden ends the connection (4403).
         let (forbid, mut forbidden) = mpsc::channel::<String>(1);
@@ -255,7 +254,7 @@ impl Connection {
                         None | Some(Err(_)) => return Outcome::Gone,
                         Some(Ok(m)) => m,
                     };
-                    if let Some(end) = self.handle(msg, &ctx, &data, out, active, &forbid).await {
+                    if let Some(end) = self.handle(msg, &ctx, out, active, &forbid).await {
                         return end;
                     }
                 }
@@ -314,7 +313,6 @@ impl Connection {
         &self,
         msg: Message,
         ctx: &Ctx,
-        data: &Arc<Data>,
         out: &mpsc::Sender<Message>,
         active: &mut HashMap<String, JoinHandle<()>>,
         forbid: &mpsc::Sender<String>,
@@ -358,7 +356,7 @@ impl Connection {
                 let task = self.start(
                     id.clone(),
                     request,
-                    (ctx.clone(), data.clone()),
+                    ctx.clone(),
                     (out.clone(), forbid.clone()),
                 );
                 active.insert(id, task);
@@ -388,10 +386,11 @@ impl Connection {
         &self,
         id: String,
         request: async_graphql::Request,
-        (ctx, data): (Ctx, Arc<Data>),
+        ctx: Ctx,
         (out, forbid): (mpsc::Sender<Message>, mpsc::Sender<String>),
     ) -> JoinHandle<()> {
         let core = self.core.clone();
+        let db = self.app.db().clone();
         let protocol = self.protocol;
         let next = match protocol {
             Protocol::TransportWs => "next",
@@ -414,13 +413,17 @@ impl Connection {
             };
             // A log subscription run before: its lines written once for
             // every follower with this selection.
-            if let Some(mut lines) = core.follow_direct(&request, &ctx).await {
+            // (Boxed: its state is freed once it has started following.)
+            if let Some(mut lines) = Box::pin(core.follow_direct(&request, &ctx)).await {
                 while let Some(payload) = lines.next().await {
                     if out.send(message(&payload)).await.is_err() {
                         return;
                     }
                 }
             } else {
+                // The executor's data for this operation: the caller and
+                // batch loaders, which cache nothing between batches.
+                let data = Arc::new(super::connection_data(&db, ctx));
                 let mut responses = core.execute_stream(request, Some(data));
                 let mut buf = Vec::new();
                 while let Some(resp) = responses.next().await {
