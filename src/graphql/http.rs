@@ -16,8 +16,11 @@ use crate::domain::Ctx;
 use crate::error::Error;
 use crate::state::{AppState, has_session_cookie, request_id};
 
-/// Initial read and write buffer of a websocket connection.
-const WS_BUFFER: usize = 4 * 1024;
+/// A websocket connection's read buffer (grown for a larger message):
+/// subscribers send little.
+const WS_READ_BUFFER: usize = 1024;
+/// How much a websocket connection gathers before writing.
+const WS_WRITE_BUFFER: usize = 4 * 1024;
 
 /// What the GraphQL endpoints need.
 #[derive(Clone)]
@@ -169,8 +172,8 @@ async fn graphql_ws(
         .protocols([protocol.name()])
         // Small buffers, grown for a large message: an idle subscriber
         // costs a few KiB, not 256.
-        .read_buffer_size(WS_BUFFER)
-        .write_buffer_size(WS_BUFFER)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_upgrade(move |socket| connection.run(socket))

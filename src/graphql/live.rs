@@ -92,6 +92,28 @@ impl LogPlan {
         line.rendered.get_or_write(self.shape, || self.write(line))
     }
 
+    /// The line as a Server-Sent Event, once per live line: `id:` its
+    /// cursor (when it has one), `event: lagged` for a lagged notice, and
+    /// `data:` the line as this selection writes it (one line of JSON).
+    pub fn event(&self, line: &LogLine) -> Bytes {
+        // Another shape than the bare line's.
+        let shape = self.shape ^ 0x5e5e_5e5e_5e5e_5e5e;
+        line.rendered.get_or_write(shape, || {
+            let data = self.write(line);
+            let mut out = Vec::with_capacity(data.len() + 48);
+            if line.cursor != 0 {
+                out.extend_from_slice(format!("id: {}\n", line.cursor).as_bytes());
+            }
+            if line.source == LogLine::LAGGED {
+                out.extend_from_slice(b"event: lagged\n");
+            }
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(&data);
+            out.extend_from_slice(b"\n\n");
+            out
+        })
+    }
+
     fn write(&self, l: &LogLine) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head.len() + 160 + l.msg.len() * 9 / 8);
         out.extend_from_slice(&self.head);

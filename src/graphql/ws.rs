@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use async_graphql::Executor;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -138,28 +139,23 @@ fn message_len(m: &Message) -> usize {
     }
 }
 
+/// The sending half of a connection, shared by its loop and its
+/// operations: whoever sends a message writes it, with no task in between.
+#[derive(Clone)]
+struct Outbox(Arc<tokio::sync::Mutex<SplitSink<WebSocket, Message>>>);
+
+impl Outbox {
+    async fn send(&self, m: Message) -> Result<(), axum::Error> {
+        self.0.lock().await.send(m).await
+    }
+}
+
 impl Connection {
     /// Runs the connection until either side ends it.
     pub async fn run(self, socket: WebSocket) {
         let (_open, stopping) = self.app.open_stream();
-        let (mut sink, mut stream) = socket.split();
-        let (out, mut outbox) = mpsc::channel::<Message>(64);
-        let writer = tokio::spawn(async move {
-            // Messages ready together go out in one write.
-            let mut ready = Vec::with_capacity(16);
-            'write: while outbox.recv_many(&mut ready, 16).await > 0 {
-                for m in ready.drain(..) {
-                    let last = matches!(m, Message::Close(_));
-                    if sink.feed(m).await.is_err() || last {
-                        break 'write;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
-        });
+        let (sink, mut stream) = socket.split();
+        let out = Outbox(Arc::new(tokio::sync::Mutex::new(sink)));
         let mut active: HashMap<String, JoinHandle<()>> = HashMap::new();
         let outcome = self.serve(&mut stream, &out, &mut active, stopping).await;
         let stopping = matches!(&outcome, Outcome::Close(1001, _));
@@ -178,14 +174,13 @@ impl Connection {
             };
             let _ = out.send(Message::Close(Some(frame))).await;
         }
-        drop(out);
-        let _ = writer.await;
+        let _ = out.0.lock().await.close().await;
     }
 
     async fn serve(
         &self,
         stream: &mut futures_util::stream::SplitStream<WebSocket>,
-        out: &mpsc::Sender<Message>,
+        out: &Outbox,
         active: &mut HashMap<String, JoinHandle<()>>,
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) -> Outcome {
@@ -313,7 +308,7 @@ impl Connection {
         &self,
         msg: Message,
         ctx: &Ctx,
-        out: &mpsc::Sender<Message>,
+        out: &Outbox,
         active: &mut HashMap<String, JoinHandle<()>>,
         forbid: &mpsc::Sender<String>,
     ) -> Option<Outcome> {
@@ -387,7 +382,7 @@ impl Connection {
         id: String,
         request: async_graphql::Request,
         ctx: Ctx,
-        (out, forbid): (mpsc::Sender<Message>, mpsc::Sender<String>),
+        (out, forbid): (Outbox, mpsc::Sender<String>),
     ) -> JoinHandle<()> {
         let core = self.core.clone();
         let db = self.app.db().clone();

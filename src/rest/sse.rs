@@ -8,7 +8,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::body::Body;
+use bytes::Bytes;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
@@ -18,7 +19,6 @@ use crate::domain::Ctx;
 use crate::domain::deployments::LogArgs;
 use crate::error::{Error, Result};
 use crate::graphql::live::LogPlan;
-use crate::runtime::LogLine;
 
 /// A heartbeat comment this often keeps proxies from closing an idle
 /// stream.
@@ -85,31 +85,34 @@ pub async fn logs(
     let project = text("id").unwrap_or_default();
     let lines = s.app.deployer().follow(ctx, project, &args).await?;
     static EVERY_FIELD: LazyLock<LogPlan> = LazyLock::new(LogPlan::every_field);
-    let events = lines.map(|line| {
-        let mut event = Event::default();
-        if line.cursor != 0 {
-            event = event.id(line.cursor.to_string());
-        }
-        if line.source == LogLine::LAGGED {
-            event = event.event("lagged");
-        }
-        let data = EVERY_FIELD.render(&line);
-        Ok::<_, Infallible>(event.data(std::str::from_utf8(&data).unwrap_or("{}")))
-    });
+    // Each line's event is written once for every stream that gets it.
+    let events = lines.map(|line| EVERY_FIELD.event(&line));
     // A followed deployment's stream ends with an `end` event.
-    let end = futures_util::stream::once(async {
-        Ok::<_, Infallible>(Event::default().event("end").data("{}"))
+    let end = futures_util::stream::iter([Bytes::from_static(b"event: end\ndata: {}\n\n")]);
+    let mut events = events.chain(end);
+    // A comment now and then keeps proxies from closing a quiet stream.
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events = futures_util::stream::poll_fn(move |cx| match events.poll_next_unpin(cx) {
+        std::task::Poll::Pending => beat
+            .poll_tick(cx)
+            .map(|_| Some(Bytes::from_static(b": heartbeat\n\n"))),
+        done => done,
     });
     // Counted as open until dropped; ends when the server stops.
     let (open, mut stopping) = s.app.open_stream();
     let events = events
-        .chain(end)
         .take_until(async move { crate::graphql::ws::stopped(&mut stopping).await })
         .map(move |e| {
             let _counted = &open;
-            e
+            Ok::<_, Infallible>(e)
         });
-    Ok(Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(HEARTBEAT).text("heartbeat"))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(events),
+    )
         .into_response())
 }
