@@ -21,7 +21,7 @@
 # (connections opened at once; 64), BENCH_CLIENT_THREADS (the load
 # client's runtime threads; 2), BENCH_WS_AUTH (init: the token in
 # connection_init, which the server re-checks every 2 s; header: on the
-# upgrade request, not re-checked), BENCH_READY_SECS (how long the
+# upgrade request, re-checked the same way), BENCH_READY_SECS (how long the
 # subscribers of a case get to be live before it is measured with those
 # that are; 300), BENCH_SHARED_SANDBOX (1: run the apps with
 # --insecure-shared-sandbox; the default when bubblewrap is missing or

@@ -6,7 +6,8 @@
 //! `seq=<n> t=<unix ns>` lines at a fixed rate), and optionally idle ones
 //! to `--idle-project` (an app that prints nothing after starting; they
 //! ask for `tail: 1`, so the one past line confirms each subscription).
-//! Event streams always ask for `tail=1`: the route refuses `tail=0`.
+//! Event streams ask for `tail=1` as well (the one past line lies before
+//! the window).
 //! Once every subscriber got its first line, it waits `--settle` seconds,
 //! then measures for `--duration` seconds: every line whose `t` lies in
 //! the window is a delivery, its latency is receipt time minus `t`; each
@@ -86,7 +87,7 @@ struct Args {
     threads: usize,
     /// Where websockets carry the token: `init` (`connection_init`'s
     /// payload, re-checked by the server every 2 s) or `header` (the
-    /// upgrade request's `Authorization`, not re-checked).
+    /// upgrade request's `Authorization`, re-checked the same way).
     #[arg(long, default_value = "init", value_parser = ["init", "header"])]
     ws_auth: String,
 }
