@@ -7,10 +7,10 @@ use std::convert::Infallible;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, header};
 use axum::body::Body;
-use bytes::Bytes;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
