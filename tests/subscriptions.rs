@@ -47,34 +47,51 @@ async fn subscribe(socket: &mut ws::Ws, id: &str, query: &str, variables: Value)
     socket.send(Message::text(start.to_string())).await.unwrap();
 }
 
-/// Reads the `next` values (`data.<field>`) of subscription `id` until
-/// one satisfies `wanted`; all it read. An `error` or `complete` for the
-/// subscription fails.
+/// Reads the `next` messages of subscription `id` until one whose
+/// `data.<field>` satisfies `wanted`: each as sent, and that value. An
+/// `error` or `complete` for the subscription fails.
+async fn next_until(
+    socket: &mut ws::Ws,
+    id: &str,
+    field: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Vec<(String, Value)> {
+    use futures_util::StreamExt;
+    let mut seen = Vec::new();
+    // A bound for a broken server, not a measurement.
+    let read = async {
+        while let Some(msg) = socket.next().await {
+            let Message::Text(text) = msg.unwrap() else {
+                continue;
+            };
+            let msg: Value = serde_json::from_str(&text).unwrap();
+            let kind = (msg["id"].as_str(), msg["type"].as_str());
+            assert_eq!(kind, (Some(id), Some("next")), "{msg}");
+            let value = msg["payload"]["data"][field].clone();
+            let done = wanted(&value);
+            seen.push((text.to_string(), value));
+            if done {
+                return;
+            }
+        }
+        panic!("the socket closed");
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .unwrap_or_else(|_| panic!("no such {field} came; saw {seen:?}"));
+    seen
+}
+
+/// The `next` values (`data.<field>`) of subscription `id` until one
+/// satisfies `wanted`.
 async fn read_until(
     socket: &mut ws::Ws,
     id: &str,
     field: &str,
     wanted: impl Fn(&Value) -> bool,
 ) -> Vec<Value> {
-    let mut seen = Vec::new();
-    // A bound for a broken server, not a measurement.
-    let read = async {
-        loop {
-            let msg = ws::next_text(socket).await.expect("the socket stays open");
-            let kind = (msg["id"].as_str(), msg["type"].as_str());
-            assert_eq!(kind, (Some(id), Some("next")), "{msg}");
-            let value = msg["payload"]["data"][field].clone();
-            let done = wanted(&value);
-            seen.push(value);
-            if done {
-                return;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(120), read)
-        .await
-        .unwrap_or_else(|_| panic!("no such {field} came; saw {seen:?}"));
-    seen
+    let seen = next_until(socket, id, field, wanted).await;
+    seen.into_iter().map(|(_, v)| v).collect()
 }
 
 /// A `logs` subscription sends the environment's past lines, then follows
@@ -516,30 +533,11 @@ async fn sse_logs_resume_exactly(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 }
 
-/// Reads the raw `next` messages of subscription `id` until one whose
-/// `data.lines` satisfies `wanted`; all it read, as sent.
+/// The raw `next` messages of subscription `x` until one whose
+/// `data.lines` satisfies `wanted`, as sent.
 async fn raw_until(socket: &mut ws::Ws, wanted: impl Fn(&Value) -> bool) -> Vec<String> {
-    use futures_util::StreamExt;
-    let mut seen = Vec::new();
-    // A bound for a broken server, not a measurement.
-    let read = async {
-        while let Some(msg) = socket.next().await {
-            let Message::Text(text) = msg.unwrap() else {
-                continue;
-            };
-            let v: Value = serde_json::from_str(&text).unwrap();
-            assert_eq!(v["type"], "next", "{v}");
-            seen.push(text.to_string());
-            if wanted(&v["payload"]["data"]["lines"]) {
-                return;
-            }
-        }
-        panic!("the socket closed");
-    };
-    tokio::time::timeout(Duration::from_secs(120), read)
-        .await
-        .unwrap_or_else(|_| panic!("the wanted line never came; saw {seen:?}"));
-    seen
+    let seen = next_until(socket, "x", "lines", wanted).await;
+    seen.into_iter().map(|(raw, _)| raw).collect()
 }
 
 /// A `logs` subscription the executor has run once is then written

@@ -191,6 +191,15 @@ impl Core {
         Ok(d)
     }
 
+    /// The document of `request` when the executor has already run it
+    /// cleanly with these variables.
+    fn validated(&self, request: &Request) -> Option<Arc<Document>> {
+        let d = self.document(&request.query).ok()?;
+        let run = self.run_key(&d, request);
+        let ok = d.validated.lock().expect("lock").contains(&run);
+        ok.then_some(d)
+    }
+
     /// The answer to a `projects` query written straight from the store's
     /// rows, for a run of the document the executor has already validated
     /// with these variables; `None` leaves the request to the executor.
@@ -200,11 +209,7 @@ impl Core {
         db: &DatabaseConnection,
         ctx: &Ctx,
     ) -> Option<Vec<u8>> {
-        let d = self.document(&request.query).ok()?;
-        let run = self.run_key(&d, request);
-        if !d.validated.lock().expect("lock").contains(&run) {
-            return None;
-        }
+        let d = self.validated(request)?;
         // Validated runs name the document's one operation, or none.
         let name = request.operation_name.as_deref();
         let direct = d
@@ -239,11 +244,7 @@ impl Core {
         ctx: &Ctx,
     ) -> Option<BoxStream<'static, Bytes>> {
         let deployer = self.0.deployer.as_ref()?;
-        let d = self.document(&request.query).ok()?;
-        let run = self.run_key(&d, request);
-        if !d.validated.lock().expect("lock").contains(&run) {
-            return None;
-        }
+        let d = self.validated(request)?;
         let name = request.operation_name.as_deref();
         let live = d
             .live
