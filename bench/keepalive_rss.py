@@ -3,11 +3,12 @@
 
     python3 bench/keepalive_rss.py PORT COUNT PID [PATH]
 
-Opens COUNT connections to 127.0.0.1:PORT; with PATH, each sends one
-`GET PATH` and reads the answer's head, then all stay open and idle. Prints
-the growth of the server's VmRSS (process PID) per connection, 3 s after
-they are open (and 2 s after the answers). The baseline for the idle
-event streams of bench/streams.sh (see bench/README.md).
+Opens COUNT connections to 127.0.0.1:PORT, one after another; with PATH,
+each sends one `GET PATH` and reads the answer's head before the next
+opens (so no burst of requests in flight inflates the figure), then all
+stay open and idle. Prints the growth of the server's VmRSS (process PID)
+per connection, 3 s after the last. The baseline for the idle event
+streams of bench/streams.sh (see bench/README.md).
 """
 import socket
 import sys
@@ -32,9 +33,6 @@ def main():
         socks.append(s)
         if path:
             s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-    time.sleep(3)
-    if path:
-        for s in socks:
             s.settimeout(10)
             head = b""
             while b"\r\n\r\n" not in head:
@@ -42,7 +40,7 @@ def main():
                 if not chunk:
                     raise SystemExit("the server closed a connection")
                 head += chunk
-        time.sleep(2)
+    time.sleep(3)
     grown = rss(pid) - before
     print(f"{count} connections ({path or 'no request'}): {grown / count:.2f} KiB each")
 
