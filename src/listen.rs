@@ -324,7 +324,12 @@ fn serve_thread(
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout);
+            .header_read_timeout(limits.header_timeout)
+            // A connection's read buffer stays at 8 KiB (hyper's least):
+            // request heads fit in it (431 beyond), bodies are read in
+            // pieces of it, and each idle keep-alive connection or event
+            // stream keeps 8 KiB less than when it may grow.
+            .max_buf_size(HTTP1_BUFFER);
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let mut connections = tokio::task::JoinSet::new();
@@ -352,6 +357,9 @@ fn serve_thread(
     let _ = done.send(Ok(()));
     runtime.block_on(std::future::pending::<()>());
 }
+
+/// The most an HTTP/1 connection buffers, and so the largest request head.
+const HTTP1_BUFFER: usize = 8 * 1024;
 
 /// Requests in flight on one connection, and when the last one ended.
 struct Activity {

@@ -401,6 +401,30 @@ async fn half_a_header_is_closed_after_the_header_timeout() {
     );
 }
 
+/// A request head (request line and headers) is read into a buffer of at
+/// most 8 KiB, which is all an idle connection keeps: a head that fits is
+/// answered, a larger one gets 431 and the connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_8_kib_is_refused() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let send = |filler: usize| {
+        let a = addr(&s);
+        tokio::task::spawn_blocking(move || {
+            let mut c = TcpStream::connect(a).unwrap();
+            let head = format!(
+                "GET /api/v1/health/status HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+                "f".repeat(filler)
+            );
+            c.write_all(head.as_bytes()).unwrap();
+            read_to_close(&mut c)
+        })
+    };
+    let fits = send(7 * 1024).await.unwrap();
+    assert!(fits.starts_with("HTTP/1.1 200"), "{fits}");
+    let over = send(9 * 1024).await.unwrap();
+    assert!(over.starts_with("HTTP/1.1 431"), "{over}");
+}
+
 /// With the connection limit reached, a new connection gets a 503 and is
 /// closed; the open ones keep being answered, and once one closes a new
 /// one is admitted.
