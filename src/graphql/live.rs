@@ -287,6 +287,16 @@ mod tests {
         let b = plan.render(&copy);
         // The same bytes, not a second writing.
         assert_eq!(a.as_ptr(), b.as_ptr());
+        // A long line keeps no writing: what a live channel holds stays
+        // near the size of its lines.
+        let mut long = line();
+        long.msg = "x".repeat(4096);
+        long.rendered = crate::runtime::Renders::shared();
+        let copy_of_long = long.clone();
+        assert_ne!(
+            plan.render(&long).as_ptr(),
+            plan.render(&copy_of_long).as_ptr()
+        );
         let doc = async_graphql::parser::parse_query(
             "subscription { lines: logs(projectId: \"p\") { msg __typename } }",
         )

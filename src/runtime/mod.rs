@@ -159,8 +159,12 @@ pub struct LogLine {
     pub rendered: Renders,
 }
 
-/// How many selections of one live line are kept written.
-const RENDERS_KEPT: usize = 4;
+/// How many selections of one live line are kept written (a websocket
+/// selection and the event stream's, typically).
+const RENDERS_KEPT: usize = 2;
+/// The longest writing kept: a live channel holds its last lines, and
+/// what they keep must stay near their own size.
+const RENDER_KEPT_BYTES: usize = 2 * 1024;
 
 /// The writings of one live line, shared by the copies its followers
 /// receive: each selection of its fields is written once, however many
@@ -178,7 +182,7 @@ impl Renders {
     }
 
     /// The line as selection `shape` writes it: `write` runs once per
-    /// shape for a shared line.
+    /// shape for a shared line (for its first few shapes, and when short).
     pub fn get_or_write(&self, shape: u64, write: impl FnOnce() -> Vec<u8>) -> bytes::Bytes {
         let Some(kept) = &self.0 else {
             return write().into();
@@ -188,7 +192,7 @@ impl Renders {
             return b.clone();
         }
         let b = bytes::Bytes::from(write());
-        if kept.len() < RENDERS_KEPT {
+        if kept.len() < RENDERS_KEPT && b.len() <= RENDER_KEPT_BYTES {
             kept.push((shape, b.clone()));
         }
         b
