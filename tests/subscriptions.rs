@@ -572,26 +572,18 @@ async fn followers_of_one_selection_get_the_same_bytes(backend: Backend) {
         "the second subscription was written from the lines"
     );
 
-    let text = s
-        .api(
+    let logs = |query: &str| {
+        s.api(
             reqwest::Method::GET,
-            "/projects/same/logs?tail=0",
+            &format!("/projects/same/logs?{query}"),
             &s.admin_token,
         )
         .send()
-        .await
-        .unwrap();
+    };
+    let text = logs("tail=0").await.unwrap();
     assert_eq!(text.status(), StatusCode::OK);
     assert_eq!(text.text().await.unwrap(), "");
-    let events = s
-        .api(
-            reqwest::Method::GET,
-            "/projects/same/logs?stream=true&tail=0",
-            &s.admin_token,
-        )
-        .send()
-        .await
-        .unwrap();
+    let events = logs("stream=true&tail=0").await.unwrap();
     assert_eq!(events.status(), StatusCode::OK);
 
     let second = deployed(&s, "same").await;
