@@ -267,7 +267,11 @@ impl Connection {
                         Protocol::Legacy => text(json!({ "type": "ka" })),
                         Protocol::TransportWs => Message::Ping(Vec::new().into()),
                     };
-                    let _ = out.send(keepalive).await;
+                    // A socket busy writing needs no keepalive, and the
+                    // loop does not wait behind a client slow to read.
+                    if let Ok(mut sink) = out.0.try_lock() {
+                        let _ = sink.send(keepalive).await;
+                    }
                 }
             }
         }
