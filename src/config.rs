@@ -90,6 +90,9 @@ struct FileConfig {
     log_history_lines: Option<u64>,
     log_history_bytes: Option<u64>,
     log_history_org_bytes: Option<u64>,
+    resource_ports: Option<String>,
+    public_host: Option<String>,
+    postgres_bin_dir: Option<PathBuf>,
     ai: Option<crate::ai::config::AiConfig>,
 }
 
@@ -159,6 +162,35 @@ impl SandboxIds {
     }
 }
 
+/// The ports managed data services listen on (local runtime): `first-last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Below the usual ephemeral range, above the well-known ports.
+    pub const DEFAULT: &str = "21000-21999";
+
+    pub fn parse(text: &str) -> Result<PortRange> {
+        let bad = || {
+            Error::bad_request(format!(
+                "resource_ports must be 'first-last' with 1024 <= first <= last, not '{text}'"
+            ))
+        };
+        let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
+        let (first, last): (u16, u16) = (
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        );
+        if first < 1024 || first > last {
+            return Err(bad());
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
 /// The resolved configuration of one process.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -218,6 +250,14 @@ pub struct Config {
     pub bwrap: Option<PathBuf>,
     /// How much log history is kept on disk.
     pub log_history: crate::streams::HistoryLimits,
+    /// Ports of managed data services (local runtime).
+    pub resource_ports: PortRange,
+    /// The host name clients outside the machine use for managed data
+    /// services (`publicHost`, `publicConnectionString`).
+    pub public_host: String,
+    /// Where PostgreSQL's server programs are (`initdb`, `postgres`,
+    /// `pg_basebackup`); the newest `/usr/lib/postgresql/*/bin` when absent.
+    pub postgres_bin_dir: Option<PathBuf>,
 }
 
 /// A count from variable `var`, else the file's `key`, else `default`;
@@ -529,6 +569,22 @@ impl Config {
                     .unwrap_or_else(|| vec![std::env::temp_dir(), "/home".into(), "/srv".into()]),
             },
             log_history,
+            resource_ports: PortRange::parse(
+                &std::env::var("SYLPHX_RESOURCE_PORTS")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .or(file.resource_ports)
+                    .unwrap_or_else(|| PortRange::DEFAULT.into()),
+            )?,
+            public_host: std::env::var("SYLPHX_PUBLIC_HOST")
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .or(file.public_host)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            postgres_bin_dir: std::env::var_os("SYLPHX_POSTGRES_BIN_DIR")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(file.postgres_bin_dir),
         }
         .checked()
     }

@@ -40,6 +40,7 @@ fn local_config(config: &Config) -> LocalConfig {
             data_dir: config.data_dir.clone(),
         },
         git_roots: config.local_git_roots.clone(),
+        postgres_bin_dir: config.postgres_bin_dir.clone(),
     }
 }
 

@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::secrets::SecretString;
 
 pub mod git;
+pub mod instances;
 pub mod kubernetes;
 pub mod local;
 
@@ -452,6 +453,11 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The CI runner pool (empty where there is none).
     async fn runners(&self) -> Result<Vec<Runner>>;
+
+    /// The managed data services it hosts; `None` where it hosts none.
+    fn instances(&self) -> Option<&dyn instances::Instances> {
+        None
+    }
 }
 
 /// Connects the Kubernetes driver from the ambient kubeconfig or in-cluster

@@ -48,6 +48,8 @@ pub struct LocalConfig {
     pub sandbox: SandboxSettings,
     /// Where `gitRepository` paths may point (`local_git_roots`).
     pub git_roots: Vec<PathBuf>,
+    /// PostgreSQL's server programs (`postgres_bin_dir`); found when `None`.
+    pub postgres_bin_dir: Option<PathBuf>,
 }
 
 /// Replicas that declare no `resources` get these.
