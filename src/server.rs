@@ -104,6 +104,10 @@ impl App {
             if let Err(e) = restorer.restore().await {
                 tracing::warn!(error = e.message(), "restoring releases failed");
             }
+            if let Err(e) = restorer.restore_resources().await {
+                tracing::warn!(error = e.message(), "restoring data services failed");
+            }
+            restorer.spawn_resource_upkeep(RESOURCE_BACKUPS);
             let handler: Arc<dyn crate::reconcile::Handler> = Arc::new(restorer);
             for _ in 0..workers {
                 queue.spawn_worker(handler.clone());
@@ -112,6 +116,9 @@ impl App {
         Ok(apps)
     }
 }
+
+/// How often a managed PostgreSQL gets a scheduled base backup.
+const RESOURCE_BACKUPS: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
 async fn require_auth(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     match app.authenticate(req.method(), req.headers()).await {

@@ -126,6 +126,9 @@ impl AppState {
             sandbox_ids: config.sandbox_ids,
             refresh: Arc::default(),
             changes: Arc::default(),
+            public_host: config.public_host.clone(),
+            resource_ports: config.resource_ports,
+            samples: Arc::default(),
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());
         Ok(AppState(Arc::new(Inner {

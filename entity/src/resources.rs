@@ -26,6 +26,11 @@ pub struct Model {
     pub public_host: Option<String>,
     /// The resource this one was cloned/forked from (no foreign key).
     pub source_resource_id: Option<Uuid>,
+    /// The port it listens on (local runtime), unique.
+    #[sea_orm(unique)]
+    pub port: Option<i32>,
+    /// The environment a branch was made for (`staging` by default).
+    pub branch_env: Option<String>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -8,6 +8,7 @@ mod m20261130_000001_environment_domains;
 mod m20261130_000002_sandbox_users;
 mod m20261201_000001_api_hardening;
 mod m20261201_000002_deployment_events;
+mod m20261202_000001_resource_instances;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000002_sandbox_users::Migration),
             Box::new(m20261201_000001_api_hardening::Migration),
             Box::new(m20261201_000002_deployment_events::Migration),
+            Box::new(m20261202_000001_resource_instances::Migration),
         ]
     }
 }

@@ -72,8 +72,15 @@ pub struct Deployer {
     pub sandbox_ids: SandboxIds,
     /// Wakes the routing refresh (a domain changed, something was deleted).
     pub refresh: Arc<Notify>,
-    /// Wakes status watchers: a deployment was queued or changed status.
+    /// Wakes status watchers: a deployment was queued or changed status,
+    /// or a resource did.
     pub changes: Arc<Notify>,
+    /// The host name managed data services are reached by from outside.
+    pub public_host: String,
+    /// Ports of managed data services (local runtime).
+    pub resource_ports: crate::config::PortRange,
+    /// The resources' sampled counters.
+    pub samples: Arc<super::resources::metrics::Samples>,
 }
 
 fn seal_vars(keyring: &Keyring, vars: &BTreeMap<String, SecretString>) -> Result<String> {
@@ -1188,11 +1195,21 @@ impl Handler for Deployer {
             "deploy" => self.run_deploy(id("deploymentId")?).await,
             "provision" => self.run_provision(id("environmentId")?).await,
             "teardown" => self.run_teardown(job).await,
+            super::resources::PROVISION_JOB => {
+                self.run_resource_provision(super::resources::provision_job(&job.payload)?)
+                    .await
+            }
+            super::resources::DEPROVISION_JOB => {
+                self.run_resource_deprovision(id("resourceId")?).await
+            }
             other => Err(Error::bad_request(format!("unknown job kind {other}"))),
         }
     }
 
     async fn gave_up(&self, job: &jobs::Model, error: &str) {
+        if job.kind.starts_with("resource.") {
+            return self.resource_gave_up(job, error).await;
+        }
         let Some(id) = job.deployment_id else { return };
         if let Ok(Some(d)) = deployments::Entity::find_by_id(id).one(&self.db).await
             && let Err(e) = self.set_status(&d, FAILED, Some(error.to_string())).await

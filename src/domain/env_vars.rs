@@ -139,6 +139,7 @@ pub async fn set(
         let sealed = keyring.seal(&v.value)?;
         let row = match existing.get(&v.key) {
             Some(row) => {
+                super::resources::bindings::refuse_managed(row)?;
                 let secret = v.secret.unwrap_or(row.secret);
                 let mut active = row.clone().into_active_model();
                 active.value_ciphertext = Set(sealed);
@@ -190,6 +191,14 @@ pub async fn delete(
     let txn = db.begin().await?;
     let project = projects::resolve(&txn, ctx, project).await?;
     let env = environments::select(&txn, project.id, Some(env_type), None).await?;
+    if let Some(row) = env_vars::Entity::find()
+        .filter(env_vars::Column::EnvironmentId.eq(env.id))
+        .filter(env_vars::Column::Key.eq(key))
+        .one(&txn)
+        .await?
+    {
+        super::resources::bindings::refuse_managed(&row)?;
+    }
     let res = env_vars::Entity::delete_many()
         .filter(env_vars::Column::EnvironmentId.eq(env.id))
         .filter(env_vars::Column::Key.eq(key))

@@ -11,6 +11,7 @@ pub mod environments;
 pub mod listing;
 pub mod organizations;
 pub mod projects;
+pub mod resources;
 pub mod sandboxes;
 pub mod services;
 pub mod validate;

@@ -185,7 +185,7 @@ impl From<entity::deployment_events::Model> for DeploymentEvent {
 #[derive(Default)]
 pub struct Subscription;
 
-#[async_graphql::Subscription]
+#[async_graphql::Subscription(name = "DeploymentSubscription")]
 impl Subscription {
     /// The last `tail` log lines (0 to 1000, default 200) of an environment
     /// (`envType`, default `production`) or of one deployment, then each new

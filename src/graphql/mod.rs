@@ -11,6 +11,7 @@ pub mod mutation;
 pub mod order;
 pub mod plan;
 pub mod query;
+pub mod resources;
 pub mod size;
 pub mod types;
 pub mod ws;
@@ -26,7 +27,6 @@ use crate::error::Error;
 use crate::secrets::Keyring;
 use loaders::Loaders;
 
-pub use deployments::Subscription;
 pub use executor::Core;
 pub use mutation::MutationRoot;
 pub use query::QueryRoot;
@@ -34,7 +34,12 @@ pub use query::QueryRoot;
 /// Every query field: each resource group contributes its own object.
 #[derive(async_graphql::MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct Query(QueryRoot, deployments::DeploymentQuery, ai::AiQuery);
+pub struct Query(
+    QueryRoot,
+    deployments::DeploymentQuery,
+    resources::ResourceQuery,
+    ai::AiQuery,
+);
 
 /// Every mutation field.
 #[derive(async_graphql::MergedObject, Default)]
@@ -42,8 +47,14 @@ pub struct Query(QueryRoot, deployments::DeploymentQuery, ai::AiQuery);
 pub struct Mutation(
     MutationRoot,
     deployments::DeploymentMutation,
+    resources::ResourceMutation,
     ai::AiMutation,
 );
+
+/// Every subscription field.
+#[derive(async_graphql::MergedSubscription, Default)]
+#[graphql(name = "Subscription")]
+pub struct Subscription(deployments::Subscription, resources::ResourceSubscription);
 
 /// The executable schema.
 pub type AppSchema = Schema<Query, Mutation, Subscription>;
@@ -65,16 +76,20 @@ pub struct Shared {
 /// Builds the schema with its shared data, in both validation modes.
 pub fn build(shared: Shared) -> Core {
     let schema = |mode| {
-        Schema::build(Query::default(), Mutation::default(), Subscription)
-            .data(shared.db.clone())
-            .data(shared.keyring.clone())
-            .data(shared.deployer.clone())
-            .data(shared.ai.clone())
-            .data(shared.tokens.clone())
-            .limit_depth(MAX_DEPTH)
-            .limit_complexity(MAX_COMPLEXITY)
-            .validation_mode(mode)
-            .finish()
+        Schema::build(
+            Query::default(),
+            Mutation::default(),
+            Subscription::default(),
+        )
+        .data(shared.db.clone())
+        .data(shared.keyring.clone())
+        .data(shared.deployer.clone())
+        .data(shared.ai.clone())
+        .data(shared.tokens.clone())
+        .limit_depth(MAX_DEPTH)
+        .limit_complexity(MAX_COMPLEXITY)
+        .validation_mode(mode)
+        .finish()
     };
     Core::new(
         schema(ValidationMode::Strict),
@@ -90,7 +105,12 @@ pub fn sdl() -> String {
 
 /// The schema without data (for export and introspection).
 pub fn bare() -> AppSchema {
-    Schema::build(Query::default(), Mutation::default(), Subscription).finish()
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .finish()
 }
 
 /// Attaches what one request needs: the caller and its batch loaders, so

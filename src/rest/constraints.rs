@@ -6,6 +6,8 @@
 
 use serde_json::{Value, json};
 
+use crate::domain::resources::providers;
+
 use crate::domain::validate::{
     CONFIG_KEY_PATTERN, CPU_PATTERN, DNS_LABEL_PATTERN, DOMAIN_PATTERN, ENV_KEY_PATTERN,
     LONG_TEXT_PATTERN, MAX_ENTRIES, MAX_REPLICAS, MAX_VALUE_CHARS, MEMORY_PATTERN,
@@ -72,6 +74,24 @@ pub fn input_field(type_name: &str, field: &str) -> Option<Value> {
             json!({ "pattern": CONFIG_KEY_PATTERN, "minLength": 1, "maxLength": 128 })
         }
         ("EnvVarInput" | "ConfigEntryInput", "value") => long_text(MAX_VALUE_CHARS),
+        ("CreateResourceInput" | "UpdateResourceInput" | "BranchResourceInput", "name") => {
+            text(100)
+        }
+        ("CreateResourceInput", "kind") => json!({ "enum": providers::offered_kinds() }),
+        ("CreateResourceInput", "provider") => {
+            json!({ "enum": providers::PROVIDERS.iter().map(|p| p.name).collect::<Vec<_>>() })
+        }
+        ("CreateResourceInput", "environmentId") => uuid(),
+        ("CreateBindingInput", "projectEnvironmentId") => uuid(),
+        ("CreateBindingInput", "role") => {
+            json!({ "enum": providers::ROLES.iter().map(|(r, _)| *r).collect::<Vec<_>>() })
+        }
+        ("UpdateResourceInput", "config") => json!({
+            "type": ["object", "null"],
+            "description": "The resource's provider's settings; others are refused"
+        }),
+        ("BranchResourceInput", "env") => label(),
+        ("BranchResourceInput", "storageGb") => json!({ "minimum": 1, "maximum": 1000 }),
         _ => return None,
     };
     Some(rule)
@@ -88,6 +108,7 @@ pub fn input_object(type_name: &str) -> Option<Value> {
             ] },
             "description": "Either a Git source (gitRepository, gitBranch, buildPack) or a dockerImage, not both"
         })),
+        "CreateResourceInput" => Some(providers::create_schema()),
         _ => None,
     }
 }
@@ -99,7 +120,15 @@ pub fn variable(name: &str) -> Option<Value> {
             "pattern": PROJECT_REF_PATTERN,
             "description": "The project's UUID or slug"
         }),
-        "envId" | "serviceId" | "deploymentId" => uuid(),
+        "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" => uuid(),
+        "kind" => json!({
+            "enum": crate::domain::resources::providers::KINDS,
+            "description": "Only resources of this kind"
+        }),
+        "targetTime" => json!({
+            "format": "date-time",
+            "description": "ISO 8601, at most 7 days ago, not in the future"
+        }),
         "name" => label(),
         "envType" => json!({
             "pattern": DNS_LABEL_PATTERN, "minLength": 1, "maxLength": 63,

@@ -433,7 +433,15 @@ async fn answer(
                 log_lines(&result),
             )
                 .into_response(),
-            Ok(result) => json(status, &result),
+            Ok(_) if status == StatusCode::NO_CONTENT => status.into_response(),
+            Ok(mut result) => {
+                if route.spec.omit_null
+                    && let ConstValue::Object(m) = &mut result
+                {
+                    m.retain(|_, v| *v != ConstValue::Null);
+                }
+                json(status, &result)
+            }
             Err(resp) => resp,
         };
     }

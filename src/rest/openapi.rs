@@ -197,6 +197,27 @@ impl Gen<'_> {
             // The adapter returns every node as a bare array.
             return schema["properties"]["nodes"].clone();
         }
+        if route.spec.omit_null {
+            // Fields that are null are left out: only the others are sure.
+            let mut schema = schema;
+            if let Some(obj) = schema.as_object_mut() {
+                let props = obj.get("properties").cloned().unwrap_or_default();
+                let sure: Vec<Value> = obj
+                    .get("required")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|k| {
+                        k.as_str()
+                            .and_then(|k| props.get(k))
+                            .is_some_and(|p| p.get("oneOf").is_none())
+                    })
+                    .cloned()
+                    .collect();
+                obj.insert("required".into(), Value::Array(sure));
+            }
+            return schema;
+        }
         schema
     }
 }
@@ -312,7 +333,9 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
         "x-graphql-operation": route.text,
         "parameters": params,
         "responses": {
-            route.spec.status.to_string(): if route.spec.render.is_some() {
+            route.spec.status.to_string(): if route.spec.status == 204 {
+                json!({ "description": "Done; no content" })
+            } else if route.spec.render.is_some() {
                 json!({
                     "description": "Success: one `<timestamp> [<source>] <message>` line per entry; with `stream=true` (or `Accept: text/event-stream`), Server-Sent Events: the past lines, then each new one, `id:` the line's cursor, `data:` `{cursor, ts, source, level, msg, deploymentId}`, a `: heartbeat` comment every 15 s",
                     "content": {

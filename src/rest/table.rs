@@ -44,6 +44,10 @@ pub struct RouteSpec {
     pub paginate: bool,
     /// `log-lines`: answer `text/plain`, one `<ts> [<source>] <msg>` line per item.
     pub render: Option<String>,
+    /// Leave out the result's top-level fields that are `null` (a shape
+    /// that adapts, such as metrics by kind).
+    #[serde(default)]
+    pub omit_null: bool,
 }
 
 /// A variable of an operation and where it comes from.

@@ -1,0 +1,478 @@
+//! Providers of managed resources: what each accepts in `config`, how big
+//! its instance is, how its connection string reads and which env vars a
+//! binding writes. A new kind or provider is one more entry of
+//! [`PROVIDERS`]; nothing else branches on provider names.
+
+use serde_json::{Map, Value};
+
+use crate::error::{Error, Result};
+use crate::runtime::instances::{self, InstanceLimits};
+
+/// One `config` key a provider accepts: a whole number within bounds.
+#[derive(Debug)]
+pub struct ConfigKey {
+    pub name: &'static str,
+    pub min: i64,
+    pub max: i64,
+    /// `None`: derived from other keys when absent.
+    pub default: Option<i64>,
+    pub what: &'static str,
+}
+
+const fn key(
+    name: &'static str,
+    min: i64,
+    max: i64,
+    default: i64,
+    what: &'static str,
+) -> ConfigKey {
+    ConfigKey {
+        name,
+        min,
+        max,
+        default: Some(default),
+        what,
+    }
+}
+
+const STORAGE: ConfigKey = key("storageGb", 1, 1000, 10, "disk in GiB");
+const SQL_MEMORY: ConfigKey = key("memoryMb", 128, 16384, 256, "memory of the server in MiB");
+const SQL_CONNECTIONS: ConfigKey = key("maxConnections", 5, 1000, 50, "connections accepted");
+const RETENTION: ConfigKey = key(
+    "backupRetentionDays",
+    1,
+    35,
+    7,
+    "days of backups and WAL kept",
+);
+/// Redis' knob is the data set's size; the server gets a third more
+/// (and 32 MiB) for its own needs.
+const KV_DATA: ConfigKey = key(
+    "maxMemoryMb",
+    16,
+    16384,
+    96,
+    "the data set's limit in MiB (maxmemory)",
+);
+const KV_CLIENTS: ConfigKey = key("maxConnections", 1, 10000, 100, "clients accepted");
+const KV_STORAGE: ConfigKey = key("storageGb", 1, 1000, 1, "disk in GiB");
+
+/// A provider of resources of one kind.
+#[derive(Debug)]
+pub struct Provider {
+    pub kind: &'static str,
+    pub name: &'static str,
+    /// The provider a resource of `kind` gets when none is named.
+    pub default_for_kind: bool,
+    pub config: &'static [ConfigKey],
+    /// URL scheme of its connection strings.
+    pub scheme: &'static str,
+    /// Env var names a binding writes: the URL by role (`{ROLE}` is the
+    /// role's infix: empty for primary, `_REPLICA` …), and for the primary
+    /// role the parts (host, port, user, password, database).
+    pub url_var: &'static str,
+    pub part_vars: Option<[&'static str; 5]>,
+    /// Whether it has base backups and point-in-time restore.
+    pub backups: bool,
+    /// Whether `fast` branches copy its data.
+    pub branches: bool,
+    /// What a user reads when provisioning starts.
+    pub started: &'static str,
+    /// Names the instance's objects and directories start with.
+    pub short: &'static str,
+}
+
+/// Every provider.
+pub const PROVIDERS: &[Provider] = &[
+    Provider {
+        kind: "database",
+        name: instances::POSTGRESQL,
+        default_for_kind: true,
+        config: &[STORAGE, SQL_MEMORY, SQL_CONNECTIONS, RETENTION],
+        scheme: "postgresql",
+        url_var: "DATABASE{ROLE}_URL",
+        part_vars: Some(["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"]),
+        backups: true,
+        branches: true,
+        started: "Database provisioning started. Poll GET /resources/:id for status.",
+        short: "pg",
+    },
+    Provider {
+        kind: "database",
+        name: instances::MYSQL,
+        default_for_kind: false,
+        config: &[STORAGE, SQL_MEMORY, SQL_CONNECTIONS],
+        scheme: "mysql",
+        url_var: "MYSQL{ROLE}_URL",
+        part_vars: Some([
+            "MYSQL_HOST",
+            "MYSQL_PORT",
+            "MYSQL_USER",
+            "MYSQL_PASSWORD",
+            "MYSQL_DATABASE",
+        ]),
+        backups: false,
+        branches: false,
+        started: "Database provisioning started. Poll GET /resources/:id for status.",
+        short: "my",
+    },
+    Provider {
+        kind: "kv",
+        name: instances::REDIS,
+        default_for_kind: true,
+        config: &[KV_DATA, KV_CLIENTS, KV_STORAGE],
+        scheme: "redis",
+        url_var: "REDIS{ROLE}_URL",
+        part_vars: None,
+        backups: false,
+        branches: false,
+        started: "KV store provisioning started. Poll GET /resources/:id for status.",
+        short: "kv",
+    },
+    Provider {
+        kind: "kv",
+        name: instances::VALKEY,
+        default_for_kind: false,
+        config: &[KV_DATA, KV_CLIENTS, KV_STORAGE],
+        scheme: "redis",
+        url_var: "REDIS{ROLE}_URL",
+        part_vars: None,
+        backups: false,
+        branches: false,
+        started: "KV store provisioning started. Poll GET /resources/:id for status.",
+        short: "kv",
+    },
+];
+
+/// Kinds of the contract; those without a provider here are refused with
+/// a message saying so.
+pub const KINDS: [&str; 5] = ["database", "kv", "blob", "search", "volume"];
+
+/// Binding roles and the infix each gives the URL variable.
+pub const ROLES: [(&str, &str); 4] = [
+    ("primary", ""),
+    ("replica", "_REPLICA"),
+    ("analytics", "_ANALYTICS"),
+    ("backup", "_BACKUP"),
+];
+
+/// The provider for `kind` and the requested `provider` (the kind's
+/// default when absent); 400 naming the field otherwise.
+pub fn find(kind: &str, provider: Option<&str>) -> Result<&'static Provider> {
+    let kind = kind.trim();
+    if !KINDS.contains(&kind) {
+        return Err(Error::field(
+            "kind",
+            format!("must be one of {}, not '{kind}'", KINDS.join(", ")),
+        ));
+    }
+    let of_kind: Vec<&Provider> = PROVIDERS.iter().filter(|p| p.kind == kind).collect();
+    if of_kind.is_empty() {
+        return Err(Error::field(
+            "kind",
+            format!("resources of kind '{kind}' are not offered by this server yet"),
+        ));
+    }
+    match provider.map(str::trim) {
+        None | Some("") => Ok(of_kind
+            .iter()
+            .find(|p| p.default_for_kind)
+            .copied()
+            .unwrap_or(of_kind[0])),
+        Some(name) => of_kind
+            .iter()
+            .find(|p| p.name == name)
+            .copied()
+            .ok_or_else(|| {
+                let names: Vec<&str> = of_kind.iter().map(|p| p.name).collect();
+                Error::field(
+                    "provider",
+                    format!("kind '{kind}' offers {}, not '{name}'", names.join(", ")),
+                )
+            }),
+    }
+}
+
+/// The provider a stored resource was made with.
+pub fn of(kind: &str, provider: &str) -> Result<&'static Provider> {
+    PROVIDERS
+        .iter()
+        .find(|p| p.kind == kind && p.name == provider)
+        .ok_or_else(|| Error::internal(format!("no provider {kind}/{provider}")))
+}
+
+impl Provider {
+    /// Checks `config` (an object of known keys, each a whole number in
+    /// bounds) and fills in the defaults; `base` holds the current values
+    /// on an update. Errors name `config.<key>`.
+    pub fn config(
+        &self,
+        given: Option<&Value>,
+        base: Option<&Value>,
+    ) -> Result<Map<String, Value>> {
+        let mut out = match base {
+            Some(Value::Object(m)) => m.clone(),
+            _ => Map::new(),
+        };
+        match given {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(m)) => {
+                for (k, v) in m {
+                    let Some(spec) = self.config.iter().find(|c| c.name == k) else {
+                        let known: Vec<&str> = self.config.iter().map(|c| c.name).collect();
+                        return Err(Error::field(
+                            &format!("config.{k}"),
+                            format!(
+                                "is not a setting of {}: it takes {}",
+                                self.name,
+                                known.join(", ")
+                            ),
+                        ));
+                    };
+                    let n = v.as_i64().filter(|n| (spec.min..=spec.max).contains(n));
+                    let Some(n) = n else {
+                        return Err(Error::field(
+                            &format!("config.{k}"),
+                            format!(
+                                "must be a whole number from {} to {} ({})",
+                                spec.min, spec.max, spec.what
+                            ),
+                        ));
+                    };
+                    out.insert(k.clone(), Value::from(n));
+                }
+            }
+            Some(_) => return Err(Error::field("config", "must be an object")),
+        }
+        for spec in self.config {
+            if let Some(d) = spec.default {
+                out.entry(spec.name).or_insert(Value::from(d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The instance's sizes from a checked config.
+    pub fn limits(&self, config: &Map<String, Value>) -> InstanceLimits {
+        let get = |k: &str, d: i64| u32::try_from(number(config, k).unwrap_or(d)).unwrap_or(0);
+        let data = number(config, "maxMemoryMb").and_then(|n| u32::try_from(n).ok());
+        InstanceLimits {
+            memory_mb: match data {
+                Some(d) => d + d / 3 + 32,
+                None => get("memoryMb", 256),
+            },
+            max_connections: get("maxConnections", 50),
+            storage_gb: get("storageGb", 10),
+            max_memory_mb: data,
+        }
+    }
+
+    /// Days of backups kept (PostgreSQL).
+    pub fn retention_days(&self, config: &Map<String, Value>) -> u32 {
+        number(config, "backupRetentionDays")
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(7)
+    }
+
+    /// Whether changing `before` to `after` needs the instance restarted
+    /// (every size does; the retention does not).
+    pub fn needs_restart(&self, before: &Map<String, Value>, after: &Map<String, Value>) -> bool {
+        self.limits(before) != self.limits(after)
+    }
+
+    /// `scheme://user:password@host:port/database`.
+    pub fn url(&self, c: &Connection, password: &str) -> String {
+        let user = if self.scheme == "redis" {
+            String::new()
+        } else {
+            c.user.clone()
+        };
+        let path = if c.database.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", c.database)
+        };
+        format!(
+            "{}://{user}:{password}@{}:{}{path}",
+            self.scheme, c.host, c.port
+        )
+    }
+
+    /// The env vars a binding with `role` writes.
+    pub fn binding_vars(&self, role: &str, c: &Connection) -> Vec<(String, String)> {
+        let infix = ROLES
+            .iter()
+            .find(|(r, _)| *r == role)
+            .map_or("", |(_, i)| *i);
+        let mut out = vec![(
+            self.url_var.replace("{ROLE}", infix),
+            self.url(c, c.password.expose()),
+        )];
+        if let (Some(parts), "") = (self.part_vars, infix) {
+            let values = [
+                c.host.clone(),
+                c.port.to_string(),
+                c.user.clone(),
+                c.password.expose().to_string(),
+                c.database.clone(),
+            ];
+            out.extend(parts.iter().map(|k| k.to_string()).zip(values));
+        }
+        out
+    }
+}
+
+/// How the application connects.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: crate::secrets::SecretString,
+    pub database: String,
+}
+
+/// What `config` may hold for `provider`, as JSON Schema.
+pub fn config_schema(provider: &Provider) -> Value {
+    let props: Map<String, Value> = provider
+        .config
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                serde_json::json!({
+                    "type": "integer", "minimum": c.min, "maximum": c.max, "description": c.what
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "type": ["object", "null"],
+        "properties": props,
+        "additionalProperties": false
+    })
+}
+
+/// What `kind`, `provider` and `config` of a new resource may be together,
+/// as JSON Schema: one branch per provider, and one per kind's default.
+pub fn create_schema() -> Value {
+    let mut any = Vec::new();
+    for p in PROVIDERS {
+        any.push(serde_json::json!({
+            "properties": {
+                "kind": { "const": p.kind },
+                "provider": { "const": p.name },
+                "config": config_schema(p)
+            },
+            "required": ["provider"]
+        }));
+        if p.default_for_kind {
+            any.push(serde_json::json!({
+                "properties": {
+                    "kind": { "const": p.kind },
+                    "provider": { "type": "null" },
+                    "config": config_schema(p)
+                }
+            }));
+        }
+    }
+    serde_json::json!({
+        "anyOf": any,
+        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey); config takes that provider's settings"
+    })
+}
+
+/// Kinds that have a provider on this server.
+pub fn offered_kinds() -> Vec<&'static str> {
+    KINDS
+        .iter()
+        .copied()
+        .filter(|k| PROVIDERS.iter().any(|p| p.kind == *k))
+        .collect()
+}
+
+fn number(m: &Map<String, Value>, k: &str) -> Option<i64> {
+    m.get(k).and_then(Value::as_i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn kinds_default_and_refuse_by_field() {
+        assert_eq!(find("database", None).unwrap().name, "postgresql");
+        assert_eq!(find("kv", Some("")).unwrap().name, "redis");
+        assert_eq!(find("database", Some("mysql")).unwrap().name, "mysql");
+        assert!(find("rocket", None).unwrap_err().message().contains("kind"));
+        let e = find("kv", Some("postgresql")).unwrap_err();
+        assert!(e.message().contains("provider"), "{}", e.message());
+    }
+
+    #[test]
+    fn config_names_unknown_and_out_of_range_keys() {
+        let pg = find("database", None).unwrap();
+        let e = pg.config(Some(&json!({"colour": 1})), None).unwrap_err();
+        assert!(e.message().contains("config.colour"), "{}", e.message());
+        let e = pg.config(Some(&json!({"storageGb": 0})), None).unwrap_err();
+        assert!(e.message().contains("config.storageGb"), "{}", e.message());
+        let e = pg
+            .config(Some(&json!({"storageGb": "10"})), None)
+            .unwrap_err();
+        assert!(e.message().contains("config.storageGb"), "{}", e.message());
+        let c = pg.config(Some(&json!({"memoryMb": 512})), None).unwrap();
+        assert_eq!(c["memoryMb"], 512);
+        assert_eq!(c["storageGb"], 10);
+        let kv = find("kv", None).unwrap();
+        let e = kv
+            .config(Some(&json!({"memoryMb": 64, "maxMemoryMb": 128})), None)
+            .unwrap_err();
+        assert!(
+            e.message().contains("config.maxMemoryMb"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[test]
+    fn bindings_write_the_role_s_names() {
+        let pg = find("database", None).unwrap();
+        let c = Connection {
+            host: "127.0.0.1".into(),
+            port: 21000,
+            user: "app".into(),
+            password: "pw".to_string().into(),
+            database: "app".into(),
+        };
+        let vars = pg.binding_vars("primary", &c);
+        let keys: Vec<&str> = vars.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "DATABASE_URL",
+                "PGHOST",
+                "PGPORT",
+                "PGUSER",
+                "PGPASSWORD",
+                "PGDATABASE"
+            ]
+        );
+        assert_eq!(vars[0].1, "postgresql://app:pw@127.0.0.1:21000/app");
+        let replica = pg.binding_vars("replica", &c);
+        assert_eq!(replica.len(), 1);
+        assert_eq!(replica[0].0, "DATABASE_REPLICA_URL");
+        let kv = find("kv", None).unwrap();
+        let c = Connection {
+            database: String::new(),
+            ..c
+        };
+        assert_eq!(
+            kv.binding_vars("primary", &c),
+            [(
+                "REDIS_URL".to_string(),
+                "redis://:pw@127.0.0.1:21000".to_string()
+            )]
+        );
+    }
+}
