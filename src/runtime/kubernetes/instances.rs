@@ -406,9 +406,27 @@ impl KubernetesRuntime {
         }
     }
 
+    /// Applies the organization's data namespace, refusing one that
+    /// belongs to another organization (their ids share the first 12 hex
+    /// digits) or is still being deleted.
     async fn apply_data_namespace(&self, spec: &InstanceSpec) -> Result<()> {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let ns = dm::data_namespace(&self.config, spec);
+        let name = ns.name_any();
+        if let Some(existing) = self.read(&api, &name, "read data Namespace").await? {
+            let owner = existing.labels().get(names::ORGANIZATION_ID);
+            if owner.is_some_and(|id| *id != spec.organization_id.to_string()) {
+                return Err(Error::Conflict(format!(
+                    "namespace {name} belongs to another organization"
+                )));
+            }
+            let phase = existing.status.as_ref().and_then(|s| s.phase.as_deref());
+            if phase == Some("Terminating") {
+                return Err(Error::Unavailable(format!(
+                    "namespace {name} is still being deleted; try again shortly"
+                )));
+            }
+        }
         self.apply(&api, &ns, "apply data Namespace")
             .await
             .map(drop)
@@ -669,6 +687,16 @@ impl KubernetesRuntime {
             },
         )
         .await?;
+        if let Origin::Copy { .. } = &spec.origin {
+            // The branch has its own volume now: the snapshot only holds storage.
+            let snapshots = self.dyn_api(&ns, &dm::volume_snapshot_resource());
+            self.delete_if_present(
+                &snapshots,
+                &names::origin_snapshot(&spec.name),
+                "delete VolumeSnapshot",
+            )
+            .await?;
+        }
         if store.is_some() {
             self.first_backup(spec, progress).await?;
         }

@@ -65,6 +65,12 @@ fn obj(api_version: &str, kind: &str, name: &str) -> Value {
 /// and the two credentials Secrets carrying the spec's passwords.
 fn postgres_preamble(name: &'static str, app_password: &'static str) -> Vec<Exchange> {
     vec![
+        Exchange::new(Method::GET, CORE).json(
+            200,
+            json!({ "apiVersion": "v1", "kind": "Namespace",
+                "metadata": { "name": DATA_NS, "labels": { "sylphx.io/organization-id": "0190abcd-ef01-7000-8000-000000000001" } },
+                "status": { "phase": "Active" } }),
+        ),
         Exchange::apply(CORE).check(|b| {
             assert_eq!(b["kind"], "Namespace");
             assert_eq!(
@@ -178,6 +184,7 @@ async fn ensure_postgres_applies_waits_for_ready_and_the_first_backup() {
 #[tokio::test]
 async fn ensure_postgres_without_an_object_store_takes_no_backup() {
     let script = vec![
+        Exchange::new(Method::GET, CORE).json(404, not_found()),
         Exchange::apply(CORE),
         Exchange::apply(&format!("{CORE}/secrets/pg-0a01-superuser-credentials")),
         Exchange::apply(&format!("{CORE}/secrets/pg-0a01-app-credentials")),
@@ -228,6 +235,8 @@ async fn a_branch_starts_from_a_snapshot_of_the_source_primary() {
         }),
         Exchange::apply(&format!("{CNPG}/scheduledbackups/pg-0a03")),
         Exchange::new(Method::GET, format!("{CNPG}/clusters/pg-0a03")).json(200, healthy("pg-0a03")),
+        Exchange::new(Method::DELETE, format!("{SNAPSHOTS}/pg-0a03-origin?"))
+            .json(200, obj("snapshot.storage.k8s.io/v1", "VolumeSnapshot", "pg-0a03-origin")),
         // The schedule's first backup already completed: none is taken.
         Exchange::new(Method::GET, format!("{CNPG}/backups?&labelSelector=cnpg.io%2Fcluster%3Dpg-0a03"))
             .json(200, list("BackupList", vec![backup("pg-0a03-20250301030000", "completed", "2025-03-01T03:00:00Z")])),
@@ -246,7 +255,7 @@ async fn a_restore_reads_the_source_store_and_fails_clearly_without_one() {
     let mut script = postgres_preamble("pg-0a02", "fake-new-app-pw");
     // The source's store joins the instance's own, before the credentials.
     script.insert(
-        5,
+        6,
         Exchange::apply(&format!("{STORES}/pg-0a01-store")).check(|b| {
             assert_eq!(
                 b["metadata"]["labels"]["sylphx.io/resource-id"],
@@ -300,6 +309,22 @@ async fn a_restore_reads_the_source_store_and_fails_clearly_without_one() {
         "{}",
         err.message()
     );
+}
+
+#[tokio::test]
+async fn a_namespace_of_another_organization_is_refused() {
+    let script = vec![Exchange::new(Method::GET, CORE).json(
+        200,
+        json!({ "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": DATA_NS, "labels": { "sylphx.io/organization-id": "0190abcd-ef01-7000-8000-00000000ffff" } } }),
+    )];
+    let (tx, _rx) = mpsc::unbounded_channel();
+    let err = run_script(config(), script, |rt| async move {
+        rt.ensure(&redis(), &tx).await
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), "CONFLICT");
 }
 
 #[tokio::test]
@@ -462,6 +487,7 @@ fn statefulset(generation: i64, status: Value) -> Value {
 #[tokio::test]
 async fn ensure_redis_applies_the_statefulset_and_waits_for_its_replica() {
     let script = vec![
+        Exchange::new(Method::GET, CORE).json(404, not_found()),
         Exchange::apply(CORE),
         Exchange::apply(&format!("{CORE}/secrets/redis-0c01-credentials")).check(|b| {
             assert_eq!(b["data"], json!({ "password": b64("fake-app-pw") }));
@@ -515,6 +541,7 @@ async fn ensure_redis_applies_the_statefulset_and_waits_for_its_replica() {
 async fn a_larger_redis_volume_grows_the_claim_in_place() {
     let claim = format!("{CORE}/persistentvolumeclaims/data-redis-0c01-0?&fieldManager=sylphx");
     let script = vec![
+        Exchange::new(Method::GET, CORE).json(404, not_found()),
         Exchange::apply(CORE),
         Exchange::apply(&format!("{CORE}/secrets/redis-0c01-credentials")),
         Exchange::apply(&format!("{CORE}/services/redis-0c01")),
