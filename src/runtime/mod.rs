@@ -463,6 +463,7 @@ pub trait Runtime: Send + Sync + 'static {
 /// Connects the Kubernetes driver from the ambient kubeconfig or in-cluster
 /// service account. `SYLPHX_K8S_GATEWAY` (name, or `namespace/name`),
 /// `SYLPHX_K8S_REGISTRY` and `SYLPHX_K8S_KANIKO_IMAGE` override the defaults.
+/// The data service settings come from `KubernetesConfig::read_data_env`.
 pub async fn connect_kubernetes(
     config: &crate::config::Config,
 ) -> Result<std::sync::Arc<dyn Runtime>> {
@@ -482,6 +483,7 @@ pub async fn connect_kubernetes(
     if let Ok(i) = std::env::var("SYLPHX_K8S_KANIKO_IMAGE") {
         k8s.kaniko_image = i;
     }
+    k8s.read_data_env();
     Ok(std::sync::Arc::new(
         kubernetes::KubernetesRuntime::connect(k8s, config.kubeconfig.as_deref()).await?,
     ))

@@ -24,6 +24,7 @@ use super::manifests::{self, KANIKO_CONTAINER};
 use super::status::{self, JobState, Rollout};
 use super::{KubernetesRuntime, names};
 use crate::error::{Error, Result};
+use crate::runtime::instances::Instances;
 use crate::runtime::{
     BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LogLine, LogQuery,
     LogSink, Release, Runner, Runtime,
@@ -32,7 +33,7 @@ use crate::runtime::{
 /// A failed API call as the crate's error. API messages name objects and
 /// fields, never Secret values; they go to `Internal` (logged only) except
 /// where a client can act on them.
-fn kube_error(what: &str, err: kube::Error) -> Error {
+pub(super) fn kube_error(what: &str, err: kube::Error) -> Error {
     match &err {
         kube::Error::Api(s) if s.code == 404 => Error::NotFound(format!("{what}: not found")),
         kube::Error::Api(s) if s.code == 409 => Error::Conflict(format!("{what}: {}", s.message)),
@@ -51,7 +52,7 @@ fn kube_error(what: &str, err: kube::Error) -> Error {
     }
 }
 
-fn is_not_found(err: &kube::Error) -> bool {
+pub(super) fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(s) if s.code == 404)
 }
 
@@ -92,7 +93,7 @@ impl KubernetesRuntime {
 
     /// Server-side apply under the one field manager, taking over fields
     /// another manager may have touched (`force`).
-    async fn apply<K>(&self, api: &Api<K>, obj: &K, what: &str) -> Result<K>
+    pub(super) async fn apply<K>(&self, api: &Api<K>, obj: &K, what: &str) -> Result<K>
     where
         K: Resource + Serialize + DeserializeOwned + Clone + Debug,
     {
@@ -103,7 +104,12 @@ impl KubernetesRuntime {
     }
 
     /// Deletes an object if it is there.
-    async fn delete_if_present<K>(&self, api: &Api<K>, name: &str, what: &str) -> Result<()>
+    pub(super) async fn delete_if_present<K>(
+        &self,
+        api: &Api<K>,
+        name: &str,
+        what: &str,
+    ) -> Result<()>
     where
         K: Resource + DeserializeOwned + Clone + Debug,
     {
@@ -627,6 +633,10 @@ impl Runtime for KubernetesRuntime {
                 tracing::warn!(error = %e, "Kubernetes health check");
                 Error::Unavailable("the Kubernetes API does not answer".into())
             })
+    }
+
+    fn instances(&self) -> Option<&dyn Instances> {
+        Some(self)
     }
 
     async fn runners(&self) -> Result<Vec<Runner>> {

@@ -20,19 +20,19 @@ use super::manifests::{self, env_checksum};
 use super::{KubernetesConfig, KubernetesRuntime, names};
 use crate::runtime::{EnvironmentRef, LogLine, LogQuery, Release, Runtime};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+pub(super) type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 type Check = Box<dyn FnOnce(&Value) + Send>;
 type Reply = Box<dyn FnOnce(&Value) -> (u16, Vec<u8>) + Send>;
 
 const NS: &str = "sylphx-shop-production";
-const APPLY: &str = "&force=true&fieldManager=sylphx";
+pub(super) const APPLY: &str = "&force=true&fieldManager=sylphx";
 const V1: u128 = 0x0190_0000_0000_7000_8000_0000_0000_0101;
 const V2: u128 = 0x0190_0000_0000_7000_8000_0000_0000_0102;
 const IMAGE_V1: &str = "registry.local/sylphx/shop/app@sha256:1111";
 const IMAGE_V2: &str = "registry.local/sylphx/shop/app@sha256:2222";
 
 /// One request the driver must make, and the answer it gets.
-struct Exchange {
+pub(super) struct Exchange {
     method: Method,
     path: String,
     content_type: Option<&'static str>,
@@ -41,7 +41,7 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(method: Method, path: impl Into<String>) -> Self {
+    pub(super) fn new(method: Method, path: impl Into<String>) -> Self {
         Exchange {
             method,
             path: path.into(),
@@ -53,19 +53,19 @@ impl Exchange {
 
     /// A server-side apply: PATCH with the apply content type, the field
     /// manager and `force`; answered with the applied object.
-    fn apply(path: &str) -> Self {
+    pub(super) fn apply(path: &str) -> Self {
         let mut ex = Exchange::new(Method::PATCH, format!("{path}?{APPLY}"));
         ex.content_type = Some("application/apply-patch+yaml");
         ex.reply = Box::new(|body| (200, serde_json::to_vec(body).unwrap()));
         ex
     }
 
-    fn check(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
+    pub(super) fn check(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
         self.check = Box::new(check);
         self
     }
 
-    fn json(mut self, status: u16, body: Value) -> Self {
+    pub(super) fn json(mut self, status: u16, body: Value) -> Self {
         self.reply = Box::new(move |_| (status, serde_json::to_vec(&body).unwrap()));
         self
     }
@@ -76,12 +76,12 @@ impl Exchange {
     }
 }
 
-fn not_found() -> Value {
+pub(super) fn not_found() -> Value {
     json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found" })
 }
 
 /// Plays the exchanges in order, then expects the client to go away.
-async fn verify(mut handle: Handle, script: Vec<Exchange>) {
+pub(super) async fn verify(mut handle: Handle, script: Vec<Exchange>) {
     for (i, ex) in script.into_iter().enumerate() {
         let Some((request, send)) = handle.next_request().await else {
             panic!("request #{i} never came: {} {}", ex.method, ex.path);
@@ -185,7 +185,7 @@ fn rolled_out(name: &str, replicas: i32) -> Value {
     )
 }
 
-fn list(kind: &str, items: Vec<Value>) -> Value {
+pub(super) fn list(kind: &str, items: Vec<Value>) -> Value {
     json!({ "kind": kind, "apiVersion": "v1", "metadata": {}, "items": items })
 }
 
@@ -537,8 +537,21 @@ where
     F: FnOnce(KubernetesRuntime) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
+    run_script(cfg, scenario.script(), action).await
+}
+
+/// Runs `action` against a verifier playing `script`.
+pub(super) async fn run_script<T, F, Fut>(
+    cfg: KubernetesConfig,
+    script: Vec<Exchange>,
+    action: F,
+) -> T
+where
+    F: FnOnce(KubernetesRuntime) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let verifier = tokio::spawn(verify(handle, scenario.script()));
+    let verifier = tokio::spawn(verify(handle, script));
     let runtime = KubernetesRuntime::new(kube::Client::new(service, "default"), cfg);
     // The action owns the runtime: when it ends, the client goes and the
     // verifier sees the end of the requests.

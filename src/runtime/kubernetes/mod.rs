@@ -12,16 +12,24 @@
 //! - [`manifests`]: pure builders for every object (golden-tested).
 //! - [`status`]: pure readers of rollout, Job, service and runner status.
 //! - `driver`: the [`Runtime`](crate::runtime::Runtime) actions against the API.
+//! - [`data_manifests`]: pure builders of the data services' objects
+//!   (CloudNativePG clusters, MariaDB and Redis StatefulSets).
+//! - `instances`: the [`Instances`](crate::runtime::instances::Instances)
+//!   actions, one namespace per organization (`<prefix>-data-<org>`).
 
 use std::time::Duration;
 
+pub mod data_manifests;
 mod driver;
 mod hub;
+mod instances;
 mod logs;
 pub mod manifests;
 pub mod names;
 pub mod status;
 
+#[cfg(test)]
+mod instances_mock_tests;
 #[cfg(test)]
 mod mock_tests;
 
@@ -60,6 +68,45 @@ pub struct KubernetesConfig {
     pub runners_namespace: Option<String>,
     /// Pause between status reads while waiting for a rollout or a build.
     pub poll_interval: Duration,
+
+    // Data services (see `instances`).
+    /// A barman-cloud `ObjectStore` (`barmancloud.cnpg.io/v1`) in
+    /// [`object_store_namespace`](Self::object_store_namespace): each
+    /// PostgreSQL instance gets a copy of it (and of the Secrets it names)
+    /// in its data namespace, archives its WAL and takes its base backups
+    /// there. `None`: no archiving, no backups, no point-in-time restore.
+    /// `SYLPHX_K8S_OBJECT_STORE` (`name` or `namespace/name`).
+    pub object_store: Option<String>,
+    /// Where the template `ObjectStore` and its credentials live.
+    pub object_store_namespace: String,
+    /// StorageClass of the data volumes; the cluster's default when `None`.
+    /// `SYLPHX_K8S_STORAGE_CLASS`.
+    pub storage_class: Option<String>,
+    /// VolumeSnapshotClass of the snapshots PostgreSQL branches start
+    /// from; the cluster's default when `None`. `SYLPHX_K8S_SNAPSHOT_CLASS`.
+    pub snapshot_class: Option<String>,
+    /// PostgreSQL operand image; CloudNativePG's default when `None`.
+    /// `SYLPHX_K8S_POSTGRES_IMAGE`.
+    pub postgres_image: Option<String>,
+    /// Redis server image (pinned).
+    pub redis_image: String,
+    /// Valkey server image (pinned major).
+    pub valkey_image: String,
+    /// MySQL-compatible server image: MariaDB (pinned).
+    pub mysql_image: String,
+    /// The metrics sidecar of Redis and Valkey instances.
+    pub redis_exporter_image: String,
+    /// Prometheus HTTP API base URL (`http://prometheus.monitoring:9090`)
+    /// that scrapes the CloudNativePG and redis_exporter metrics; without
+    /// it, instances have no figures. `SYLPHX_K8S_PROMETHEUS_URL`.
+    pub prometheus_url: Option<String>,
+    /// When the `ScheduledBackup`s run: a 6-field cron with seconds.
+    /// `SYLPHX_K8S_BACKUP_SCHEDULE`.
+    pub backup_schedule: String,
+    /// How long `ensure` waits for an instance to accept connections.
+    pub instance_timeout: Duration,
+    /// How long `ensure` (the first one) and `backup` wait for a base backup.
+    pub backup_timeout: Duration,
 }
 
 impl Default for KubernetesConfig {
@@ -78,7 +125,84 @@ impl Default for KubernetesConfig {
             git_secret: None,
             runners_namespace: None,
             poll_interval: Duration::from_secs(2),
+            object_store: None,
+            object_store_namespace: "sylphx-system".into(),
+            storage_class: None,
+            snapshot_class: None,
+            postgres_image: None,
+            redis_image: "redis:7.2-alpine".into(),
+            valkey_image: "valkey/valkey:8".into(),
+            mysql_image: "mariadb:10.11".into(),
+            redis_exporter_image: "oliver006/redis_exporter:v1.67.0".into(),
+            prometheus_url: None,
+            backup_schedule: "0 0 3 * * *".into(),
+            instance_timeout: Duration::from_secs(900),
+            backup_timeout: Duration::from_secs(3600),
         }
+    }
+}
+
+impl KubernetesConfig {
+    /// Reads the data service settings from `SYLPHX_K8S_OBJECT_STORE`,
+    /// `SYLPHX_K8S_STORAGE_CLASS`, `SYLPHX_K8S_SNAPSHOT_CLASS`,
+    /// `SYLPHX_K8S_POSTGRES_IMAGE`, `SYLPHX_K8S_PROMETHEUS_URL` and
+    /// `SYLPHX_K8S_BACKUP_SCHEDULE`; unset or empty ones keep their value.
+    pub fn read_data_env(&mut self) {
+        self.read_data_vars(|key| std::env::var(key).ok());
+    }
+
+    fn read_data_vars(&mut self, var: impl Fn(&str) -> Option<String>) {
+        let var = |key: &str| {
+            var(key)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        if let Some(store) = var("SYLPHX_K8S_OBJECT_STORE") {
+            match store.split_once('/') {
+                Some((ns, name)) => {
+                    self.object_store_namespace = ns.to_string();
+                    self.object_store = Some(name.to_string());
+                }
+                None => self.object_store = Some(store),
+            }
+        }
+        if let Some(v) = var("SYLPHX_K8S_STORAGE_CLASS") {
+            self.storage_class = Some(v);
+        }
+        if let Some(v) = var("SYLPHX_K8S_SNAPSHOT_CLASS") {
+            self.snapshot_class = Some(v);
+        }
+        if let Some(v) = var("SYLPHX_K8S_POSTGRES_IMAGE") {
+            self.postgres_image = Some(v);
+        }
+        if let Some(v) = var("SYLPHX_K8S_PROMETHEUS_URL") {
+            self.prometheus_url = Some(v);
+        }
+        if let Some(v) = var("SYLPHX_K8S_BACKUP_SCHEDULE") {
+            self.backup_schedule = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn data_settings_come_from_the_environment() {
+        let mut cfg = KubernetesConfig::default();
+        assert_eq!(cfg.backup_schedule.split(' ').count(), 6);
+        cfg.read_data_vars(|key| match key {
+            "SYLPHX_K8S_OBJECT_STORE" => Some("backups/s3".into()),
+            "SYLPHX_K8S_STORAGE_CLASS" => Some("fast".into()),
+            "SYLPHX_K8S_PROMETHEUS_URL" => Some(" ".into()),
+            _ => None,
+        });
+        assert_eq!(cfg.object_store.as_deref(), Some("s3"));
+        assert_eq!(cfg.object_store_namespace, "backups");
+        assert_eq!(cfg.storage_class.as_deref(), Some("fast"));
+        assert_eq!(cfg.prometheus_url, None, "empty values are ignored");
+        assert_eq!(cfg.snapshot_class, None);
     }
 }
 

@@ -28,6 +28,16 @@ pub const DEPLOYMENT_ID: &str = "sylphx.io/deployment-id";
 pub const ENV_CHECKSUM: &str = "sylphx.io/env-checksum";
 /// Set by the Job controller on the pods of a Job.
 pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
+/// The one selector label of a data service instance's objects and pods.
+pub const RESOURCE_ID: &str = "sylphx.io/resource-id";
+/// On an organization's data namespace.
+pub const ORGANIZATION_ID: &str = "sylphx.io/organization-id";
+/// Pod-template annotation of a data service: sha256 of its credentials,
+/// so that a changed password restarts it.
+pub const CREDENTIALS_CHECKSUM: &str = "sylphx.io/credentials-checksum";
+/// Set by CloudNativePG on a cluster's Backups (and by the driver on the
+/// ones it creates).
+pub const CNPG_CLUSTER: &str = "cnpg.io/cluster";
 
 /// The Secret holding an environment's env vars.
 pub const ENV_SECRET: &str = "sylphx-env";
@@ -94,6 +104,47 @@ pub fn build_job(deployment_id: Uuid) -> String {
     format!("build-{}", deployment_id.simple())
 }
 
+/// The namespace of an organization's data services:
+/// `<prefix>-data-<first 12 hex of the organization id>`.
+pub fn data_namespace(prefix: &str, organization_id: Uuid) -> String {
+    let id = organization_id.simple().to_string();
+    dns_label(&format!("{prefix}-data-{}", &id[..12]), MAX_LABEL)
+}
+
+/// The basic-auth Secret of a PostgreSQL instance's superuser.
+pub fn superuser_secret(instance: &str) -> String {
+    format!("{instance}-superuser-credentials")
+}
+
+/// The basic-auth Secret of a PostgreSQL instance's application user.
+pub fn app_secret(instance: &str) -> String {
+    format!("{instance}-app-credentials")
+}
+
+/// The Secret with the passwords of a MySQL or Redis instance.
+pub fn credentials_secret(instance: &str) -> String {
+    format!("{instance}-credentials")
+}
+
+/// A PostgreSQL instance's own barman-cloud `ObjectStore`.
+pub fn object_store(instance: &str) -> String {
+    format!("{instance}-store")
+}
+
+/// The VolumeSnapshot a branch starts from.
+pub fn origin_snapshot(instance: &str) -> String {
+    format!("{instance}-origin")
+}
+
+/// The base backup `ensure` waits for.
+pub fn initial_backup(instance: &str) -> String {
+    format!("{instance}-initial")
+}
+
+/// The volume claim template of a data service's StatefulSet; its one
+/// PVC is `<template>-<instance>-0`.
+pub const DATA_VOLUME: &str = "data";
+
 /// A label selector `key=value` string.
 pub fn selector(key: &str, value: impl std::fmt::Display) -> String {
     format!("{key}={value}")
@@ -159,6 +210,26 @@ mod tests {
         assert_eq!(service_object("web"), "web");
         assert_eq!(service_object("2fa"), "s-2fa");
         assert!(is_dns_label(&service_object(&"9".repeat(70))));
+    }
+
+    #[test]
+    fn data_namespaces_take_the_organization_id() {
+        let org = Uuid::from_u128(0x0190_abcd_ef01_7000_8000_0000_0000_0001);
+        let ns = data_namespace("sylphx", org);
+        assert_eq!(ns, "sylphx-data-0190abcdef01");
+        assert!(is_dns_label(&ns));
+        // The longest instance name (40) keeps every derived name a label.
+        let longest = "p".repeat(40);
+        for name in [
+            superuser_secret(&longest),
+            app_secret(&longest),
+            credentials_secret(&longest),
+            object_store(&longest),
+            origin_snapshot(&longest),
+            initial_backup(&longest),
+        ] {
+            assert!(is_dns_label(&name), "{name}");
+        }
     }
 
     #[test]
