@@ -192,6 +192,13 @@ pub trait Instances: Send + Sync + 'static {
     /// Takes a base backup now (the schedule calls it too).
     async fn backup(&self, spec: &InstanceSpec) -> Result<Backup>;
 
+    /// Whether the runtime takes scheduled backups itself (a CloudNativePG
+    /// `ScheduledBackup`); otherwise the control plane's schedule calls
+    /// [`Instances::backup`].
+    fn schedules_backups(&self) -> bool {
+        false
+    }
+
     /// Stops every instance this server runs (data kept), for a server
     /// that is exiting; `ensure` starts them again after its restart.
     async fn stop_all(&self) {}

@@ -960,6 +960,9 @@ impl Deployer {
         let Some(instances) = self.runtime.instances() else {
             return Ok(());
         };
+        if instances.schedules_backups() {
+            return Ok(());
+        }
         let rows = resources::Entity::find()
             .filter(resources::Column::Status.eq(READY))
             .all(&self.db)

@@ -735,7 +735,7 @@ pub(crate) mod tests {
     use crate::secrets::SecretString;
 
     pub const ORG: u128 = 0x0190_abcd_ef01_7000_8000_0000_0000_0001;
-    pub const DATA_NS: &str = "sylphx-data-0190abcdef01";
+    pub const DATA_NS: &str = "sylphx-data-0190abcdef0170008000000000000001";
 
     pub fn config() -> KubernetesConfig {
         KubernetesConfig {

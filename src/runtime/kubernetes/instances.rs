@@ -858,6 +858,11 @@ fn set_claim_size(sts: &mut StatefulSet, size: &str) {
 
 #[async_trait]
 impl Instances for KubernetesRuntime {
+    /// A `ScheduledBackup` per cluster takes them.
+    fn schedules_backups(&self) -> bool {
+        true
+    }
+
     async fn supports(&self, provider: &str) -> Result<()> {
         match provider {
             POSTGRESQL | MYSQL | REDIS | VALKEY => Ok(()),

@@ -18,13 +18,13 @@ use super::mock_tests::{Exchange, list, not_found, run_script};
 use crate::runtime::instances::{InstanceState, Instances};
 use crate::runtime::kubernetes::KubernetesRuntime;
 
-const CNPG: &str = "/apis/postgresql.cnpg.io/v1/namespaces/sylphx-data-0190abcdef01";
-const STORES: &str =
-    "/apis/barmancloud.cnpg.io/v1/namespaces/sylphx-data-0190abcdef01/objectstores";
-const SNAPSHOTS: &str =
-    "/apis/snapshot.storage.k8s.io/v1/namespaces/sylphx-data-0190abcdef01/volumesnapshots";
-const CORE: &str = "/api/v1/namespaces/sylphx-data-0190abcdef01";
-const STS: &str = "/apis/apps/v1/namespaces/sylphx-data-0190abcdef01/statefulsets";
+const CNPG: &str =
+    "/apis/postgresql.cnpg.io/v1/namespaces/sylphx-data-0190abcdef0170008000000000000001";
+const STORES: &str = "/apis/barmancloud.cnpg.io/v1/namespaces/sylphx-data-0190abcdef0170008000000000000001/objectstores";
+const SNAPSHOTS: &str = "/apis/snapshot.storage.k8s.io/v1/namespaces/sylphx-data-0190abcdef0170008000000000000001/volumesnapshots";
+const CORE: &str = "/api/v1/namespaces/sylphx-data-0190abcdef0170008000000000000001";
+const STS: &str =
+    "/apis/apps/v1/namespaces/sylphx-data-0190abcdef0170008000000000000001/statefulsets";
 
 fn b64(s: &str) -> String {
     B64.encode(s)

@@ -105,10 +105,12 @@ pub fn build_job(deployment_id: Uuid) -> String {
 }
 
 /// The namespace of an organization's data services:
-/// `<prefix>-data-<first 12 hex of the organization id>`.
+/// `<prefix>-data-<the organization id's 32 hex>` (the whole id: the
+/// first digits of a time-ordered id are a timestamp that two
+/// organizations may share).
 pub fn data_namespace(prefix: &str, organization_id: Uuid) -> String {
     let id = organization_id.simple().to_string();
-    dns_label(&format!("{prefix}-data-{}", &id[..12]), MAX_LABEL)
+    dns_label(&format!("{prefix}-data-{id}"), MAX_LABEL)
 }
 
 /// The basic-auth Secret of a PostgreSQL instance's superuser.
@@ -216,7 +218,7 @@ mod tests {
     fn data_namespaces_take_the_organization_id() {
         let org = Uuid::from_u128(0x0190_abcd_ef01_7000_8000_0000_0000_0001);
         let ns = data_namespace("sylphx", org);
-        assert_eq!(ns, "sylphx-data-0190abcdef01");
+        assert_eq!(ns, "sylphx-data-0190abcdef0170008000000000000001");
         assert!(is_dns_label(&ns));
         // The longest instance name (40) keeps every derived name a label.
         let longest = "p".repeat(40);
