@@ -599,6 +599,11 @@ impl LocalInstances {
                 self.start(ctx, entry)?;
             }
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            // `stop_all` may have looked before this start stored its handle.
+            entry.stop(STOP_GRACE).await;
+            return self.check_running();
+        }
         let wait = if ctx.kind == Kind::Postgres && ctx.path(DATA).join("recovery.signal").exists()
         {
             postgres::RECOVERY_TIMEOUT

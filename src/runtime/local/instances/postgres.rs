@@ -392,9 +392,12 @@ pub fn configure(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// The server under a shell that turns the stop signal (SIGTERM, which
+/// PostgreSQL takes as a smart shutdown that waits for clients) into a
+/// fast shutdown (SIGINT), and exits with the server's status.
 pub fn command(ctx: &Ctx, bins: &Bins) -> String {
     format!(
-        "exec {} -D {}",
+        "trap 'kill -INT \"$pid\" 2>/dev/null' TERM INT; {} -D {} & pid=$!; wait \"$pid\"; status=$?; while kill -0 \"$pid\" 2>/dev/null; do wait \"$pid\"; status=$?; done; exit \"$status\"",
         bins.program("postgres"),
         sh_quote(&ctx.inside(DATA))
     )

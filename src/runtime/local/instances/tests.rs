@@ -163,7 +163,9 @@ impl Harness {
     }
 
     async fn remove(&self, spec: &InstanceSpec) {
+        let started = std::time::Instant::now();
         self.rt.remove(spec).await.unwrap();
+        eprintln!("removed {} in {:?}", spec.name, started.elapsed());
         assert!(!self.rt.instance_dir(&spec.name).exists());
         assert!(!super::super::process::port_open(spec.port.unwrap()).await);
         assert_eq!(
@@ -426,6 +428,37 @@ async fn redis_needs_its_password_and_reports_figures() {
     assert!(h.rt.backups(&spec).await.is_err());
     assert!(h.rt.supports(VALKEY).await.is_ok() == find_program("valkey-server").is_some());
 
+    // New limits restart it with them; the data stays.
+    let mut bigger = spec.clone();
+    bigger.limits.max_connections = 30;
+    let (_, said) = h.ensure(&bigger).await;
+    assert!(said.iter().any(|m| m.contains("new limits")), "{said:?}");
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.contains("maxclients 30"));
+    let mut app = Client::connect(port).await.unwrap();
+    app.auth(&[spec.credentials.app_password.expose()])
+        .await
+        .unwrap();
+    assert_eq!(
+        app.call(&["GET", "k"]).await.unwrap(),
+        Reply::Bulk(Some(b"v".to_vec()))
+    );
+    drop(app);
+    let status = h.rt.status(&bigger).await.unwrap();
+    assert_eq!((status.state, status.restarts), (InstanceState::Ready, 0));
+
+    // A server that stops stops its instances, and starts none.
+    h.rt.stop_all().await;
+    assert!(!super::super::process::port_open(port).await);
+    assert_eq!(
+        h.rt.status(&spec).await.unwrap().state,
+        InstanceState::Missing
+    );
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    assert!(matches!(
+        h.rt.ensure(&spec, &tx).await,
+        Err(Error::Unavailable(_))
+    ));
     h.remove(&spec).await;
 }
 
