@@ -7,6 +7,7 @@
 
 mod cgroups;
 mod host;
+pub mod instances;
 mod process;
 mod router;
 pub mod sandbox;
@@ -176,6 +177,8 @@ pub struct LocalRuntime {
     deleted: Mutex<HashSet<Uuid>>,
     /// Set once the server is stopping: nothing new starts.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// The managed data services it hosts.
+    instances: instances::LocalInstances,
 }
 
 fn free_port() -> Result<u16> {
@@ -229,8 +232,10 @@ impl LocalRuntime {
             roots: config.git_roots.clone(),
             forbidden: config.data_dir.clone(),
         };
+        let sandboxes = Arc::new(Sandboxes::new(config.sandbox.clone()));
         LocalRuntime {
-            sandboxes: Arc::new(Sandboxes::new(config.sandbox.clone())),
+            instances: instances::LocalInstances::new(&config, sandboxes.clone()),
+            sandboxes,
             sources,
             config,
             shared: Arc::default(),
@@ -913,7 +918,10 @@ impl Runtime for LocalRuntime {
             .flat_map(|e| std::mem::take(&mut e.services))
             .collect();
         self.shared.changed.notify_waiters();
-        stop_all(all, SHUTDOWN_DRAIN, SHUTDOWN_GRACE).await;
+        tokio::join!(
+            stop_all(all, SHUTDOWN_DRAIN, SHUTDOWN_GRACE),
+            crate::runtime::instances::Instances::stop_all(&self.instances),
+        );
     }
 
     async fn health(&self) -> Result<()> {
@@ -922,6 +930,10 @@ impl Runtime for LocalRuntime {
 
     async fn runners(&self) -> Result<Vec<Runner>> {
         Ok(Vec::new())
+    }
+
+    fn instances(&self) -> Option<&dyn crate::runtime::instances::Instances> {
+        Some(&self.instances)
     }
 }
 

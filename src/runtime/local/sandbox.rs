@@ -149,10 +149,12 @@ fn os(s: impl Into<OsString>) -> OsString {
 fn bwrap_command(
     bwrap: &Path,
     base_args: &[OsString],
+    extra_args: &[OsString],
     dir: &Path,
     command: &str,
 ) -> io::Result<(std::process::Command, std::fs::File)> {
     let mut args = base_args.to_vec();
+    args.extend_from_slice(extra_args);
     args.extend([os("--bind"), dir.into(), os(APP_DIR)]);
     args.extend(["--chdir", APP_DIR].map(os));
     let file = args_memfd(&args)?;
@@ -238,6 +240,20 @@ impl Sandboxes {
 
     /// Starts `spec` in a new sandbox.
     pub async fn spawn(&self, spec: &Spec<'_>, stdout: Stdio, stderr: Stdio) -> Result<Sandboxed> {
+        self.spawn_with_files(spec, &[], stdout, stderr).await
+    }
+
+    /// Like [`Sandboxes::spawn`], showing host files read-only in place of
+    /// system files inside the sandbox (`(host file, path inside)`): an
+    /// `/etc/passwd` that names the sandbox's uid, for programs that look
+    /// their user up (PostgreSQL's). Ignored in shared mode.
+    pub async fn spawn_with_files(
+        &self,
+        spec: &Spec<'_>,
+        files: &[(&Path, &str)],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Sandboxed> {
         let ready = self.ready().await.map_err(Error::Unprocessable)?;
         let cgroup = match &ready.cgroups {
             Some(c) => Some(
@@ -251,8 +267,13 @@ impl Sandboxes {
         };
         let (mut cmd, args_file, home) = match &ready.bwrap {
             Some(bwrap) => {
-                let (cmd, file) = bwrap_command(bwrap, &ready.base_args, spec.dir, spec.command)
-                    .map_err(|e| Error::internal(format!("sandbox arguments: {e}")))?;
+                let extra: Vec<OsString> = files
+                    .iter()
+                    .flat_map(|(host, inside)| [os("--ro-bind"), host.into(), os(*inside)])
+                    .collect();
+                let (cmd, file) =
+                    bwrap_command(bwrap, &ready.base_args, &extra, spec.dir, spec.command)
+                        .map_err(|e| Error::internal(format!("sandbox arguments: {e}")))?;
                 (Command::from(cmd), Some(file), Path::new(APP_DIR))
             }
             None => {
@@ -509,6 +530,7 @@ fn probe_in(
     let (mut cmd, file) = bwrap_command(
         bwrap,
         &ready.base_args,
+        &[],
         dir,
         &format!("test \"$(id -u)\" = {uid} && test \"$$\" -lt 10 && touch {APP_DIR}/ok"),
     )
