@@ -66,6 +66,9 @@ impl ServeProcess {
         if !envs.iter().any(|(k, _)| *k == "SYLPHX_SANDBOX_IDS") {
             cmd.env("SYLPHX_SANDBOX_IDS", super::sandbox_ids());
         }
+        if !envs.iter().any(|(k, _)| *k == "SYLPHX_RESOURCE_PORTS") {
+            cmd.env("SYLPHX_RESOURCE_PORTS", super::resource_ports());
+        }
         let child = cmd
             .envs(envs.iter().copied())
             .stdin(Stdio::null())

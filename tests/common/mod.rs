@@ -153,6 +153,13 @@ pub fn sandbox_ids() -> String {
     format!("{base}-{}", base + 999)
 }
 
+/// A range of data service ports of its own for each test server, below
+/// the ephemeral ports other tests take.
+pub fn resource_ports() -> String {
+    let base = 21_000 + rand::random_range(0..400u16) * 20;
+    format!("{base}-{}", base + 19)
+}
+
 /// A new, empty database on the test PostgreSQL server
 /// (`SYLPHX_TEST_DATABASE_URL`): its URL and its name; None when there is
 /// no such server.
@@ -300,6 +307,7 @@ impl TestServer {
         // New replicas that never listen fail fast in tests.
         config.ready_timeout = Duration::from_secs(5);
         config.sandbox_ids = sylphx::config::SandboxIds::parse(&sandbox_ids()).unwrap();
+        config.resource_ports = sylphx::config::PortRange::parse(&resource_ports()).unwrap();
         let app = App::new(config).await.expect("app state");
         let admin_token = server::bootstrap(&app)
             .await

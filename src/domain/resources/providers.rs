@@ -280,13 +280,11 @@ impl Provider {
         self.limits(before) != self.limits(after)
     }
 
-    /// `scheme://user:password@host:port/database`.
+    /// `scheme://user:password@host:port/database` (Redis' user is
+    /// `default`: clients read `redis://:password@` differently, that
+    /// form they all read alike).
     pub fn url(&self, c: &Connection, password: &str) -> String {
-        let user = if self.scheme == "redis" {
-            String::new()
-        } else {
-            c.user.clone()
-        };
+        let user = &c.user;
         let path = if c.database.is_empty() {
             String::new()
         } else {
