@@ -91,6 +91,7 @@ struct FileConfig {
     log_history_bytes: Option<u64>,
     log_history_org_bytes: Option<u64>,
     resource_ports: Option<String>,
+    max_resources_per_organization: Option<u64>,
     public_host: Option<String>,
     postgres_bin_dir: Option<PathBuf>,
     ai: Option<crate::ai::config::AiConfig>,
@@ -252,6 +253,8 @@ pub struct Config {
     pub log_history: crate::streams::HistoryLimits,
     /// Ports of managed data services (local runtime).
     pub resource_ports: PortRange,
+    /// Resources one organisation may have at once (each runs a server).
+    pub max_resources_per_organization: u64,
     /// The host name clients outside the machine use for managed data
     /// services (`publicHost`, `publicConnectionString`).
     pub public_host: String,
@@ -575,6 +578,12 @@ impl Config {
                     .filter(|v| !v.is_empty())
                     .or(file.resource_ports)
                     .unwrap_or_else(|| PortRange::DEFAULT.into()),
+            )?,
+            max_resources_per_organization: at_least_one(
+                "max_resources_per_organization",
+                "SYLPHX_MAX_RESOURCES_PER_ORGANIZATION",
+                file.max_resources_per_organization,
+                10,
             )?,
             public_host: std::env::var("SYLPHX_PUBLIC_HOST")
                 .ok()

@@ -128,6 +128,7 @@ impl AppState {
             changes: Arc::default(),
             public_host: config.public_host.clone(),
             resource_ports: config.resource_ports,
+            resource_quota: config.max_resources_per_organization,
             samples: Arc::default(),
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());

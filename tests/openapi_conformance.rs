@@ -83,6 +83,14 @@ async fn schema_valid_requests_are_accepted(backend: Backend) {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{config}");
+    let (status, database) = s
+        .post(
+            "/resources",
+            &token,
+            json!({ "name": "db", "kind": "database" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{database}");
     let events_before = audit_count(&s, "demo").await;
 
     let (status, document) = s.get("/openapi.json", &token).await;
@@ -114,6 +122,7 @@ async fn schema_valid_requests_are_accepted(backend: Backend) {
         .env("ST_SERVICE", "web")
         .env("ST_SERVICE_ID", id_of(&service))
         .env("ST_CONFIG_KEY", "k")
+        .env("ST_RESOURCE_ID", id_of(&database))
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::apps::{deploy, git};
-use common::{Backend, TestServer};
+use common::{Backend, TestServer, procs};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sylphx::auth::Role;
@@ -697,6 +697,8 @@ backend_tests!(
     bad_input_changes_nothing,
     another_organisation_is_refused,
     a_killed_database_comes_back,
+    resource_status_follows_the_instance,
+    the_resource_quota_holds_per_organisation,
 );
 
 /// `kill -9` of `serve` mid-provision, then a restart: the provision
@@ -799,4 +801,132 @@ async fn serve_killed_mid_provision_finishes_it_once_and_restarts_bring_it_back(
     let (status, _) = common::binary::get(&server.base, &format!("/resources/{id}"), &token).await;
     assert_eq!(status, StatusCode::OK);
     drop(server);
+}
+
+/// `resourceStatus`: the status now, provisioning progress, `ready`; a
+/// crash and the return; `deleted` and the end. Another organisation's
+/// token is refused before any data.
+async fn resource_status_follows_the_instance(backend: Backend) {
+    use common::ws;
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start(backend).await;
+    let t = &s.admin_token;
+    let (status, r) = s
+        .post("/resources", t, json!({"name": "c", "kind": "kv"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let query = "subscription($id: ID!) { resourceStatus(id: $id) { status reconcileStatus message restarts } }";
+    let subscribe = |sid: &str| {
+        json!({"type": "subscribe", "id": sid, "payload": {"query": query, "variables": {"id": id}}})
+            .to_string()
+    };
+
+    let other = s.token("other", Role::Admin).await;
+    let mut theirs = ws::with_token(&s, &other).await;
+    theirs.send(Message::text(subscribe("x"))).await.unwrap();
+    let refused = ws::next_text(&mut theirs).await.unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(refused["payload"][0]["extensions"]["code"], "FORBIDDEN");
+
+    let mut socket = ws::with_token(&s, t).await;
+    socket.send(Message::text(subscribe("1"))).await.unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let msg = next(&mut socket).await;
+        assert_eq!(msg["type"], "next", "{msg}");
+        let update = msg["payload"]["data"]["resourceStatus"].clone();
+        seen.push(update.clone());
+        if update["status"] == "ready" {
+            assert_eq!(update["reconcileStatus"], "synced");
+            break;
+        }
+        assert!(
+            ["pending", "provisioning"].contains(&update["status"].as_str().unwrap()),
+            "{seen:?}"
+        );
+    }
+    assert_ne!(seen.len(), 1, "no progress before ready: {seen:?}");
+
+    // The instance's server dies: crashed, then ready again, restarted once.
+    let dir = {
+        let (_, r) = s.get(&format!("/resources/{id}"), t).await;
+        instance_dir(&s, &r)
+    };
+    let port = {
+        let (_, r) = s.get(&format!("/resources/{id}"), t).await;
+        port_of(r["connectionString"].as_str().unwrap())
+    };
+    let pid = procs::listener_pid(port).expect("the server's pid");
+    assert!(dir.exists());
+    // SAFETY: a process of this test's own resource.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    loop {
+        let msg = next(&mut socket).await;
+        let update = msg["payload"]["data"]["resourceStatus"].clone();
+        seen.push(update.clone());
+        if update["status"] == "ready" && update["restarts"] == 1 {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|u| u["status"] == "crashed"),
+        "the crash was not told: {seen:?}"
+    );
+
+    let (status, _) = s
+        .call(Method::DELETE, &format!("/resources/{id}"), t, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let msg = next(&mut socket).await;
+    assert_eq!(
+        msg["payload"]["data"]["resourceStatus"]["status"], "deleted",
+        "{msg}"
+    );
+    let msg = next(&mut socket).await;
+    assert_eq!(msg, json!({"type": "complete", "id": "1"}));
+}
+
+/// The next message of `socket` (a bound for a broken server, not a
+/// measurement).
+async fn next(socket: &mut common::ws::Ws) -> Value {
+    tokio::time::timeout(Duration::from_secs(120), common::ws::next_text(socket))
+        .await
+        .expect("a message")
+        .expect("an open socket")
+}
+
+/// A hostile organisation cannot take the machine's capacity: past its
+/// quota it is refused (403) and nothing starts, while another
+/// organisation still provisions.
+async fn the_resource_quota_holds_per_organisation(backend: Backend) {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "max_resources_per_organization = 2\n").unwrap();
+    let s = TestServer::start_with_config(backend, Some(config.path().to_path_buf())).await;
+    let t = &s.admin_token;
+    for name in ["a", "b"] {
+        let (status, r) = s
+            .post("/resources", t, json!({"name": name, "kind": "kv"}))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+    }
+    let (status, e) = s
+        .post("/resources", t, json!({"name": "c", "kind": "kv"}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_resources_per_organization"),
+        "{e}"
+    );
+    let (_, list) = s.get("/resources", t).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    let other = s.token("other", Role::Write).await;
+    let (status, r) = s
+        .post("/resources", &other, json!({"name": "x", "kind": "kv"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{r}");
 }

@@ -79,6 +79,8 @@ pub struct Deployer {
     pub public_host: String,
     /// Ports of managed data services (local runtime).
     pub resource_ports: crate::config::PortRange,
+    /// Resources one organisation may have at once.
+    pub resource_quota: u64,
     /// The resources' sampled counters.
     pub samples: Arc<super::resources::metrics::Samples>,
 }

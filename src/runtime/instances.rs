@@ -179,6 +179,12 @@ pub trait Instances: Send + Sync + 'static {
     /// Live state, without waiting on the instance.
     async fn status(&self, spec: &InstanceSpec) -> Result<InstanceStatus>;
 
+    /// Woken (all waiters) whenever an instance's state may have changed,
+    /// where the runtime can tell; `None` where it cannot (watchers poll).
+    fn changed(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
+
     /// Stops the instance and removes its data, backups and archive, and
     /// frees what it held (ports). Idempotent: a missing instance is fine.
     async fn remove(&self, spec: &InstanceSpec) -> Result<()>;

@@ -101,3 +101,23 @@ pub async fn wait_gone(pids: &[i32]) {
 pub fn exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
 }
+
+/// The process listening on TCP `port` of 127.0.0.1 (read from /proc).
+pub fn listener_pid(port: u16) -> Option<i32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let wanted = format!("0100007F:{port:04X}");
+    let inode = table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // local address, state 0A (LISTEN), inode
+        (f.get(1) == Some(&wanted.as_str()) && f.get(3) == Some(&"0A")).then(|| f[9].to_string())
+    })?;
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|p| {
+        let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+        std::fs::read_dir(p.path().join("fd"))
+            .ok()?
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l.to_str() == Some(&target)))
+            .then_some(pid)
+    })
+}

@@ -15,8 +15,8 @@ pub mod providers;
 use std::time::Duration;
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, QueryFilter,
-    QueryOrder, QuerySelect, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, IntoActiveModel, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, TransactionTrait,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -305,6 +305,15 @@ impl Deployer {
         source: Option<Uuid>,
         branch_env: Option<String>,
     ) -> Result<resources::Model> {
+        let held = resources::Entity::find()
+            .filter(resources::Column::OrganizationId.eq(ctx.org_id()))
+            .count(conn)
+            .await?;
+        if held >= self.resource_quota {
+            return Err(Error::Forbidden(format!(
+                "the organisation has {held} resources, the most it may have (max_resources_per_organization): delete one first"
+            )));
+        }
         let id = new_id();
         let sealed = Sealed {
             admin_password: random_hex(24),
@@ -1021,10 +1030,16 @@ impl Deployer {
         let row = find(&self.db, ctx, id).await?;
         let me = self.clone();
         let id = row.id;
+        let instances_changed = self
+            .runtime
+            .instances()
+            .and_then(|i| i.changed())
+            .unwrap_or_default();
         Ok(Box::pin(async_stream(move |tx| async move {
             let mut last: Option<StatusUpdate> = None;
             loop {
                 let changed = me.changes.notified();
+                let instance_changed = instances_changed.notified();
                 let row = resources::Entity::find_by_id(id).one(&me.db).await;
                 let update = match row {
                     Ok(Some(r)) if r.status != DELETING => {
@@ -1066,6 +1081,7 @@ impl Deployer {
                 }
                 tokio::select! {
                     _ = changed => {}
+                    _ = instance_changed => {}
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                     _ = tx.closed() => return,
                 }

@@ -79,6 +79,8 @@ pub struct LocalInstances {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     /// Set by `stop_all`: nothing starts any more.
     stopping: AtomicBool,
+    /// Woken (all waiters) whenever an instance's state changes.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 /// What this process knows of one instance.
@@ -87,6 +89,8 @@ struct Entry {
     lock: tokio::sync::Mutex<()>,
     /// Read by `status` without waiting on anything.
     status: watch::Sender<InstanceStatus>,
+    /// The instances' shared wake-up for status watchers.
+    changed: Arc<tokio::sync::Notify>,
     /// The running server's supervisor, if any.
     server: Mutex<Option<ServerHandle>>,
 }
@@ -108,10 +112,11 @@ fn missing() -> InstanceStatus {
 }
 
 impl Entry {
-    fn new() -> Entry {
+    fn new(changed: Arc<tokio::sync::Notify>) -> Entry {
         Entry {
             lock: tokio::sync::Mutex::new(()),
             status: watch::channel(missing()).0,
+            changed,
             server: Mutex::new(None),
         }
     }
@@ -139,6 +144,7 @@ impl Entry {
 
     fn set(&self, f: impl FnOnce(&mut InstanceStatus)) {
         self.status.send_modify(f);
+        self.changed.notify_waiters();
     }
 }
 
@@ -431,6 +437,7 @@ impl LocalInstances {
             sandboxes,
             entries: Mutex::default(),
             stopping: AtomicBool::new(false),
+            changed: Arc::default(),
         }
     }
 
@@ -449,7 +456,7 @@ impl LocalInstances {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(name.to_string())
-            .or_insert_with(|| Arc::new(Entry::new()))
+            .or_insert_with(|| Arc::new(Entry::new(self.changed.clone())))
             .clone()
     }
 
@@ -996,6 +1003,10 @@ fn last_lines(text: &str, n: usize) -> String {
 
 #[async_trait]
 impl Instances for LocalInstances {
+    fn changed(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.changed.clone())
+    }
+
     async fn supports(&self, provider: &str) -> Result<()> {
         self.programs(provider).map(drop)
     }
