@@ -312,6 +312,22 @@ async fn postgresql_end_to_end(backend: Backend) {
     psql(branch_url, "insert into items values (4)").unwrap();
     assert_eq!(psql(&url, "select count(*) from items").unwrap(), "3");
 
+    // An empty branch has none of it.
+    let (status, empty) = s
+        .post(
+            &format!("/resources/{id}/branch"),
+            t,
+            json!({"env": "preview"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{empty}");
+    assert_eq!(empty["env"], "preview");
+    assert_eq!(empty["sourceResourceId"], id);
+    let empty = ready(&s, t, empty["id"].as_str().unwrap()).await;
+    let empty_url = empty["connectionString"].as_str().unwrap();
+    assert!(psql(empty_url, "select count(*) from items").is_err());
+    assert_eq!(psql(empty_url, "select current_user").unwrap(), "app");
+
     // Unbinding removes exactly the managed vars.
     let (status, _) = s
         .call(
@@ -549,6 +565,43 @@ async fn bad_input_changes_nothing(backend: Backend) {
         let (status, e) = s.post("/resources", t, body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {e}");
         assert!(e["error"].as_str().unwrap().contains(field), "{body} → {e}");
+    }
+    // A provider whose server is not installed fails with a message that
+    // names it (valkey is not on this machine unless valkey-server is).
+    let has_valkey = Command::new("sh")
+        .args(["-c", "command -v valkey-server"])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !has_valkey {
+        let (status, r) = s
+            .post(
+                "/resources",
+                t,
+                json!({"name": "v", "kind": "kv", "provider": "valkey"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+        let id = r["id"].as_str().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, r) = s.get(&format!("/resources/{id}"), t).await;
+            if r["status"] == "failed" {
+                assert_eq!(r["reconcileStatus"], "failed");
+                assert!(
+                    r["message"].as_str().unwrap().contains("valkey-server"),
+                    "{r}"
+                );
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (status, _) = s
+            .call(Method::DELETE, &format!("/resources/{id}"), t, None)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
     }
     let (status, e) = s.get("/resources?kind=rocket", t).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");

@@ -706,10 +706,12 @@ impl Deployer {
         }
     }
 
-    /// After a restart of the server: every ready instance runs again.
-    /// Each starts on its own task; a slow one holds up no other.
+    /// After a restart of the server: every ready instance runs again
+    /// (local runtime: its servers stopped with the last `serve`; a
+    /// cluster's run on their own). Each starts on its own task; a slow
+    /// one holds up no other.
     pub async fn restore_resources(&self) -> Result<()> {
-        if self.runtime.instances().is_none() {
+        if self.runtime.instances().is_none() || self.runtime.kind() != "local" {
             return Ok(());
         }
         let rows = resources::Entity::find()

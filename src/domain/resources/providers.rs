@@ -423,14 +423,11 @@ mod tests {
         assert_eq!(c["memoryMb"], 512);
         assert_eq!(c["storageGb"], 10);
         let kv = find("kv", None).unwrap();
-        let e = kv
-            .config(Some(&json!({"memoryMb": 64, "maxMemoryMb": 128})), None)
-            .unwrap_err();
-        assert!(
-            e.message().contains("config.maxMemoryMb"),
-            "{}",
-            e.message()
-        );
+        let e = kv.config(Some(&json!({"memoryMb": 64})), None).unwrap_err();
+        assert!(e.message().contains("config.memoryMb"), "{}", e.message());
+        let c = kv.config(Some(&json!({"maxMemoryMb": 96})), None).unwrap();
+        assert_eq!(kv.limits(&c).memory_mb, 96 + 32 + 32);
+        assert_eq!(kv.limits(&c).max_memory_mb, Some(96));
     }
 
     #[test]
@@ -462,6 +459,7 @@ mod tests {
         assert_eq!(replica[0].0, "DATABASE_REPLICA_URL");
         let kv = find("kv", None).unwrap();
         let c = Connection {
+            user: "default".into(),
             database: String::new(),
             ..c
         };
@@ -469,7 +467,7 @@ mod tests {
             kv.binding_vars("primary", &c),
             [(
                 "REDIS_URL".to_string(),
-                "redis://:pw@127.0.0.1:21000".to_string()
+                "redis://default:pw@127.0.0.1:21000".to_string()
             )]
         );
     }
