@@ -850,40 +850,23 @@ impl Deployer {
             row.name,
             target.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
-        let name: String = name.chars().take(MAX_NAME).collect();
-        let txn = self.db.begin().await?;
         let new = self
-            .insert_resource(
-                &txn,
+            .derive(
                 ctx,
-                &name,
-                provider,
-                config_of(&row),
-                Some(row.id),
-                None,
+                &row,
+                Derived {
+                    name: name.chars().take(MAX_NAME).collect(),
+                    config: config_of(&row),
+                    branch_env: None,
+                    job: ProvisionJob {
+                        restore_of: Some(row.id),
+                        target_time: Some(target),
+                        ..ProvisionJob::default()
+                    },
+                    action: "resources.restore",
+                },
             )
             .await?;
-        self.enqueue_provision(
-            &txn,
-            ctx,
-            ProvisionJob {
-                resource_id: new.id,
-                restore_of: Some(row.id),
-                target_time: Some(target),
-                ..ProvisionJob::default()
-            },
-        )
-        .await?;
-        audit::record(
-            &txn,
-            ctx,
-            "resources.restore",
-            Target::new("resource", row.id),
-            Some(json!({ "restoreId": new.id, "targetTime": target })),
-        )
-        .await?;
-        txn.commit().await?;
-        self.queue.notify();
         Ok((self.view(new, false)?, target))
     }
 
@@ -938,31 +921,67 @@ impl Deployer {
         let config = provider
             .config(Some(&Value::Object(config)), None)
             .map_err(|_| Error::field("storageGb", "must be a whole number from 1 to 1000"))?;
+        let new = self
+            .derive(
+                ctx,
+                &row,
+                Derived {
+                    name,
+                    config,
+                    branch_env: Some(env),
+                    job: ProvisionJob {
+                        copy_of: fast.then_some(row.id),
+                        ..ProvisionJob::default()
+                    },
+                    action: "resources.branch",
+                },
+            )
+            .await?;
+        self.view(new, false)
+    }
+
+    /// Records a resource made from `source` (a restore, a branch) and the
+    /// job that provisions it, in one transaction.
+    async fn derive(
+        &self,
+        ctx: &Ctx,
+        source: &resources::Model,
+        d: Derived,
+    ) -> Result<resources::Model> {
+        let provider = providers::of(&source.kind, &source.provider)?;
         let txn = self.db.begin().await?;
         let new = self
-            .insert_resource(&txn, ctx, &name, provider, config, Some(row.id), Some(env))
+            .insert_resource(
+                &txn,
+                ctx,
+                &d.name,
+                provider,
+                d.config,
+                Some(source.id),
+                d.branch_env,
+            )
             .await?;
         self.enqueue_provision(
             &txn,
             ctx,
             ProvisionJob {
                 resource_id: new.id,
-                copy_of: fast.then_some(row.id),
-                ..ProvisionJob::default()
+                ..d.job
             },
         )
         .await?;
         audit::record(
             &txn,
             ctx,
-            "resources.branch",
-            Target::new("resource", row.id),
-            Some(json!({ "branchId": new.id, "fast": fast })),
+            d.action,
+            Target::new("resource", source.id),
+            Some(json!({ "resourceId": new.id })),
         )
         .await?;
         txn.commit().await?;
         self.queue.notify();
-        self.view(new, false)
+        self.changes.notify_waiters();
+        Ok(new)
     }
 
     /// Takes the scheduled base backups: each ready PostgreSQL resource
@@ -1001,6 +1020,16 @@ impl Deployer {
         }
         Ok(())
     }
+}
+
+/// A resource made from another.
+struct Derived {
+    name: String,
+    config: Map<String, Value>,
+    branch_env: Option<String>,
+    /// The provisioning job, but for the new resource's id.
+    job: ProvisionJob,
+    action: &'static str,
 }
 
 /// What `POST /resources/:id/branch` asks for.

@@ -82,6 +82,23 @@ pub struct Provider {
     pub short: &'static str,
 }
 
+/// A KV store provider: Redis and its forks speak alike.
+const fn kv(name: &'static str, default_for_kind: bool) -> Provider {
+    Provider {
+        kind: "kv",
+        name,
+        default_for_kind,
+        config: &[KV_DATA, KV_CLIENTS, KV_STORAGE],
+        scheme: "redis",
+        url_var: "REDIS{ROLE}_URL",
+        part_vars: None,
+        backups: false,
+        branches: false,
+        started: "KV store provisioning started. Poll GET /resources/:id for status.",
+        short: "kv",
+    }
+}
+
 /// Every provider.
 pub const PROVIDERS: &[Provider] = &[
     Provider {
@@ -116,32 +133,8 @@ pub const PROVIDERS: &[Provider] = &[
         started: "Database provisioning started. Poll GET /resources/:id for status.",
         short: "my",
     },
-    Provider {
-        kind: "kv",
-        name: instances::REDIS,
-        default_for_kind: true,
-        config: &[KV_DATA, KV_CLIENTS, KV_STORAGE],
-        scheme: "redis",
-        url_var: "REDIS{ROLE}_URL",
-        part_vars: None,
-        backups: false,
-        branches: false,
-        started: "KV store provisioning started. Poll GET /resources/:id for status.",
-        short: "kv",
-    },
-    Provider {
-        kind: "kv",
-        name: instances::VALKEY,
-        default_for_kind: false,
-        config: &[KV_DATA, KV_CLIENTS, KV_STORAGE],
-        scheme: "redis",
-        url_var: "REDIS{ROLE}_URL",
-        part_vars: None,
-        backups: false,
-        branches: false,
-        started: "KV store provisioning started. Poll GET /resources/:id for status.",
-        short: "kv",
-    },
+    kv(instances::REDIS, true),
+    kv(instances::VALKEY, false),
 ];
 
 /// Kinds of the contract; those without a provider here are refused with
