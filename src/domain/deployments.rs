@@ -367,7 +367,7 @@ impl Deployer {
             let (me, env) = (me.clone(), env.clone());
             async move {
                 let now = me
-                    .when(true, || {
+                    .when(me.runtime.changes(), || {
                         let (me, env, last) = (me.clone(), env.clone(), last.clone());
                         async move {
                             let now = me.current_status(&env).await.ok()?;
@@ -492,19 +492,24 @@ impl Deployer {
                 .await?;
             Ok(newer.is_some())
         };
-        self.when(false, || {
+        self.when(None, || {
             let over = over(self.db.clone());
             async move { matches!(over.await, Ok(true)).then_some(()) }
         })
         .await
     }
 
-    /// Runs `check` until it answers, again each time a deployment is
-    /// queued or moves on (and, with `runtime`, each time the runtime
-    /// reports a change), and at least every two seconds for what neither
-    /// reports (another replica's deployments, a Kubernetes cluster). It
-    /// listens before it checks, so that no change falls in between.
-    async fn when<T, F>(&self, runtime: bool, mut check: impl FnMut() -> F) -> T
+    /// Runs `check` until it answers, again each time a deployment or a
+    /// resource changes (and each time `theirs` is woken: the runtime's
+    /// changes, or its data services'), and at least every two seconds for
+    /// what neither reports (another replica's deployments, a Kubernetes
+    /// cluster). It listens before it checks, so that no change falls in
+    /// between.
+    pub(super) async fn when<T, F>(
+        &self,
+        theirs: Option<Arc<Notify>>,
+        mut check: impl FnMut() -> F,
+    ) -> T
     where
         F: std::future::Future<Output = Option<T>>,
     {
@@ -512,10 +517,7 @@ impl Deployer {
             let ours = self.changes.clone().notified_owned();
             tokio::pin!(ours);
             ours.as_mut().enable();
-            let mut theirs = runtime
-                .then(|| self.runtime.changes())
-                .flatten()
-                .map(|n| Box::pin(n.notified_owned()));
+            let mut theirs = theirs.clone().map(|n| Box::pin(n.notified_owned()));
             if let Some(t) = theirs.as_mut() {
                 t.as_mut().enable();
             }
@@ -615,7 +617,7 @@ impl Deployer {
                     return None;
                 }
                 let batch = me
-                    .when(false, || {
+                    .when(None, || {
                         let me = me.clone();
                         async move { me.events_after(id, last).await.ok().flatten() }
                     })

@@ -12,7 +12,6 @@ use crate::domain::resources::bindings::BindingView;
 use crate::domain::resources::metrics::MetricsView;
 use crate::domain::resources::{self, BranchInput, NewResource, View};
 use crate::error::Error;
-use crate::runtime::instances::InstanceState;
 
 fn deployer<'a>(ctx: &Context<'a>) -> Result<&'a Deployer, Error> {
     ctx.data_opt::<Deployer>()
@@ -41,11 +40,7 @@ impl Resource {
     /// `pending`, `provisioning`, `ready` or `failed`; a ready resource
     /// whose instance is down reads `crashed` until it is back.
     async fn status(&self) -> String {
-        match self.0.live.as_ref().map(|l| l.state) {
-            Some(InstanceState::Crashed) => "crashed".into(),
-            Some(InstanceState::Missing | InstanceState::Starting) => "starting".into(),
-            _ => self.0.row.status.clone(),
-        }
+        resources::shown(&self.0.row, self.0.live.as_ref()).0
     }
     /// `pending` while the platform works on it, `synced`, or `failed`.
     async fn reconcile_status(&self) -> &str {
@@ -53,11 +48,7 @@ impl Resource {
     }
     /// Progress while provisioning; why, when it failed.
     async fn message(&self) -> Option<String> {
-        self.0
-            .live
-            .as_ref()
-            .and_then(|l| l.message.clone())
-            .or_else(|| self.0.row.message.clone())
+        resources::shown(&self.0.row, self.0.live.as_ref()).1
     }
     async fn tier(&self) -> Option<&str> {
         self.0.row.tier.as_deref()

@@ -4,7 +4,8 @@
 //! unbinding removes exactly them; the next deploy applies either.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect, Set,
+    TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -140,11 +141,13 @@ async fn insert<C: ConnectionTrait>(
 
 /// Removes every binding of a resource and the variables they wrote.
 pub async fn remove_all<C: ConnectionTrait>(conn: &C, resource_id: Uuid) -> Result<()> {
-    let ids: Vec<Uuid> = super::binding_rows(conn, resource_id)
-        .await?
-        .into_iter()
-        .map(|b| b.id)
-        .collect();
+    let ids: Vec<Uuid> = resource_bindings::Entity::find()
+        .select_only()
+        .column(resource_bindings::Column::Id)
+        .filter(resource_bindings::Column::ResourceId.eq(resource_id))
+        .into_tuple()
+        .all(conn)
+        .await?;
     if ids.is_empty() {
         return Ok(());
     }

@@ -32,7 +32,7 @@ use crate::runtime::instances::{
     Backup, Credentials, Endpoint, InstanceSpec, Instances, Origin, Scalars,
 };
 use crate::secrets::{Keyring, SecretString, random_hex};
-use entity::{resource_bindings, resources};
+use entity::resources;
 pub use providers::{Connection, Provider};
 
 pub const PENDING: &str = "pending";
@@ -1069,96 +1069,77 @@ impl Deployer {
         ctx: &Ctx,
         id: &str,
     ) -> Result<futures_util::stream::BoxStream<'static, StatusUpdate>> {
-        let row = find(&self.db, ctx, id).await?;
+        use futures_util::StreamExt;
+        let id = find(&self.db, ctx, id).await?.id;
         let me = self.clone();
-        let id = row.id;
-        let instances_changed = self
-            .runtime
-            .instances()
-            .and_then(|i| i.changed())
-            .unwrap_or_default();
-        Ok(Box::pin(async_stream(move |tx| async move {
-            let mut last: Option<StatusUpdate> = None;
-            loop {
-                let changed = me.changes.notified();
-                let instance_changed = instances_changed.notified();
-                let row = resources::Entity::find_by_id(id).one(&me.db).await;
-                let update = match row {
-                    Ok(Some(r)) if r.status != DELETING => {
-                        let live = me.instance_status(&r).await.ok().flatten();
-                        let status = match live.as_ref().map(|l| l.state) {
-                            Some(crate::runtime::instances::InstanceState::Crashed) => {
-                                "crashed".to_string()
-                            }
-                            _ => r.status.clone(),
-                        };
-                        StatusUpdate {
-                            status,
-                            reconcile_status: r.reconcile_status,
-                            restarts: live.as_ref().map(|l| l.restarts),
-                            message: live.and_then(|l| l.message).or(r.message),
+        let theirs = self.runtime.instances().and_then(|i| i.changed());
+        // `None` once the last update (`deleted`) went out.
+        let start: Option<Option<StatusUpdate>> = Some(None);
+        Ok(futures_util::stream::unfold(start, move |last| {
+            let (me, theirs) = (me.clone(), theirs.clone());
+            async move {
+                let last = last?;
+                let now = me
+                    .when(theirs, || {
+                        let (me, last) = (me.clone(), last.clone());
+                        async move {
+                            let now = me.resource_update(id).await.ok()?;
+                            (last.as_ref() != Some(&now)).then_some(now)
                         }
-                    }
-                    Ok(_) => {
-                        let _ = tx
-                            .send(StatusUpdate {
-                                status: "deleted".into(),
-                                reconcile_status: SYNCED.into(),
-                                message: None,
-                                restarts: None,
-                            })
-                            .await;
-                        return;
-                    }
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                if last.as_ref() != Some(&update) {
-                    if tx.send(update.clone()).await.is_err() {
-                        return;
-                    }
-                    last = Some(update);
-                }
-                tokio::select! {
-                    _ = changed => {}
-                    _ = instance_changed => {}
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = tx.closed() => return,
-                }
+                    })
+                    .await;
+                let next = (now.status != "deleted").then(|| Some(now.clone()));
+                Some((now, next))
             }
-        })))
+        })
+        .boxed())
+    }
+
+    /// What a resource's subscriber is told now.
+    async fn resource_update(&self, id: Uuid) -> Result<StatusUpdate> {
+        let row = resources::Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .filter(|r| r.status != DELETING);
+        let Some(row) = row else {
+            return Ok(StatusUpdate {
+                status: "deleted".into(),
+                reconcile_status: SYNCED.into(),
+                message: None,
+                restarts: None,
+            });
+        };
+        let live = self.instance_status(&row).await.ok().flatten();
+        let (status, message) = shown(&row, live.as_ref());
+        Ok(StatusUpdate {
+            status,
+            reconcile_status: row.reconcile_status,
+            message,
+            restarts: live.map(|l| l.restarts),
+        })
     }
 }
 
-/// A stream fed by a task through a small channel; the task ends when the
-/// stream is dropped.
-fn async_stream<T, F, Fut>(body: F) -> impl futures_util::Stream<Item = T> + Send + 'static
-where
-    T: Send + 'static,
-    F: FnOnce(tokio::sync::mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tokio::spawn(body(tx));
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+/// The status and message a user reads: the record's, unless the
+/// instance of a ready resource says otherwise (crashed, starting).
+pub fn shown(
+    row: &resources::Model,
+    live: Option<&crate::runtime::instances::InstanceStatus>,
+) -> (String, Option<String>) {
+    use crate::runtime::instances::InstanceState;
+    let status = match live.map(|l| l.state) {
+        Some(InstanceState::Crashed) => "crashed".to_string(),
+        Some(InstanceState::Missing | InstanceState::Starting) => "starting".to_string(),
+        _ => row.status.clone(),
+    };
+    let message = live
+        .and_then(|l| l.message.clone())
+        .or_else(|| row.message.clone());
+    (status, message)
 }
 
 /// Job payload reader shared by the handler.
 pub fn provision_job(payload: &Value) -> Result<ProvisionJob> {
     serde_json::from_value(payload.clone())
         .map_err(|e| Error::bad_request(format!("not a provisioning job: {e}")))
-}
-
-/// Bindings of a resource (for the cascade on delete).
-pub(crate) async fn binding_rows<C: ConnectionTrait>(
-    conn: &C,
-    resource_id: Uuid,
-) -> Result<Vec<resource_bindings::Model>> {
-    Ok(resource_bindings::Entity::find()
-        .filter(resource_bindings::Column::ResourceId.eq(resource_id))
-        .order_by_asc(resource_bindings::Column::CreatedAt)
-        .all(conn)
-        .await?)
 }
