@@ -133,21 +133,9 @@ pub fn snapshot_readiness(obj: &DynamicObject) -> Readiness {
 
 /// Crash restarts of an instance's pods, and why it is crashing if it is.
 pub fn pods_health(pods: &[Pod]) -> (u32, Option<String>) {
-    let statuses: Vec<_> = pods
-        .iter()
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .collect();
-    let restarts = statuses
-        .iter()
-        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
-        .sum();
+    let (statuses, restarts) = super::status::containers(pods);
     let crash = statuses.iter().find_map(|c| {
-        let waiting = c.state.as_ref()?.waiting.as_ref()?;
-        if waiting.reason.as_deref() != Some("CrashLoopBackOff") {
+        if !super::status::crash_looping(c) {
             return None;
         }
         let last = c

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use kube::core::DynamicObject;
 use serde_json::Value;
 
@@ -137,6 +137,32 @@ fn pods_of<'a>(pods: &'a [Pod], service_id: &'a str) -> impl Iterator<Item = &'a
     })
 }
 
+/// The container statuses of `pods`, and their restarts summed.
+pub fn containers<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> (Vec<&'a ContainerStatus>, u32) {
+    let statuses: Vec<&ContainerStatus> = pods
+        .into_iter()
+        .flat_map(|p| {
+            p.status
+                .iter()
+                .flat_map(|s| s.container_statuses.iter().flatten())
+        })
+        .collect();
+    let restarts = statuses
+        .iter()
+        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+        .sum();
+    (statuses, restarts)
+}
+
+/// Whether a container waits to be restarted after crashing again.
+pub fn crash_looping(c: &ContainerStatus) -> bool {
+    c.state
+        .as_ref()
+        .and_then(|s| s.waiting.as_ref())
+        .and_then(|w| w.reason.as_deref())
+        .is_some_and(|r| r == "CrashLoopBackOff")
+}
+
 /// Live state of one service from its Deployment and pods.
 pub fn service_status(d: &Deployment, pods: &[Pod]) -> ServiceStatus {
     let labels = d.metadata.labels.as_ref();
@@ -149,24 +175,8 @@ pub fn service_status(d: &Deployment, pods: &[Pod]) -> ServiceStatus {
     let desired = count(d.spec.replicas);
     let ready = count(d.status.as_ref().and_then(|s| s.ready_replicas));
 
-    let statuses: Vec<_> = pods_of(pods, &service_id)
-        .flat_map(|p| {
-            p.status
-                .iter()
-                .flat_map(|s| s.container_statuses.iter().flatten())
-        })
-        .collect();
-    let restarts = statuses
-        .iter()
-        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
-        .sum();
-    let crashing = statuses.iter().any(|c| {
-        c.state
-            .as_ref()
-            .and_then(|s| s.waiting.as_ref())
-            .and_then(|w| w.reason.as_deref())
-            .is_some_and(|r| r == "CrashLoopBackOff")
-    });
+    let (statuses, restarts) = containers(pods_of(pods, &service_id));
+    let crashing = statuses.iter().any(|c| crash_looping(c));
 
     let rollout = deployment_rollout(d);
     let state = if desired == 0 {
