@@ -11,8 +11,9 @@ cannot say it:
   resource are reached too, not only "404 Not Found";
 - no `stream=true` on the logs endpoint: a stream does not end (its own
   test is tests/subscriptions.rs);
-- backups asked of the fixture database only (a KV store's are a 400, as
-  the reference says, and a path cannot say which kind it names); restores
+- backups and branches asked of the fixture database only (a KV store's
+  are a 400, as the reference says, and a path cannot say which kind it
+  names); restores
   aimed at no resource (a restore's window, "not before the first backup",
   depends on the database's history: tests/resources.rs covers it); no
   `config` in a resource update (which settings are allowed depends on the
@@ -64,7 +65,10 @@ def map_case(context, case):
     params = case.path_parameters
     if not params:
         return case
-    if label == "GET /resources/{resourceId}/backups":
+    if label in (
+        "GET /resources/{resourceId}/backups",
+        "POST /resources/{resourceId}/branch",
+    ):
         params["resourceId"] = FIXTURE["resourceId"]
         return case
     if label == "POST /resources/{resourceId}/restore":
