@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Address of the local runtime's app router (routes by Host).
     #[arg(long, env = "SYLPHX_APPS_LISTEN")]
     pub apps_listen: Option<SocketAddr>,
+    /// Address of the S3-compatible blob endpoint.
+    #[arg(long, env = "SYLPHX_S3_LISTEN")]
+    pub s3_listen: Option<SocketAddr>,
     /// Run tenant code as this server's own user, without namespaces: no
     /// isolation between projects (single-user machines only).
     #[arg(long, env = "SYLPHX_INSECURE_SHARED_SANDBOX")]
@@ -94,6 +97,10 @@ struct FileConfig {
     max_resources_per_organization: Option<u64>,
     public_host: Option<String>,
     postgres_bin_dir: Option<PathBuf>,
+    s3_listen: Option<SocketAddr>,
+    s3_public_url: Option<String>,
+    s3_bucket: Option<String>,
+    max_storages_per_organization: Option<u64>,
     ai: Option<crate::ai::config::AiConfig>,
 }
 
@@ -261,6 +268,8 @@ pub struct Config {
     /// Where PostgreSQL's server programs are (`initdb`, `postgres`,
     /// `pg_basebackup`); the newest `/usr/lib/postgresql/*/bin` when absent.
     pub postgres_bin_dir: Option<PathBuf>,
+    /// The S3-compatible blob endpoint (`s3_*` keys).
+    pub blob: crate::blob::BlobConfig,
 }
 
 /// A count from variable `var`, else the file's `key`, else `default`;
@@ -414,6 +423,28 @@ fn read_secret_file(path: &Path) -> Result<SecretString> {
     Ok(SecretString::new(text.to_string()))
 }
 
+/// The blob endpoint's settings: each from its variable (or flag), else
+/// the file, else the default.
+fn blob_config(args: &ServeArgs, file: &FileConfig) -> Result<crate::blob::BlobConfig> {
+    let text = |var: &str, from_file: &Option<String>| {
+        std::env::var(var)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .or_else(|| from_file.clone())
+    };
+    crate::blob::BlobConfig::new(
+        args.s3_listen.or(file.s3_listen),
+        text("SYLPHX_S3_PUBLIC_URL", &file.s3_public_url),
+        text("SYLPHX_S3_BUCKET", &file.s3_bucket),
+        at_least_one(
+            "max_storages_per_organization",
+            "SYLPHX_MAX_STORAGES_PER_ORGANIZATION",
+            file.max_storages_per_organization,
+            10,
+        )?,
+    )
+}
+
 impl Config {
     /// Resolves the configuration for `serve` (or any command via `ServeArgs::default()`).
     pub fn load(args: &ServeArgs) -> Result<Self> {
@@ -431,6 +462,7 @@ impl Config {
         let log_history = log_history(&file)?;
         let allowed_origins = allowed_origins(&file)?;
         let rate_limits = rate_limits(&file)?;
+        let blob = blob_config(args, &file)?;
         let data_dir = args
             .store
             .data_dir
@@ -594,6 +626,7 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .or(file.postgres_bin_dir),
+            blob,
         }
         .checked()
     }

@@ -3,6 +3,7 @@
 
 pub mod ai;
 pub mod auth;
+pub mod blob;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -98,6 +98,12 @@ async fn run(cli: Cli) -> sylphx::Result<()> {
                 apps.map(|a| format!(", apps routed by Host at http://{a}"))
                     .unwrap_or_default()
             );
+            if let (Some(bound), Some(url)) = (app.storages().bound(), app.storages().endpoint()) {
+                println!(
+                    "S3 endpoint listening on http://{bound} (clients use {url}, bucket {}, path-style)",
+                    app.storages().bucket()
+                );
+            }
             server::serve(app).await
         }
         Command::Migrate(store) => {

@@ -66,6 +66,7 @@ impl App {
             deployer: state.deployer().clone(),
             ai: ai.clone(),
             tokens: state.tokens().clone(),
+            storages: state.storages().clone(),
         });
         let rest = Rest::load(graphql.schema()).await?;
         Ok(App {
@@ -95,6 +96,13 @@ impl App {
             None => None,
         };
         deployer.logs.spawn_flusher(LOG_FLUSH);
+        // The S3 endpoint serves blob storage on every runtime.
+        crate::blob::serve(
+            self.storages().clone(),
+            self.config().blob.listen,
+            &self.config().data_dir,
+        )
+        .await?;
         crate::store::spawn_listener(&deployer.db, deployer.changes.clone());
         let restorer = deployer.clone();
         let queue = deployer.queue.clone();

@@ -53,6 +53,7 @@ struct Inner {
     statements: StatementCounter,
     rate_limits: RateLimiter,
     streams: Streams,
+    storages: Arc<crate::domain::storage::Storages>,
 }
 
 /// The long-lived answers (websockets, event streams): told when the
@@ -132,6 +133,13 @@ impl AppState {
             samples: Arc::default(),
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());
+        let storages = Arc::new(crate::domain::storage::Storages::new(
+            db.clone(),
+            deployer.keyring.clone(),
+            config.blob.bucket.clone(),
+            config.blob.max_storages_per_organization,
+            config.blob.public_url.clone(),
+        ));
         Ok(AppState(Arc::new(Inner {
             config,
             deployer,
@@ -141,6 +149,7 @@ impl AppState {
             statements,
             rate_limits,
             streams: Streams::default(),
+            storages,
         })))
     }
 
@@ -190,6 +199,10 @@ impl AppState {
     /// The API's rate limits (REST and GraphQL over HTTP).
     pub fn rate_limits(&self) -> &RateLimiter {
         &self.0.rate_limits
+    }
+    /// Blob storages and the settings of their S3 endpoint.
+    pub fn storages(&self) -> &Arc<crate::domain::storage::Storages> {
+        &self.0.storages
     }
     /// The token cache every entry point shares.
     pub fn tokens(&self) -> &TokenAuthenticator {

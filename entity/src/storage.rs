@@ -20,6 +20,9 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub secret_ciphertext: String,
     pub public_url: String,
+    /// Anonymous GET/HEAD of its objects is served (added by m20261203_000002).
+    #[sea_orm(default_value = true)]
+    pub public: bool,
     pub revoked_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -9,6 +9,7 @@ mod m20261130_000002_sandbox_users;
 mod m20261201_000001_api_hardening;
 mod m20261201_000002_deployment_events;
 mod m20261202_000001_resource_instances;
+mod m20261203_000002_storage;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000001_api_hardening::Migration),
             Box::new(m20261201_000002_deployment_events::Migration),
             Box::new(m20261202_000001_resource_instances::Migration),
+            Box::new(m20261203_000002_storage::Migration),
         ]
     }
 }

@@ -293,6 +293,8 @@ pub async fn delete(
         whole_project: true,
         sandbox_uid: sandboxes::uid_of(&txn, project.id).await?,
     };
+    // Its blob storage keys are refused from now on; the blobs stay.
+    super::storage::revoke_project(&txn, project.id).await?;
     projects::Entity::delete_by_id(project.id)
         .exec(&txn)
         .await?;

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod query;
 pub mod resources;
 pub mod size;
+pub mod storage;
 pub mod types;
 pub mod ws;
 
@@ -38,6 +39,7 @@ pub struct Query(
     QueryRoot,
     deployments::DeploymentQuery,
     resources::ResourceQuery,
+    storage::StorageQuery,
     ai::AiQuery,
 );
 
@@ -48,6 +50,7 @@ pub struct Mutation(
     MutationRoot,
     deployments::DeploymentMutation,
     resources::ResourceMutation,
+    storage::StorageMutation,
     ai::AiMutation,
 );
 
@@ -71,6 +74,7 @@ pub struct Shared {
     pub deployer: crate::domain::deployments::Deployer,
     pub ai: Arc<crate::ai::Gateway>,
     pub tokens: TokenAuthenticator,
+    pub storages: Arc<crate::domain::storage::Storages>,
 }
 
 /// Builds the schema with its shared data, in both validation modes.
@@ -86,6 +90,7 @@ pub fn build(shared: Shared) -> Core {
         .data(shared.deployer.clone())
         .data(shared.ai.clone())
         .data(shared.tokens.clone())
+        .data(shared.storages.clone())
         .limit_depth(MAX_DEPTH)
         .limit_complexity(MAX_COMPLEXITY)
         .validation_mode(mode)

@@ -91,6 +91,7 @@ pub fn input_field(type_name: &str, field: &str) -> Option<Value> {
             "description": "The resource's provider's settings; others are refused"
         }),
         ("BranchResourceInput", "env") => label(),
+        ("CreateStorageInput", "envType" | "name") => label(),
         ("BranchResourceInput", "storageGb") => json!({ "minimum": 1, "maximum": 1000 }),
         _ => return None,
     };
@@ -120,7 +121,7 @@ pub fn variable(name: &str) -> Option<Value> {
             "pattern": PROJECT_REF_PATTERN,
             "description": "The project's UUID or slug"
         }),
-        "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" => uuid(),
+        "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" | "storageId" => uuid(),
         "kind" => json!({
             "enum": crate::domain::resources::providers::KINDS,
             "description": "Only resources of this kind"

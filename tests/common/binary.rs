@@ -69,6 +69,9 @@ impl ServeProcess {
         if !envs.iter().any(|(k, _)| *k == "SYLPHX_RESOURCE_PORTS") {
             cmd.env("SYLPHX_RESOURCE_PORTS", super::resource_ports());
         }
+        if !envs.iter().any(|(k, _)| *k == "SYLPHX_S3_LISTEN") {
+            cmd.env("SYLPHX_S3_LISTEN", "127.0.0.1:0");
+        }
         let child = cmd
             .envs(envs.iter().copied())
             .stdin(Stdio::null())

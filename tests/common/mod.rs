@@ -293,6 +293,7 @@ impl TestServer {
         let config = Config::load(&ServeArgs {
             listen: Some("127.0.0.1:0".parse().unwrap()),
             apps_listen: Some("127.0.0.1:0".parse().unwrap()),
+            s3_listen: Some("127.0.0.1:0".parse().unwrap()),
             store: StoreArgs {
                 data_dir: Some(dir.path().to_path_buf()),
                 database_url: Some(database_url.clone()),

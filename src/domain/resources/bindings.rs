@@ -295,9 +295,14 @@ pub async fn bind_once_ready(deployer: &Deployer, resource_id: Uuid, env_id: Uui
     Ok(())
 }
 
-/// Refuses a hand-made change to a variable a binding owns.
+/// Refuses a hand-made change to a variable a binding (or a blob
+/// storage) owns.
 pub fn refuse_managed(row: &env_vars::Model) -> Result<()> {
     match row.binding_id {
+        Some(s) if row.source == crate::domain::storage::SOURCE => Err(Error::Conflict(format!(
+            "{} is managed by storage {s}: delete the storage to remove it",
+            row.key
+        ))),
         Some(b) => Err(Error::Conflict(format!(
             "{} is managed by resource binding {b}: unbind the resource to change it",
             row.key

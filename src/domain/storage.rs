@@ -1,0 +1,558 @@
+//! Blob storage of project environments: each storage is a prefix of the
+//! platform's one bucket with an access key pair of its own, served by the
+//! S3-compatible endpoint (`crate::blob`). Creating one writes its `BLOB_*`
+//! variables into the environment as managed secret env vars (hand edits of
+//! them are refused); deleting one revokes its key at once, removes those
+//! variables and keeps the blobs.
+//!
+//! Prefixes: the production environment's `primary` storage has
+//! `<org-slug>/<project-slug>/`, every other one
+//! `<org-slug>/<project-slug>~<environment>~<name>/`. Slugs, environment
+//! and storage names are DNS labels (no `/`, no `~`), so every prefix is
+//! `<org>/<one segment>/` with a segment that names exactly one (project,
+//! environment, name): no prefix is a prefix of another storage's, and a
+//! key confined to its prefix cannot reach another storage's objects.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, RelationTrait, Set,
+    SqlErr, TransactionTrait,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::audit::{self, Target};
+use super::env_vars::MASK;
+use super::{Ctx, environments, new_id, now, organizations, parse_id, projects, validate};
+use crate::auth::Role;
+use crate::error::{Error, Result};
+use crate::secrets::{Keyring, SecretString, random_hex};
+use entity::{env_vars, environments as envs, projects as proj, storage};
+
+/// Where env vars written by a storage come from (`env_vars.source`; the
+/// storage's id is their `binding_id`).
+pub const SOURCE: &str = "storage";
+
+/// The name a storage gets when none is given.
+pub const DEFAULT_NAME: &str = "primary";
+
+/// The variables a storage writes, in this order; a storage not named
+/// `primary` writes `BLOB_<NAME>_…` instead of `BLOB_…`.
+const VARS: [&str; 6] = [
+    "ENDPOINT",
+    "BUCKET",
+    "PREFIX",
+    "KEY_ID",
+    "APPLICATION_KEY",
+    "PUBLIC_URL",
+];
+
+/// What `POST /projects/:id/storage` asks for.
+#[derive(Debug, Clone)]
+pub struct NewStorage {
+    pub env_type: String,
+    pub name: Option<String>,
+    /// Whether anonymous GET/HEAD of its objects is served (default true).
+    pub public: Option<bool>,
+}
+
+/// A storage as the API shows it: `env_vars` holds the application key
+/// only right after creation, `***` otherwise.
+#[derive(Clone)]
+pub struct StorageView {
+    pub row: storage::Model,
+    pub env_name: String,
+    pub env_vars: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for StorageView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageView")
+            .field("id", &self.row.id)
+            .field("prefix", &self.row.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the S3 endpoint may do for one access key.
+#[derive(Clone)]
+pub struct Grant {
+    pub storage_id: Uuid,
+    pub bucket: String,
+    pub prefix: String,
+    pub secret: SecretString,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("storage_id", &self.storage_id)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The storages of every project: their rules and store queries, with the
+/// settings of the S3 endpoint that serves them.
+pub struct Storages {
+    db: DatabaseConnection,
+    keyring: std::sync::Arc<Keyring>,
+    bucket: String,
+    quota: u64,
+    configured_url: Option<String>,
+    /// The endpoint's base URL, known once its listener is bound.
+    endpoint: OnceLock<String>,
+    bound: OnceLock<std::net::SocketAddr>,
+}
+
+impl std::fmt::Debug for Storages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storages")
+            .field("bucket", &self.bucket)
+            .field("endpoint", &self.endpoint.get())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The name of a storage's variable `var` (`BLOB_ENDPOINT`, or
+/// `BLOB_MEDIA_ENDPOINT` for a storage named `media`).
+fn var_name(storage_name: &str, var: &str) -> String {
+    if storage_name == DEFAULT_NAME {
+        format!("BLOB_{var}")
+    } else {
+        format!(
+            "BLOB_{}_{var}",
+            storage_name.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+}
+
+/// The prefix of a storage (see the module's documentation).
+pub fn prefix_of(org: &str, project: &str, env: &str, name: &str) -> String {
+    if env == environments::PRODUCTION && name == DEFAULT_NAME {
+        format!("{org}/{project}/")
+    } else {
+        format!("{org}/{project}~{env}~{name}/")
+    }
+}
+
+/// Whether `key` is an object key inside `prefix` that names nothing
+/// outside it once the filesystem reads it: longer than the prefix, and no
+/// `.` or `..` segment.
+pub fn key_within(prefix: &str, key: &str) -> bool {
+    key.len() > prefix.len()
+        && key.starts_with(prefix)
+        && !key.contains('\0')
+        && key.split('/').all(|s| s != ".." && s != ".")
+}
+
+fn name_taken(name: &str, env: &str) -> Error {
+    Error::Conflict(format!(
+        "name: environment '{env}' already has a storage named '{name}'"
+    ))
+}
+
+impl Storages {
+    pub fn new(
+        db: DatabaseConnection,
+        keyring: std::sync::Arc<Keyring>,
+        bucket: String,
+        quota: u64,
+        public_url: Option<String>,
+    ) -> Storages {
+        Storages {
+            db,
+            keyring,
+            bucket,
+            quota,
+            configured_url: public_url,
+            endpoint: OnceLock::new(),
+            bound: OnceLock::new(),
+        }
+    }
+
+    /// The one bucket every storage is a prefix of.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Records where the S3 endpoint listens: its base URL is
+    /// `s3_public_url`, else `http://<bound address>`.
+    pub fn set_bound(&self, addr: std::net::SocketAddr) {
+        let url = self
+            .configured_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let _ = self.endpoint.set(url);
+        let _ = self.bound.set(addr);
+    }
+
+    /// Where the S3 endpoint listens, once it does.
+    pub fn bound(&self) -> Option<std::net::SocketAddr> {
+        self.bound.get().copied()
+    }
+
+    /// The S3 endpoint's base URL (`BLOB_ENDPOINT`).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.get().map(String::as_str)
+    }
+
+    fn vars(&self, row: &storage::Model, secret: Option<&str>) -> BTreeMap<String, String> {
+        let endpoint = self.endpoint().unwrap_or_default();
+        VARS.iter()
+            .map(|var| {
+                let value = match *var {
+                    "ENDPOINT" => endpoint.to_string(),
+                    "BUCKET" => row.bucket.clone(),
+                    "PREFIX" => row.prefix.clone(),
+                    "KEY_ID" => row.access_key_id.clone(),
+                    "APPLICATION_KEY" => secret.unwrap_or(MASK).to_string(),
+                    _ => row.public_url.clone(),
+                };
+                (var_name(&row.name, var), value)
+            })
+            .collect()
+    }
+
+    fn view(&self, row: storage::Model, env_name: String, secret: Option<&str>) -> StorageView {
+        let env_vars = self.vars(&row, secret);
+        StorageView {
+            row,
+            env_name,
+            env_vars,
+        }
+    }
+
+    /// The storages of a project, oldest first, application keys masked.
+    pub async fn list(&self, ctx: &Ctx, project: &str) -> Result<Vec<StorageView>> {
+        let project = projects::resolve(&self.db, ctx, project).await?;
+        let rows = storage::Entity::find()
+            .filter(storage::Column::ProjectId.eq(project.id))
+            .find_also_related(envs::Entity)
+            .order_by_asc(storage::Column::CreatedAt)
+            .order_by_asc(storage::Column::Id)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(row, env)| {
+                let env_name = env.map(|e| e.name).unwrap_or_default();
+                self.view(row, env_name, None)
+            })
+            .collect())
+    }
+
+    /// Creates a storage with a new key pair and writes its variables into
+    /// the environment. The answer holds the application key, once.
+    #[tracing::instrument(skip_all, fields(project = %project))]
+    pub async fn create(&self, ctx: &Ctx, project: &str, input: NewStorage) -> Result<StorageView> {
+        ctx.require(Role::Write)?;
+        let name = input
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAME)
+            .to_string();
+        validate::dns_label("name", &name)?;
+        let Some(endpoint) = self.endpoint() else {
+            return Err(Error::Unavailable(
+                "the S3 endpoint of this server is not running".into(),
+            ));
+        };
+        let txn = self.db.begin().await?;
+        let project = projects::resolve(&txn, ctx, project).await?;
+        let env = environments::select(&txn, project.id, Some(&input.env_type), None).await?;
+        // Creations of one organisation take turns on a shared store, so
+        // that two at once cannot both pass the quota (SQLite has one
+        // writer anyway).
+        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
+                [ctx.org_id().into()],
+            ))
+            .await?;
+        }
+        let held = storage::Entity::find()
+            .join(
+                sea_orm::JoinType::InnerJoin,
+                storage::Relation::Projects.def(),
+            )
+            .filter(proj::Column::OrganizationId.eq(ctx.org_id()))
+            .count(&txn)
+            .await?;
+        if held >= self.quota {
+            return Err(Error::Forbidden(format!(
+                "the organisation has {held} storages, the most it may have (max_storages_per_organization): delete one first"
+            )));
+        }
+        let taken = storage::Entity::find()
+            .filter(storage::Column::ProjectId.eq(project.id))
+            .filter(storage::Column::EnvironmentId.eq(env.id))
+            .filter(storage::Column::Name.eq(name.as_str()))
+            .one(&txn)
+            .await?
+            .is_some();
+        if taken {
+            return Err(name_taken(&name, &env.name));
+        }
+        let org = organizations::get(&txn, ctx.org_id()).await?;
+        let prefix = prefix_of(&org.slug, &project.slug, &env.name, &name);
+        let secret = random_hex(20);
+        let now = now();
+        let row = storage::ActiveModel {
+            id: Set(new_id()),
+            project_id: Set(project.id),
+            environment_id: Set(env.id),
+            name: Set(name.clone()),
+            bucket: Set(self.bucket.clone()),
+            prefix: Set(prefix.clone()),
+            access_key_id: Set(format!("SLX{}", random_hex(10).to_ascii_uppercase())),
+            secret_ciphertext: Set(self.keyring.seal(&secret)?),
+            public_url: Set(format!("{endpoint}/{}/{prefix}", self.bucket)),
+            public: Set(input.public.unwrap_or(true)),
+            revoked_at: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        }
+        .insert(&txn)
+        .await
+        .map_err(|e| match e.sql_err() {
+            Some(SqlErr::UniqueConstraintViolation(_)) => name_taken(&name, &env.name),
+            _ => e.into(),
+        })?;
+        let view = self.view(row, env.name.clone(), Some(&secret));
+        for (key, value) in &view.env_vars {
+            let existing = env_vars::Entity::find()
+                .filter(env_vars::Column::EnvironmentId.eq(env.id))
+                .filter(env_vars::Column::Key.eq(key.as_str()))
+                .one(&txn)
+                .await?;
+            if let Some(e) = existing {
+                let owner = match (e.source.as_str(), e.binding_id) {
+                    (SOURCE, Some(s)) => format!("it is managed by storage {s}"),
+                    (_, Some(b)) => format!("it is managed by resource binding {b}"),
+                    (_, None) => "it was set by hand: delete it first".into(),
+                };
+                return Err(Error::Conflict(format!(
+                    "the environment already has {key}: {owner}"
+                )));
+            }
+            env_vars::ActiveModel {
+                id: Set(new_id()),
+                environment_id: Set(env.id),
+                key: Set(key.clone()),
+                value_ciphertext: Set(self.keyring.seal(value)?),
+                secret: Set(true),
+                source: Set(SOURCE.into()),
+                binding_id: Set(Some(view.row.id)),
+                created_at: Set(now),
+                updated_at: Set(now),
+            }
+            .insert(&txn)
+            .await?;
+        }
+        audit::record(
+            &txn,
+            ctx,
+            "storage.create",
+            Target::new("storage", view.row.id).in_project(project.id),
+            Some(json!({ "environmentId": env.id, "name": name, "prefix": prefix })),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(view)
+    }
+
+    /// A storage of a project of the caller's organisation.
+    async fn find<C: ConnectionTrait>(
+        conn: &C,
+        ctx: &Ctx,
+        project: &str,
+        id: &str,
+    ) -> Result<(storage::Model, proj::Model)> {
+        let id = parse_id("storageId", id)?;
+        let project = projects::resolve(conn, ctx, project).await?;
+        let row = storage::Entity::find_by_id(id)
+            .filter(storage::Column::ProjectId.eq(project.id))
+            .one(conn)
+            .await?
+            .ok_or_else(|| Error::not_found("storage", id))?;
+        Ok((row, project))
+    }
+
+    /// Deletes a storage: its key is refused from the next S3 request on
+    /// (the endpoint reads keys from the store on every request), the
+    /// variables it wrote are removed, its objects stay.
+    #[tracing::instrument(skip_all, fields(project = %project))]
+    pub async fn delete(&self, ctx: &Ctx, project: &str, id: &str) -> Result<bool> {
+        ctx.require(Role::Write)?;
+        let txn = self.db.begin().await?;
+        let (row, project) = Self::find(&txn, ctx, project, id).await?;
+        remove(&txn, &[row.id]).await?;
+        audit::record(
+            &txn,
+            ctx,
+            "storage.delete",
+            Target::new("storage", row.id).in_project(project.id),
+            Some(json!({ "prefix": row.prefix })),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Makes a storage's objects readable by anyone (or not) at its public URL.
+    pub async fn set_public(
+        &self,
+        ctx: &Ctx,
+        project: &str,
+        id: &str,
+        public: bool,
+    ) -> Result<StorageView> {
+        ctx.require(Role::Write)?;
+        let txn = self.db.begin().await?;
+        let (row, project) = Self::find(&txn, ctx, project, id).await?;
+        let env = envs::Entity::find_by_id(row.environment_id)
+            .one(&txn)
+            .await?
+            .ok_or_else(|| Error::not_found("storage", row.id))?;
+        let mut active = row.into_active_model();
+        active.public = Set(public);
+        active.updated_at = Set(now());
+        let row = active.update(&txn).await?;
+        audit::record(
+            &txn,
+            ctx,
+            "storage.update",
+            Target::new("storage", row.id).in_project(project.id),
+            Some(json!({ "public": public })),
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(self.view(row, env.name, None))
+    }
+
+    /// What the holder of `access_key_id` may do; `None` for an unknown or
+    /// revoked key.
+    pub async fn grant(&self, access_key_id: &str) -> Result<Option<Grant>> {
+        let Some(row) = storage::Entity::find()
+            .filter(storage::Column::AccessKeyId.eq(access_key_id))
+            .filter(storage::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Grant {
+            storage_id: row.id,
+            secret: self.keyring.open(&row.secret_ciphertext)?,
+            bucket: row.bucket,
+            prefix: row.prefix,
+        }))
+    }
+
+    /// Whether `key` of `bucket` lies in a public storage's prefix. Only
+    /// the key's own `/`-ended prefixes can be a storage's prefix.
+    pub async fn public_object(&self, bucket: &str, key: &str) -> Result<bool> {
+        let candidates: Vec<&str> = key
+            .match_indices('/')
+            .map(|(i, _)| &key[..=i])
+            .filter(|p| key_within(p, key))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        let found = storage::Entity::find()
+            .select_only()
+            .column(storage::Column::Public)
+            .filter(storage::Column::Bucket.eq(bucket))
+            .filter(storage::Column::Prefix.is_in(candidates))
+            .filter(storage::Column::RevokedAt.is_null())
+            .into_tuple::<bool>()
+            .one(&self.db)
+            .await?;
+        Ok(found == Some(true))
+    }
+}
+
+/// Removes storages and exactly the variables they wrote; their keys are
+/// refused from then on.
+async fn remove<C: ConnectionTrait>(conn: &C, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    env_vars::Entity::delete_many()
+        .filter(env_vars::Column::Source.eq(SOURCE))
+        .filter(env_vars::Column::BindingId.is_in(ids.iter().copied()))
+        .exec(conn)
+        .await?;
+    storage::Entity::delete_many()
+        .filter(storage::Column::Id.is_in(ids.iter().copied()))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Revokes every storage of a project (it is being deleted); the objects
+/// stay in the bucket.
+pub async fn revoke_project<C: ConnectionTrait>(conn: &C, project_id: Uuid) -> Result<()> {
+    let ids: Vec<Uuid> = storage::Entity::find()
+        .select_only()
+        .column(storage::Column::Id)
+        .filter(storage::Column::ProjectId.eq(project_id))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    remove(conn, &ids).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_prefix_is_a_prefix_of_another() {
+        let names = ["a", "a-b", "b", "production", "primary", "staging", "a1"];
+        let mut prefixes = Vec::new();
+        for org in ["o", "o-a"] {
+            for project in names {
+                for env in names {
+                    for name in names {
+                        prefixes.push(prefix_of(org, project, env, name));
+                    }
+                }
+            }
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        for a in &prefixes {
+            for b in &prefixes {
+                assert!(a == b || !b.starts_with(a.as_str()), "{a} is a prefix of {b}");
+            }
+        }
+        assert_eq!(prefix_of("org", "my-app", "production", "primary"), "org/my-app/");
+    }
+
+    #[test]
+    fn keys_stay_inside_their_prefix() {
+        let p = "org/app/";
+        assert!(key_within(p, "org/app/a.txt"));
+        assert!(key_within(p, "org/app/dir/b"));
+        assert!(!key_within(p, "org/app/"));
+        assert!(!key_within(p, "org/app2/x"));
+        assert!(!key_within(p, "org/app/../app2/x"));
+        assert!(!key_within(p, "org/app/./x"));
+        assert!(!key_within(p, "org/apx"));
+    }
+
+    #[test]
+    fn variables_of_other_names_carry_the_name() {
+        assert_eq!(var_name("primary", "KEY_ID"), "BLOB_KEY_ID");
+        assert_eq!(var_name("user-media", "KEY_ID"), "BLOB_USER_MEDIA_KEY_ID");
+    }
+}
