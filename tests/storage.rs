@@ -48,12 +48,14 @@ out = {}
 /// `POST /storage` answer's `envVars`); returns what it put in `out`.
 fn boto(creds: &Value, other_prefix: &str, script: &str) -> Value {
     let python = common::python_with("boto3", "boto3", env!("CARGO_TARGET_TMPDIR"));
-    let var = |k: &str| creds[k].as_str().unwrap_or_else(|| panic!("{k} in {creds}"));
+    let var = |k: &str| {
+        creds[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("{k} in {creds}"))
+    };
     let out = Command::new(python)
         .arg("-c")
-        .arg(format!(
-            "{PRELUDE}\n{script}\nprint(json.dumps(out))"
-        ))
+        .arg(format!("{PRELUDE}\n{script}\nprint(json.dumps(out))"))
         .env("ENDPOINT", var("BLOB_ENDPOINT"))
         .env("KEY_ID", var("BLOB_KEY_ID"))
         .env("SECRET", var("BLOB_APPLICATION_KEY"))
@@ -74,7 +76,9 @@ fn boto(creds: &Value, other_prefix: &str, script: &str) -> Value {
 
 /// `POST /projects/:p/storage` answering 201; returns the answer.
 async fn create(s: &TestServer, t: &str, project: &str, body: Value) -> Value {
-    let (status, r) = s.post(&format!("/projects/{project}/storage"), t, body).await;
+    let (status, r) = s
+        .post(&format!("/projects/{project}/storage"), t, body)
+        .await;
     assert_eq!(status, StatusCode::CREATED, "{r}");
     r
 }
@@ -105,7 +109,11 @@ async fn storage_end_to_end(backend: Backend) {
 
     // A private storage of another environment, with its own prefix.
     let (status, _) = s
-        .post("/projects/shop/environments", &t, json!({ "name": "staging" }))
+        .post(
+            "/projects/shop/environments",
+            &t,
+            json!({ "name": "staging" }),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let staging = create(
@@ -155,7 +163,11 @@ out["presigned"] = s3.generate_presigned_url("get_object", Params={"Bucket": B, 
     assert_eq!(r["head"], 11);
     assert_eq!(
         r["listed"],
-        json!(["default/shop/dir/a.txt", "default/shop/dir/b.txt", "default/shop/hello.txt"])
+        json!([
+            "default/shop/dir/a.txt",
+            "default/shop/dir/b.txt",
+            "default/shop/hello.txt"
+        ])
     );
     assert_eq!(
         r["listed_v1"],
@@ -225,10 +237,18 @@ out["prod_list"] = code(lambda: s3.list_objects_v2(Bucket=B, Prefix=OTHER))
     // The public URL serves objects to anyone, read only; a private
     // storage's does not; listing is never served anonymously.
     let anon = s.client();
-    let resp = anon.get(format!("{public_url}hello.txt")).send().await.unwrap();
+    let resp = anon
+        .get(format!("{public_url}hello.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await.unwrap(), "hello blobs");
-    let resp = anon.head(format!("{public_url}hello.txt")).send().await.unwrap();
+    let resp = anon
+        .head(format!("{public_url}hello.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let staging_public = staging["publicUrl"].as_str().unwrap();
     let denied = |resp: reqwest::Response| async move {
@@ -236,7 +256,13 @@ out["prod_list"] = code(lambda: s3.list_objects_v2(Bucket=B, Prefix=OTHER))
         let body = resp.text().await.unwrap();
         assert!(body.contains("AccessDenied"), "{body}");
     };
-    denied(anon.get(format!("{staging_public}s.txt")).send().await.unwrap()).await;
+    denied(
+        anon.get(format!("{staging_public}s.txt"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     denied(
         anon.put(format!("{public_url}anon.txt"))
             .body("x")
@@ -277,13 +303,25 @@ out["prod_list"] = code(lambda: s3.list_objects_v2(Bucket=B, Prefix=OTHER))
         }
     };
     toggle(false).await;
-    denied(anon.get(format!("{public_url}hello.txt")).send().await.unwrap()).await;
+    denied(
+        anon.get(format!("{public_url}hello.txt"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     toggle(true).await;
-    let resp = anon.get(format!("{public_url}hello.txt")).send().await.unwrap();
+    let resp = anon
+        .get(format!("{public_url}hello.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 
     // The variables are in the environment, masked, and refuse hand edits.
-    let (status, env_vars) = s.get("/projects/shop/env-vars?envType=production", &t).await;
+    let (status, env_vars) = s
+        .get("/projects/shop/env-vars?envType=production", &t)
+        .await;
     assert_eq!(status, StatusCode::OK);
     let blob_vars: Vec<&Value> = env_vars
         .as_array()
@@ -352,7 +390,12 @@ out["prod_list"] = code(lambda: s3.list_objects_v2(Bucket=B, Prefix=OTHER))
 
     // Delete: the key is refused at once, the variables go, the blobs stay.
     let (status, body) = s
-        .call(Method::DELETE, &format!("/projects/shop/storage/{id}"), &t, None)
+        .call(
+            Method::DELETE,
+            &format!("/projects/shop/storage/{id}"),
+            &t,
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     let r = boto(
@@ -384,7 +427,9 @@ out["put"] = code(lambda: s3.put_object(Bucket=B, Key=P + "again.txt", Body=b"x"
         b"hello blobs"
     );
     assert!(Path::new(&on_disk(&s, "default/shop/big.bin")).exists());
-    let (_, env_vars) = s.get("/projects/shop/env-vars?envType=production", &t).await;
+    let (_, env_vars) = s
+        .get("/projects/shop/env-vars?envType=production", &t)
+        .await;
     let keys: Vec<&str> = env_vars
         .as_array()
         .unwrap()
@@ -394,7 +439,12 @@ out["put"] = code(lambda: s3.put_object(Bucket=B, Key=P + "again.txt", Body=b"x"
     assert!(!keys.contains(&"BLOB_KEY_ID"), "{env_vars}");
     assert!(keys.contains(&"BLOB_MEDIA_KEY_ID"), "{env_vars}");
     let (status, _) = s
-        .call(Method::DELETE, &format!("/projects/shop/storage/{id}"), &t, None)
+        .call(
+            Method::DELETE,
+            &format!("/projects/shop/storage/{id}"),
+            &t,
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // The staging key still works.
@@ -418,7 +468,11 @@ async fn hostile_tenants_get_nothing(backend: Backend) {
 
     // A read token lists but cannot create or delete.
     let (status, r) = s
-        .post("/projects/shop/storage", &reader, json!({ "envType": "production" }))
+        .post(
+            "/projects/shop/storage",
+            &reader,
+            json!({ "envType": "production" }),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{r}");
     let (status, _) = s.get("/projects/shop/storage", &reader).await;
@@ -426,7 +480,12 @@ async fn hostile_tenants_get_nothing(backend: Backend) {
     let created = create(&s, &t, "shop", json!({ "envType": "production" })).await;
     let id = created["id"].as_str().unwrap();
     let (status, _) = s
-        .call(Method::DELETE, &format!("/projects/shop/storage/{id}"), &reader, None)
+        .call(
+            Method::DELETE,
+            &format!("/projects/shop/storage/{id}"),
+            &reader,
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
@@ -435,11 +494,20 @@ async fn hostile_tenants_get_nothing(backend: Backend) {
     let (status, r) = s.get("/projects/shop/storage", &rival).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{r}");
     let (status, _) = s
-        .post("/projects/shop/storage", &rival, json!({ "envType": "production" }))
+        .post(
+            "/projects/shop/storage",
+            &rival,
+            json!({ "envType": "production" }),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = s
-        .call(Method::DELETE, &format!("/projects/shop/storage/{id}"), &rival, None)
+        .call(
+            Method::DELETE,
+            &format!("/projects/shop/storage/{id}"),
+            &rival,
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     // … nor through its own project with our storage's id.
@@ -469,8 +537,14 @@ out["list"] = code(lambda: s3.list_objects_v2(Bucket=B, Prefix=OTHER))
     for (body, field) in [
         (json!({}), "envType"),
         (json!({ "envType": "Prod uction" }), "envType"),
-        (json!({ "envType": "production", "name": "Bad Name" }), "name"),
-        (json!({ "envType": "production", "public": "yes" }), "public"),
+        (
+            json!({ "envType": "production", "name": "Bad Name" }),
+            "name",
+        ),
+        (
+            json!({ "envType": "production", "public": "yes" }),
+            "public",
+        ),
         (json!({ "envType": "production", "bucket": "x" }), "bucket"),
     ] {
         let (status, r) = s.post("/projects/shop/storage", &t, body.clone()).await;
@@ -478,7 +552,11 @@ out["list"] = code(lambda: s3.list_objects_v2(Bucket=B, Prefix=OTHER))
         assert_eq!(r["details"]["field"], field, "{body}: {r}");
     }
     let (status, r) = s
-        .post("/projects/shop/storage", &t, json!({ "envType": "preview" }))
+        .post(
+            "/projects/shop/storage",
+            &t,
+            json!({ "envType": "preview" }),
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{r}");
     let (status, r) = s
@@ -508,15 +586,23 @@ out["list"] = code(lambda: s3.list_objects_v2(Bucket=B, Prefix=OTHER))
             r#"out["put"] = code(lambda: s3.put_object(Bucket=B, Key=P + "x", Body=b"x"))"#,
         );
         assert!(
-            ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"]
-                .contains(&r["put"].as_str().unwrap()),
+            [
+                "InvalidAccessKeyId",
+                "SignatureDoesNotMatch",
+                "AccessDenied"
+            ]
+            .contains(&r["put"].as_str().unwrap()),
             "{r}"
         );
     }
 
     // The quota holds per organisation: 2 here; the rival has its own.
     let (status, _) = s
-        .post("/projects/shop/environments", &t, json!({ "name": "staging" }))
+        .post(
+            "/projects/shop/environments",
+            &t,
+            json!({ "name": "staging" }),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     create(&s, &t, "shop", json!({ "envType": "staging" })).await;
@@ -573,7 +659,12 @@ out["get"] = s3.get_object(Bucket=B, Key=P + "keep.txt")["Body"].read().decode()
         "{r}"
     );
     let public = created["publicUrl"].as_str().unwrap();
-    let resp = s.client().get(format!("{public}keep.txt")).send().await.unwrap();
+    let resp = s
+        .client()
+        .get(format!("{public}keep.txt"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         std::fs::read(on_disk(&s, "default/gone/keep.txt")).unwrap(),
@@ -581,7 +672,7 @@ out["get"] = s3.get_object(Bucket=B, Key=P + "keep.txt")["Body"].read().decode()
     );
 }
 
-common::backend_tests!(
+backend_tests!(
     storage_end_to_end,
     hostile_tenants_get_nothing,
     project_deletion_revokes_its_storage,

@@ -532,10 +532,16 @@ mod tests {
         prefixes.dedup();
         for a in &prefixes {
             for b in &prefixes {
-                assert!(a == b || !b.starts_with(a.as_str()), "{a} is a prefix of {b}");
+                assert!(
+                    a == b || !b.starts_with(a.as_str()),
+                    "{a} is a prefix of {b}"
+                );
             }
         }
-        assert_eq!(prefix_of("org", "my-app", "production", "primary"), "org/my-app/");
+        assert_eq!(
+            prefix_of("org", "my-app", "production", "primary"),
+            "org/my-app/"
+        );
     }
 
     #[test]

@@ -98,9 +98,7 @@ pub struct StorageQuery;
 impl StorageQuery {
     /// A project's storages, oldest first, application keys masked.
     async fn storages(&self, ctx: &Context<'_>, project_id: String) -> Result<Vec<Storage>> {
-        let list = storages(ctx)?
-            .list(domain_ctx(ctx)?, &project_id)
-            .await?;
+        let list = storages(ctx)?.list(domain_ctx(ctx)?, &project_id).await?;
         Ok(list.into_iter().map(Storage).collect())
     }
 }
