@@ -94,6 +94,7 @@ struct FileConfig {
     max_resources_per_organization: Option<u64>,
     public_host: Option<String>,
     postgres_bin_dir: Option<PathBuf>,
+    typesense_bin: Option<PathBuf>,
     ai: Option<crate::ai::config::AiConfig>,
 }
 
@@ -261,6 +262,9 @@ pub struct Config {
     /// Where PostgreSQL's server programs are (`initdb`, `postgres`,
     /// `pg_basebackup`); the newest `/usr/lib/postgresql/*/bin` when absent.
     pub postgres_bin_dir: Option<PathBuf>,
+    /// The `typesense-server` program search resources run; looked up on
+    /// `PATH` when absent.
+    pub typesense_bin: Option<PathBuf>,
 }
 
 /// A count from variable `var`, else the file's `key`, else `default`;
@@ -594,6 +598,10 @@ impl Config {
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
                 .or(file.postgres_bin_dir),
+            typesense_bin: std::env::var_os("SYLPHX_TYPESENSE_BIN")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(file.typesense_bin),
         }
         .checked()
     }

@@ -41,6 +41,7 @@ fn local_config(config: &Config) -> LocalConfig {
         },
         git_roots: config.local_git_roots.clone(),
         postgres_bin_dir: config.postgres_bin_dir.clone(),
+        typesense_bin: config.typesense_bin.clone(),
     }
 }
 

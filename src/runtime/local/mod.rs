@@ -51,6 +51,8 @@ pub struct LocalConfig {
     pub git_roots: Vec<PathBuf>,
     /// PostgreSQL's server programs (`postgres_bin_dir`); found when `None`.
     pub postgres_bin_dir: Option<PathBuf>,
+    /// `typesense-server` (`typesense_bin`); found on `PATH` when `None`.
+    pub typesense_bin: Option<PathBuf>,
 }
 
 /// Replicas that declare no `resources` get these.
