@@ -41,6 +41,7 @@ fn local_config(config: &Config) -> LocalConfig {
         },
         git_roots: config.local_git_roots.clone(),
         postgres_bin_dir: config.postgres_bin_dir.clone(),
+        tcp_proxy_address: config.tcp_proxy.address,
     }
 }
 
@@ -129,6 +130,7 @@ impl AppState {
             public_host: config.public_host.clone(),
             resource_ports: config.resource_ports,
             resource_quota: config.max_resources_per_organization,
+            tcp_proxy: config.tcp_proxy,
             samples: Arc::default(),
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());
