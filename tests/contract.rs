@@ -56,7 +56,6 @@ const CONTRACT: &[(u32, &str, &str, u16)] = &[
     (23, "GET", "/services/{serviceId}/latest-image", 200),
     (24, "GET", "/services/{serviceId}/tcp-proxy", 200),
     (25, "POST", "/services/{serviceId}/tcp-proxy", 201),
-    (25, "POST", "/services/{serviceId}/tcp-proxy", 200),
     (26, "DELETE", "/services/{serviceId}/tcp-proxy", 200),
     (27, "GET", "/services/{serviceId}/tcp-proxy/allowlist", 200),
     (28, "POST", "/services/{serviceId}/tcp-proxy/allowlist", 201),

@@ -227,10 +227,7 @@ async fn the_proxy_reaches_the_app_and_the_allowlist_decides(backend: common::Ba
         .await;
     assert_eq!(status, StatusCode::CREATED, "{local}");
     assert_eq!(local["cidr"], "127.0.0.1/32");
-    assert_eq!(
-        through(port).await,
-        Some((StatusCode::OK, "unset".into()))
-    );
+    assert_eq!(through(port).await, Some((StatusCode::OK, "unset".into())));
     // … and removing it closes it.
     let local_id = local["id"].as_str().unwrap();
     let (status, _) = delete(&s, t, &format!("{proxy}/allowlist/{local_id}")).await;
@@ -245,10 +242,7 @@ async fn the_proxy_reaches_the_app_and_the_allowlist_decides(backend: common::Ba
     }
     let (status, gone) = delete(&s, t, &format!("{proxy}/allowlist/{office}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{gone}");
-    assert_eq!(
-        through(port).await,
-        Some((StatusCode::OK, "unset".into()))
-    );
+    assert_eq!(through(port).await, Some((StatusCode::OK, "unset".into())));
     assert_eq!(
         s.get(&format!("{proxy}/allowlist"), t).await.1,
         json!({ "rules": [] })
@@ -271,10 +265,7 @@ async fn the_proxy_reaches_the_app_and_the_allowlist_decides(backend: common::Ba
     let (status, back) = enable(&s, t, &web, port).await;
     assert_eq!(status, StatusCode::OK, "{back}");
     assert_eq!(back["enabled"], true);
-    assert_eq!(
-        through(port).await,
-        Some((StatusCode::OK, "unset".into()))
-    );
+    assert_eq!(through(port).await, Some((StatusCode::OK, "unset".into())));
 
     // Deleting the project closes its proxy.
     let (status, _) = delete(&s, t, "/projects/db").await;
@@ -304,17 +295,40 @@ async fn bad_input_and_taken_ports_are_refused(backend: common::Backend) {
     let (a, b) = (&ids[0], &ids[1]);
 
     for (body, name) in [
-        (json!({ "externalPort": 80, "targetPort": 8080 }), "externalPort"),
-        (json!({ "externalPort": 29999, "targetPort": 8080 }), "externalPort"),
-        (json!({ "externalPort": 61000, "targetPort": 8080 }), "externalPort"),
-        (json!({ "externalPort": 70000, "targetPort": 8080 }), "externalPort"),
+        (
+            json!({ "externalPort": 80, "targetPort": 8080 }),
+            "externalPort",
+        ),
+        (
+            json!({ "externalPort": 29999, "targetPort": 8080 }),
+            "externalPort",
+        ),
+        (
+            json!({ "externalPort": 61000, "targetPort": 8080 }),
+            "externalPort",
+        ),
+        (
+            json!({ "externalPort": 70000, "targetPort": 8080 }),
+            "externalPort",
+        ),
         (json!({ "targetPort": 8080 }), "externalPort"),
-        (json!({ "externalPort": 31000, "targetPort": 0 }), "targetPort"),
-        (json!({ "externalPort": 31000, "targetPort": 65536 }), "targetPort"),
+        (
+            json!({ "externalPort": 31000, "targetPort": 0 }),
+            "targetPort",
+        ),
+        (
+            json!({ "externalPort": 31000, "targetPort": 65536 }),
+            "targetPort",
+        ),
         (json!({ "externalPort": 31000 }), "targetPort"),
-        (json!({ "externalPort": "31000", "targetPort": 8080 }), "externalPort"),
+        (
+            json!({ "externalPort": "31000", "targetPort": 8080 }),
+            "externalPort",
+        ),
     ] {
-        let (status, err) = s.post(&format!("/services/{a}/tcp-proxy"), t, body.clone()).await;
+        let (status, err) = s
+            .post(&format!("/services/{a}/tcp-proxy"), t, body.clone())
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {err}");
         assert_eq!(field(&err), name, "{body}: {err}");
     }
@@ -340,15 +354,24 @@ async fn bad_input_and_taken_ports_are_refused(backend: common::Backend) {
     // Taken by another service's proxy.
     let (status, err) = enable(&s, t, b, port).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
-    assert!(err["error"].as_str().unwrap().contains("externalPort"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("externalPort"),
+        "{err}"
+    );
     // Taken by something else on the machine.
     let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let squatted = squatter.local_addr().unwrap().port();
     if (30000..=60999).contains(&squatted) {
         let (status, err) = enable(&s, t, b, squatted).await;
         assert_eq!(status, StatusCode::CONFLICT, "{err}");
-        assert!(err["error"].as_str().unwrap().contains("externalPort"), "{err}");
-        assert_eq!(s.get(&format!("/services/{b}/tcp-proxy"), t).await.1["enabled"], false);
+        assert!(
+            err["error"].as_str().unwrap().contains("externalPort"),
+            "{err}"
+        );
+        assert_eq!(
+            s.get(&format!("/services/{b}/tcp-proxy"), t).await.1["enabled"],
+            false
+        );
     }
     drop(squatter);
 
@@ -389,7 +412,10 @@ async fn bad_input_and_taken_ports_are_refused(backend: common::Backend) {
     assert_eq!(off["externalPort"], port);
     let (status, err) = enable(&s, t, b, port).await;
     assert_eq!(status, StatusCode::CONFLICT, "{err}");
-    assert!(err["error"].as_str().unwrap().contains("externalPort"), "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("externalPort"),
+        "{err}"
+    );
     // With `permanent`: the port is free for b.
     let (status, gone) = delete(&s, t, &format!("/services/{a}/tcp-proxy?permanent=true")).await;
     assert_eq!(status, StatusCode::OK, "{gone}");
@@ -634,12 +660,8 @@ async fn proxies_come_back_after_a_restart(postgres: bool) {
     );
     let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
     assert_eq!(until_served(external).await, "unset");
-    let (_, proxy) = common::binary::get(
-        &server.base,
-        &format!("/services/{web}/tcp-proxy"),
-        &token,
-    )
-    .await;
+    let (_, proxy) =
+        common::binary::get(&server.base, &format!("/services/{web}/tcp-proxy"), &token).await;
     assert_eq!(proxy["allowlist"], json!(["127.0.0.0/8"]));
     assert!(server.terminate().success());
     if let Some((_, name)) = pg {

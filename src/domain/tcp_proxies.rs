@@ -90,7 +90,10 @@ async fn service_of<C: ConnectionTrait>(
     Ok((service, project))
 }
 
-async fn proxy_of<C: ConnectionTrait>(conn: &C, service_id: Uuid) -> Result<Option<proxies::Model>> {
+async fn proxy_of<C: ConnectionTrait>(
+    conn: &C,
+    service_id: Uuid,
+) -> Result<Option<proxies::Model>> {
     Ok(proxies::Entity::find()
         .filter(proxies::Column::ServiceId.eq(service_id))
         .one(conn)
@@ -277,7 +280,9 @@ impl Deployer {
             _ => e.into(),
         })?;
         let rules = rules_of(&txn, row.id).await?;
-        let spec = self.tcp_spec(&txn, &project, &service, &row, &rules).await?;
+        let spec = self
+            .tcp_spec(&txn, &project, &service, &row, &rules)
+            .await?;
         self.runtime.apply_tcp_proxy(&spec).await?;
         audit::record(
             &txn,

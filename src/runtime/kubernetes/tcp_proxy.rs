@@ -172,10 +172,7 @@ mod tests {
             "network_policy_with_allowlist",
             network_policy(&config(), &spec(&["203.0.113.0/24", "2001:db8::/32"]))
         );
-        insta::assert_yaml_snapshot!(
-            "network_policy_open",
-            network_policy(&config(), &spec(&[]))
-        );
+        insta::assert_yaml_snapshot!("network_policy_open", network_policy(&config(), &spec(&[])));
     }
 
     #[test]
@@ -230,8 +227,11 @@ mod tests {
             let (s2, b2) = answer();
             let script = vec![
                 Exchange::new(Method::DELETE, format!("{BASE}/services/tcp-db?")).json(s1, b1),
-                Exchange::new(Method::DELETE, format!("{POLICIES}/networkpolicies/tcp-db?"))
-                    .json(s2, b2),
+                Exchange::new(
+                    Method::DELETE,
+                    format!("{POLICIES}/networkpolicies/tcp-db?"),
+                )
+                .json(s2, b2),
             ];
             run_script(config(), script, |rt| async move {
                 rt.remove_tcp_proxy(&spec(&[])).await

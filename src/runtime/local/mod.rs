@@ -29,8 +29,8 @@ use uuid::Uuid;
 
 use super::{
     BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LiveEnvironments,
-    LogLine, LogQuery, LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus, Teardown,
-    TcpProxySpec, step,
+    LogLine, LogQuery, LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus, TcpProxySpec,
+    Teardown, step,
 };
 use crate::domain::services::Resources;
 use crate::error::{Error, Result};
