@@ -14,6 +14,7 @@ pub mod projects;
 pub mod resources;
 pub mod sandboxes;
 pub mod services;
+pub mod tcp_proxies;
 pub mod validate;
 
 use chrono::{DateTime, SubsecRound, Utc};

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod query;
 pub mod resources;
 pub mod size;
+pub mod tcp_proxies;
 pub mod types;
 pub mod ws;
 
@@ -38,6 +39,7 @@ pub struct Query(
     QueryRoot,
     deployments::DeploymentQuery,
     resources::ResourceQuery,
+    tcp_proxies::TcpProxyQuery,
     ai::AiQuery,
 );
 
@@ -48,6 +50,7 @@ pub struct Mutation(
     MutationRoot,
     deployments::DeploymentMutation,
     resources::ResourceMutation,
+    tcp_proxies::TcpProxyMutation,
     ai::AiMutation,
 );
 

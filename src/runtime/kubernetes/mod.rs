@@ -12,6 +12,8 @@
 //! - [`manifests`]: pure builders for every object (golden-tested).
 //! - [`status`]: pure readers of rollout, Job, service and runner status.
 //! - `driver`: the [`Runtime`](crate::runtime::Runtime) actions against the API.
+//! - [`tcp_proxy`]: a service's public TCP proxy (NodePort Service and
+//!   NetworkPolicy).
 //! - [`data_manifests`]: pure builders of the data services' objects
 //!   (CloudNativePG clusters, MariaDB and Redis StatefulSets).
 //! - `instances`: the [`Instances`](crate::runtime::instances::Instances)
@@ -27,6 +29,7 @@ mod logs;
 pub mod manifests;
 pub mod names;
 pub mod status;
+pub mod tcp_proxy;
 
 #[cfg(test)]
 mod instances_mock_tests;
