@@ -95,12 +95,16 @@ struct FileConfig {
     log_history_org_bytes: Option<u64>,
     resource_ports: Option<String>,
     max_resources_per_organization: Option<u64>,
+    tcp_proxy_ports: Option<String>,
+    tcp_proxy_address: Option<std::net::IpAddr>,
+    max_tcp_proxies_per_organization: Option<u64>,
     public_host: Option<String>,
     postgres_bin_dir: Option<PathBuf>,
     s3_listen: Option<SocketAddr>,
     s3_public_url: Option<String>,
     s3_bucket: Option<String>,
     max_storages_per_organization: Option<u64>,
+    typesense_bin: Option<PathBuf>,
     ai: Option<crate::ai::config::AiConfig>,
 }
 
@@ -182,9 +186,14 @@ impl PortRange {
     pub const DEFAULT: &str = "21000-21999";
 
     pub fn parse(text: &str) -> Result<PortRange> {
+        Self::parse_setting("resource_ports", text)
+    }
+
+    /// Parses the value of setting `key` (named in the error).
+    pub fn parse_setting(key: &str, text: &str) -> Result<PortRange> {
         let bad = || {
             Error::bad_request(format!(
-                "resource_ports must be 'first-last' with 1024 <= first <= last, not '{text}'"
+                "{key} must be 'first-last' with 1024 <= first <= last, not '{text}'"
             ))
         };
         let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
@@ -196,6 +205,40 @@ impl PortRange {
             return Err(bad());
         }
         Ok(PortRange { first, last })
+    }
+
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: i64) -> bool {
+        (i64::from(self.first)..=i64::from(self.last)).contains(&port)
+    }
+}
+
+/// Public TCP proxies of services (endpoints `/services/:id/tcp-proxy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpProxyConfig {
+    /// The external ports tenants may choose from.
+    pub ports: PortRange,
+    /// Where the local runtime's proxies listen.
+    pub address: std::net::IpAddr,
+    /// Proxies (enabled or keeping their port) one organisation may have.
+    pub max_per_organization: u64,
+}
+
+impl TcpProxyConfig {
+    /// The default external ports (`tcp_proxy_ports`).
+    pub const DEFAULT_PORTS: &str = "30000-60999";
+}
+
+impl Default for TcpProxyConfig {
+    fn default() -> Self {
+        TcpProxyConfig {
+            ports: PortRange {
+                first: 30000,
+                last: 60999,
+            },
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            max_per_organization: 10,
+        }
     }
 }
 
@@ -262,6 +305,8 @@ pub struct Config {
     pub resource_ports: PortRange,
     /// Resources one organisation may have at once (each runs a server).
     pub max_resources_per_organization: u64,
+    /// Public TCP proxies: their ports, address and quota.
+    pub tcp_proxy: TcpProxyConfig,
     /// The host name clients outside the machine use for managed data
     /// services (`publicHost`, `publicConnectionString`).
     pub public_host: String,
@@ -270,6 +315,9 @@ pub struct Config {
     pub postgres_bin_dir: Option<PathBuf>,
     /// The S3-compatible blob endpoint (`s3_*` keys).
     pub blob: crate::blob::BlobConfig,
+    /// The `typesense-server` program search resources run; looked up on
+    /// `PATH` when absent.
+    pub typesense_bin: Option<PathBuf>,
 }
 
 /// A count from variable `var`, else the file's `key`, else `default`;
@@ -617,6 +665,35 @@ impl Config {
                 file.max_resources_per_organization,
                 10,
             )?,
+            tcp_proxy: TcpProxyConfig {
+                ports: PortRange::parse_setting(
+                    "tcp_proxy_ports",
+                    &std::env::var("SYLPHX_TCP_PROXY_PORTS")
+                        .ok()
+                        .filter(|v| !v.is_empty())
+                        .or(file.tcp_proxy_ports)
+                        .unwrap_or_else(|| TcpProxyConfig::DEFAULT_PORTS.into()),
+                )?,
+                address: match std::env::var("SYLPHX_TCP_PROXY_ADDRESS")
+                    .ok()
+                    .filter(|v| !v.trim().is_empty())
+                {
+                    Some(a) => a.trim().parse().map_err(|_| {
+                        Error::bad_request(format!(
+                            "tcp_proxy_address (SYLPHX_TCP_PROXY_ADDRESS) must be an IP address, not '{a}'"
+                        ))
+                    })?,
+                    None => file
+                        .tcp_proxy_address
+                        .unwrap_or(TcpProxyConfig::default().address),
+                },
+                max_per_organization: at_least_one(
+                    "max_tcp_proxies_per_organization",
+                    "SYLPHX_MAX_TCP_PROXIES_PER_ORGANIZATION",
+                    file.max_tcp_proxies_per_organization,
+                    TcpProxyConfig::default().max_per_organization,
+                )?,
+            },
             public_host: std::env::var("SYLPHX_PUBLIC_HOST")
                 .ok()
                 .filter(|v| !v.trim().is_empty())
@@ -627,6 +704,10 @@ impl Config {
                 .map(PathBuf::from)
                 .or(file.postgres_bin_dir),
             blob,
+            typesense_bin: std::env::var_os("SYLPHX_TYPESENSE_BIN")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or(file.typesense_bin),
         }
         .checked()
     }

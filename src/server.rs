@@ -115,6 +115,9 @@ impl App {
             if let Err(e) = restorer.restore_resources().await {
                 tracing::warn!(error = e.message(), "restoring data services failed");
             }
+            if let Err(e) = restorer.restore_tcp_proxies().await {
+                tracing::warn!(error = e.message(), "restoring TCP proxies failed");
+            }
             restorer.spawn_resource_upkeep(RESOURCE_BACKUPS);
             let handler: Arc<dyn crate::reconcile::Handler> = Arc::new(restorer);
             for _ in 0..workers {

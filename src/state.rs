@@ -41,6 +41,8 @@ fn local_config(config: &Config) -> LocalConfig {
         },
         git_roots: config.local_git_roots.clone(),
         postgres_bin_dir: config.postgres_bin_dir.clone(),
+        typesense_bin: config.typesense_bin.clone(),
+        tcp_proxy_address: config.tcp_proxy.address,
     }
 }
 
@@ -130,6 +132,7 @@ impl AppState {
             public_host: config.public_host.clone(),
             resource_ports: config.resource_ports,
             resource_quota: config.max_resources_per_organization,
+            tcp_proxy: config.tcp_proxy,
             samples: Arc::default(),
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());

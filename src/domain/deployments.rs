@@ -81,6 +81,8 @@ pub struct Deployer {
     pub resource_ports: crate::config::PortRange,
     /// Resources one organisation may have at once.
     pub resource_quota: u64,
+    /// Public TCP proxies: their ports and quota.
+    pub tcp_proxy: crate::config::TcpProxyConfig,
     /// The resources' sampled counters.
     pub samples: Arc<super::resources::metrics::Samples>,
 }

@@ -15,6 +15,7 @@ pub mod resources;
 pub mod sandboxes;
 pub mod services;
 pub mod storage;
+pub mod tcp_proxies;
 pub mod validate;
 
 use chrono::{DateTime, SubsecRound, Utc};

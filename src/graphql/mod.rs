@@ -14,6 +14,7 @@ pub mod query;
 pub mod resources;
 pub mod size;
 pub mod storage;
+pub mod tcp_proxies;
 pub mod types;
 pub mod ws;
 
@@ -40,6 +41,7 @@ pub struct Query(
     deployments::DeploymentQuery,
     resources::ResourceQuery,
     storage::StorageQuery,
+    tcp_proxies::TcpProxyQuery,
     ai::AiQuery,
 );
 
@@ -51,6 +53,7 @@ pub struct Mutation(
     deployments::DeploymentMutation,
     resources::ResourceMutation,
     storage::StorageMutation,
+    tcp_proxies::TcpProxyMutation,
     ai::AiMutation,
 );
 

@@ -121,7 +121,21 @@ pub fn variable(name: &str) -> Option<Value> {
             "pattern": PROJECT_REF_PATTERN,
             "description": "The project's UUID or slug"
         }),
-        "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" | "storageId" => uuid(),
+        "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" | "storageId"
+        | "ruleId" => uuid(),
+        "externalPort" => {
+            let ports = crate::config::TcpProxyConfig::default().ports;
+            json!({
+                "minimum": ports.first, "maximum": ports.last,
+                "description": "A port of the server's `tcp_proxy_ports` (by default the range stated here) that nothing else holds"
+            })
+        }
+        "targetPort" => port(),
+        "cidr" => json!({
+            "maxLength": 64,
+            "description": "An IPv4 or IPv6 CIDR block (`203.0.113.0/24`, `2001:db8::/32`) or a single address"
+        }),
+        "description" => long_text(500),
         "kind" => json!({
             "enum": crate::domain::resources::providers::KINDS,
             "description": "Only resources of this kind"

@@ -440,6 +440,14 @@ async fn answer(
                 {
                     m.retain(|_, v| *v != ConstValue::Null);
                 }
+                let created = match (&route.spec.created_flag, &mut result) {
+                    (Some(flag), ConstValue::Object(m)) => m.shift_remove(flag.as_str()),
+                    _ => None,
+                };
+                let status = match created {
+                    Some(ConstValue::Boolean(false)) => StatusCode::OK,
+                    _ => status,
+                };
                 json(status, &result)
             }
             Err(resp) => resp,

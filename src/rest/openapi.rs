@@ -357,6 +357,22 @@ fn operation(gen_: &mut Gen<'_>, route: &Route, method: &str) -> Value {
             "503": retry_response("The store cannot be reached, or the request ran out of time"),
         }
     });
+    if let Some(flag) = &route.spec.created_flag {
+        // The flag picks the status and is not part of the answer.
+        let created = &mut op["responses"][route.spec.status.to_string()];
+        let schema = &mut created["content"]["application/json"]["schema"];
+        if let Some(props) = schema["properties"].as_object_mut() {
+            props.remove(flag);
+        }
+        if let Some(required) = schema["required"].as_array_mut() {
+            required.retain(|k| k != flag);
+        }
+        created["description"] = json!("Created");
+        let mut changed = created.clone();
+        changed["description"] = json!("Changed an existing one");
+        changed["headers"] = rate_limit_headers();
+        op["responses"]["200"] = changed;
+    }
     op["responses"][route.spec.status.to_string()]["headers"] = rate_limit_headers();
     if route.spec.render.is_some() {
         let params = op["parameters"].as_array_mut().expect("array");

@@ -48,6 +48,10 @@ pub struct RouteSpec {
     /// that adapts, such as metrics by kind).
     #[serde(default)]
     pub omit_null: bool,
+    /// A boolean field of the result that says whether the call created
+    /// something: `status` when true, 200 when false; the field itself is
+    /// left out of the answer.
+    pub created_flag: Option<String>,
 }
 
 /// A variable of an operation and where it comes from.

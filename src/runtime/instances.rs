@@ -19,6 +19,7 @@ pub const POSTGRESQL: &str = "postgresql";
 pub const MYSQL: &str = "mysql";
 pub const REDIS: &str = "redis";
 pub const VALKEY: &str = "valkey";
+pub const TYPESENSE: &str = "typesense";
 
 /// Sizes of one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -372,6 +372,28 @@ pub struct Teardown {
     pub sandbox_uid: Option<u32>,
 }
 
+/// A public TCP entry to one service of an environment: connections to
+/// `external_port` reach the service's ready replicas on `target_port`,
+/// from the allowlist's blocks only (from anywhere when it is empty).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpProxySpec {
+    pub env: EnvironmentRef,
+    pub service_id: Uuid,
+    /// DNS-1123 label of the service.
+    pub service_name: String,
+    pub external_port: u16,
+    pub target_port: u16,
+    /// Normalised CIDR blocks allowed to connect.
+    pub allowlist: Vec<ipnet::IpNet>,
+}
+
+/// The answer of a runtime that has no TCP proxies.
+fn no_tcp_proxies(kind: &str) -> crate::error::Error {
+    crate::error::Error::Unprocessable(format!(
+        "the {kind} runtime of this server cannot expose TCP proxies"
+    ))
+}
+
 /// Every environment the store holds, and whether it has a release to
 /// serve (a successful deployment), as read at `read_at`.
 #[derive(Debug, Clone)]
@@ -443,6 +465,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// that were known before `live.read_at`) are stopped and forgotten.
     async fn refresh_routes(&self, _live: &LiveEnvironments) -> Result<()> {
         Ok(())
+    }
+
+    /// Opens a service's public TCP entry, or brings it in line with
+    /// `spec` (ports, allowlist). Idempotent; an error leaves the entry as
+    /// it was. A port something else holds is a `Conflict`.
+    async fn apply_tcp_proxy(&self, _spec: &TcpProxySpec) -> Result<()> {
+        Err(no_tcp_proxies(self.kind()))
+    }
+
+    /// Closes a service's public TCP entry (connections through it end).
+    /// Idempotent.
+    async fn remove_tcp_proxy(&self, _spec: &TcpProxySpec) -> Result<()> {
+        Err(no_tcp_proxies(self.kind()))
     }
 
     /// Stops what runs on this machine, for a server that is exiting.

@@ -49,16 +49,6 @@ pub const DEPROVISION_JOB: &str = "resource.deprovision";
 /// Owner kind of a resource's sandbox user.
 pub const SANDBOX_OWNER: &str = "resource";
 
-/// Role and database names inside every instance; only the passwords,
-/// ports and uids differ (a branch or a restore keeps the names).
-const ADMIN_USER: &str = "sylphx";
-const APP_USER: &str = "app";
-const DATABASE: &str = "app";
-/// MySQL's superuser is `root` (its images set only that one).
-const MYSQL_ADMIN_USER: &str = "root";
-/// Redis' application user is its `default` user.
-const KV_APP_USER: &str = "default";
-
 /// The longest resource name.
 const MAX_NAME: usize = 100;
 /// How far back a point-in-time restore may go.
@@ -171,28 +161,14 @@ fn open(keyring: &Keyring, row: &resources::Model) -> Result<Sealed> {
     serde_json::from_str(keyring.open(text)?.expose()).map_err(Error::internal)
 }
 
-/// (superuser, application user) of a provider's instances.
-fn users(provider: &Provider) -> (&'static str, &'static str) {
-    match provider.scheme {
-        "redis" => (ADMIN_USER, KV_APP_USER),
-        "mysql" => (MYSQL_ADMIN_USER, APP_USER),
-        _ => (ADMIN_USER, APP_USER),
-    }
-}
-
 /// How the application connects, once the instance answers.
 fn connection(provider: &Provider, sealed: &Sealed) -> Option<Connection> {
-    let (_, app) = users(provider);
     Some(Connection {
         host: sealed.host.clone()?,
         port: sealed.port?,
-        user: app.to_string(),
+        user: provider.app_user.to_string(),
         password: SecretString::new(sealed.app_password.clone()),
-        database: if provider.scheme == "redis" {
-            String::new()
-        } else {
-            DATABASE.to_string()
-        },
+        database: provider.database.to_string(),
     })
 }
 
@@ -538,7 +514,6 @@ impl Deployer {
         let provider = providers::of(&row.kind, &row.provider)?;
         let sealed = open(&self.keyring, row)?;
         let config = config_of(row);
-        let (admin, app) = users(provider);
         let uid = match self.runtime.kind() {
             "local" => {
                 Some(sandboxes::uid_for(&self.db, &self.sandbox_ids, SANDBOX_OWNER, row.id).await?)
@@ -554,15 +529,11 @@ impl Deployer {
             port: row.port.and_then(|p| u16::try_from(p).ok()),
             limits: provider.limits(&config),
             credentials: Credentials {
-                admin_user: admin.into(),
+                admin_user: provider.admin_user.into(),
                 admin_password: SecretString::new(sealed.admin_password),
-                app_user: app.into(),
+                app_user: provider.app_user.into(),
                 app_password: SecretString::new(sealed.app_password),
-                database: if provider.scheme == "redis" {
-                    String::new()
-                } else {
-                    DATABASE.into()
-                },
+                database: provider.database.into(),
             },
             origin,
             backup_retention_days: provider.retention_days(&config),

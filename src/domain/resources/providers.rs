@@ -57,6 +57,28 @@ const KV_DATA: ConfigKey = key(
 const KV_CLIENTS: ConfigKey = key("maxConnections", 1, 10000, 100, "clients accepted");
 const KV_STORAGE: ConfigKey = key("storageGb", 1, 1000, 1, "disk in GiB");
 
+/// Typesense keeps its whole index in memory: the server's limit.
+const SEARCH_MEMORY: ConfigKey = key("memoryMb", 128, 16384, 512, "memory of the server in MiB");
+const SEARCH_STORAGE: ConfigKey = key("storageGb", 1, 1000, 5, "disk in GiB");
+
+/// Role and database names inside every instance; only the passwords,
+/// ports and uids differ (a branch or a restore keeps the names).
+const ADMIN_USER: &str = "sylphx";
+const APP_USER: &str = "app";
+const DATABASE: &str = "app";
+
+/// One part of a connection, as a binding's env var holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Host,
+    Port,
+    User,
+    Password,
+    Database,
+    /// The same text for every resource (a protocol name).
+    Fixed(&'static str),
+}
+
 /// A provider of resources of one kind.
 #[derive(Debug)]
 pub struct Provider {
@@ -69,9 +91,14 @@ pub struct Provider {
     pub scheme: &'static str,
     /// Env var names a binding writes: the URL by role (`{ROLE}` is the
     /// role's infix: empty for primary, `_REPLICA` …), and for the primary
-    /// role the parts (host, port, user, password, database).
+    /// role the parts.
     pub url_var: &'static str,
-    pub part_vars: Option<[&'static str; 5]>,
+    pub part_vars: &'static [(&'static str, Part)],
+    /// The control plane's own user (a superuser) and the application's.
+    pub admin_user: &'static str,
+    pub app_user: &'static str,
+    /// The application's database (empty where there are none).
+    pub database: &'static str,
     /// Whether it has base backups and point-in-time restore.
     pub backups: bool,
     /// Whether `fast` branches copy its data.
@@ -91,7 +118,11 @@ const fn kv(name: &'static str, default_for_kind: bool) -> Provider {
         config: &[KV_DATA, KV_CLIENTS, KV_STORAGE],
         scheme: "redis",
         url_var: "REDIS{ROLE}_URL",
-        part_vars: None,
+        part_vars: &[],
+        admin_user: ADMIN_USER,
+        // Redis' application user is its `default` user.
+        app_user: "default",
+        database: "",
         backups: false,
         branches: false,
         started: "KV store provisioning started. Poll GET /resources/:id for status.",
@@ -108,7 +139,16 @@ pub const PROVIDERS: &[Provider] = &[
         config: &[STORAGE, SQL_MEMORY, SQL_CONNECTIONS, RETENTION],
         scheme: "postgresql",
         url_var: "DATABASE{ROLE}_URL",
-        part_vars: Some(["PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE"]),
+        part_vars: &[
+            ("PGHOST", Part::Host),
+            ("PGPORT", Part::Port),
+            ("PGUSER", Part::User),
+            ("PGPASSWORD", Part::Password),
+            ("PGDATABASE", Part::Database),
+        ],
+        admin_user: ADMIN_USER,
+        app_user: APP_USER,
+        database: DATABASE,
         backups: true,
         branches: true,
         started: "Database provisioning started. Poll GET /resources/:id for status.",
@@ -121,13 +161,17 @@ pub const PROVIDERS: &[Provider] = &[
         config: &[STORAGE, SQL_MEMORY, SQL_CONNECTIONS],
         scheme: "mysql",
         url_var: "MYSQL{ROLE}_URL",
-        part_vars: Some([
-            "MYSQL_HOST",
-            "MYSQL_PORT",
-            "MYSQL_USER",
-            "MYSQL_PASSWORD",
-            "MYSQL_DATABASE",
-        ]),
+        part_vars: &[
+            ("MYSQL_HOST", Part::Host),
+            ("MYSQL_PORT", Part::Port),
+            ("MYSQL_USER", Part::User),
+            ("MYSQL_PASSWORD", Part::Password),
+            ("MYSQL_DATABASE", Part::Database),
+        ],
+        // MySQL's superuser is `root` (its images set only that one).
+        admin_user: "root",
+        app_user: APP_USER,
+        database: DATABASE,
         backups: false,
         branches: false,
         started: "Database provisioning started. Poll GET /resources/:id for status.",
@@ -135,6 +179,28 @@ pub const PROVIDERS: &[Provider] = &[
     },
     kv(instances::REDIS, true),
     kv(instances::VALKEY, false),
+    Provider {
+        kind: "search",
+        name: instances::TYPESENSE,
+        default_for_kind: true,
+        config: &[SEARCH_MEMORY, SEARCH_STORAGE],
+        scheme: "http",
+        url_var: "TYPESENSE{ROLE}_URL",
+        part_vars: &[
+            ("TYPESENSE_HOST", Part::Host),
+            ("TYPESENSE_PORT", Part::Port),
+            ("TYPESENSE_PROTOCOL", Part::Fixed("http")),
+            ("TYPESENSE_API_KEY", Part::Password),
+        ],
+        admin_user: ADMIN_USER,
+        // One key: `http://:key@host:port`, like Redis' password.
+        app_user: "",
+        database: "",
+        backups: false,
+        branches: false,
+        started: "Search provisioning started. Poll GET /resources/:id for status.",
+        short: "ts",
+    },
 ];
 
 /// Kinds of the contract; those without a provider here are refused with
@@ -299,15 +365,18 @@ impl Provider {
             self.url_var.replace("{ROLE}", infix),
             self.url(c, c.password.expose()),
         )];
-        if let (Some(parts), "") = (self.part_vars, infix) {
-            let values = [
-                c.host.clone(),
-                c.port.to_string(),
-                c.user.clone(),
-                c.password.expose().to_string(),
-                c.database.clone(),
-            ];
-            out.extend(parts.iter().map(|k| k.to_string()).zip(values));
+        if infix.is_empty() {
+            out.extend(self.part_vars.iter().map(|(name, part)| {
+                let value = match part {
+                    Part::Host => c.host.clone(),
+                    Part::Port => c.port.to_string(),
+                    Part::User => c.user.clone(),
+                    Part::Password => c.password.expose().to_string(),
+                    Part::Database => c.database.clone(),
+                    Part::Fixed(text) => (*text).to_string(),
+                };
+                (name.to_string(), value)
+            }));
         }
         out
     }
@@ -369,7 +438,7 @@ pub fn create_schema() -> Value {
     }
     serde_json::json!({
         "anyOf": any,
-        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey); config takes that provider's settings"
+        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey; search: typesense); config takes that provider's settings"
     })
 }
 

@@ -14,9 +14,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, Namespace, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
-    SecretKeySelector, Service, ServicePort, ServiceSpec, VolumeMount, VolumeResourceRequirements,
+    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Namespace,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Secret, SecretKeySelector, Service, ServicePort, ServiceSpec,
+    VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -27,13 +28,16 @@ use sha2::{Digest, Sha256};
 
 use super::KubernetesConfig;
 use super::names;
-use crate::runtime::instances::{InstanceSpec, MYSQL, Origin, POSTGRESQL, REDIS, VALKEY};
+use crate::runtime::instances::{
+    InstanceSpec, MYSQL, Origin, POSTGRESQL, REDIS, TYPESENSE, VALKEY,
+};
 
 /// The barman-cloud CNPG-I plugin.
 pub const BARMAN_PLUGIN: &str = "barman-cloud.cloudnative-pg.io";
 pub const POSTGRES_PORT: u16 = 5432;
 pub const MYSQL_PORT: u16 = 3306;
 pub const REDIS_PORT: u16 = 6379;
+pub const TYPESENSE_PORT: u16 = 8108;
 /// Where redis_exporter serves its metrics.
 pub const REDIS_EXPORTER_PORT: u16 = 9121;
 /// Keys of the MariaDB and Redis credentials Secret.
@@ -423,7 +427,8 @@ pub fn origin_snapshot(cfg: &KubernetesConfig, spec: &InstanceSpec, pvc: &str) -
     )
 }
 
-/// The passwords of a MariaDB (root and application) or Redis instance.
+/// The passwords of a MariaDB (root and application), Redis or Typesense
+/// (its API key) instance.
 pub fn credentials_secret(cfg: &KubernetesConfig, spec: &InstanceSpec) -> Secret {
     let c = &spec.credentials;
     let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
@@ -460,6 +465,7 @@ pub fn port(provider: &str) -> u16 {
     match provider {
         POSTGRESQL => POSTGRES_PORT,
         MYSQL => MYSQL_PORT,
+        TYPESENSE => TYPESENSE_PORT,
         _ => REDIS_PORT,
     }
 }
@@ -544,6 +550,47 @@ fn mariadb_container(cfg: &KubernetesConfig, spec: &InstanceSpec) -> Container {
         ])),
         resources: Some(memory_resources(spec)),
         volume_mounts: data_mount("/var/lib/mysql"),
+        ..Container::default()
+    }
+}
+
+/// Typesense with its API key from the Secret (`$(VAR)` expanded by the
+/// kubelet) and its index on the volume; ready once `/health` says so.
+fn typesense_container(cfg: &KubernetesConfig, spec: &InstanceSpec) -> Container {
+    let secret = names::credentials_secret(&spec.name);
+    Container {
+        name: "typesense".into(),
+        image: Some(cfg.typesense_image.clone()),
+        args: Some(
+            [
+                "--data-dir",
+                "/data",
+                "--api-key",
+                "$(TYPESENSE_API_KEY)",
+                "--api-port",
+                &TYPESENSE_PORT.to_string(),
+                "--enable-cors",
+                "false",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        env: Some(vec![secret_env("TYPESENSE_API_KEY", &secret, PASSWORD_KEY)]),
+        ports: server_port(TYPESENSE_PORT),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/health".into()),
+                port: IntOrString::Int(i32::from(TYPESENSE_PORT)),
+                ..HTTPGetAction::default()
+            }),
+            initial_delay_seconds: Some(5),
+            period_seconds: Some(5),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        resources: Some(memory_resources(spec)),
+        volume_mounts: data_mount("/data"),
         ..Container::default()
     }
 }
@@ -653,13 +700,13 @@ pub fn data_claim(cfg: &KubernetesConfig, spec: &InstanceSpec) -> PersistentVolu
     }
 }
 
-/// A MariaDB, Redis or Valkey instance: one replica on its own volume,
+/// A MariaDB, Redis, Valkey or Typesense instance: one replica on its own volume,
 /// restarted when its credentials change, its volume removed with it.
 pub fn statefulset(cfg: &KubernetesConfig, spec: &InstanceSpec) -> StatefulSet {
-    let containers = if spec.provider == MYSQL {
-        vec![mariadb_container(cfg, spec)]
-    } else {
-        redis_containers(cfg, spec)
+    let containers = match spec.provider.as_str() {
+        MYSQL => vec![mariadb_container(cfg, spec)],
+        TYPESENSE => vec![typesense_container(cfg, spec)],
+        _ => redis_containers(cfg, spec),
     };
     let mut annotations = BTreeMap::from([(
         names::CREDENTIALS_CHECKSUM.to_string(),
@@ -797,6 +844,14 @@ pub(crate) mod tests {
             REDIS,
             0x0190_0000_0000_7000_8000_0000_0000_0c01,
             "redis-0c01",
+        )
+    }
+
+    pub fn typesense() -> InstanceSpec {
+        instance(
+            TYPESENSE,
+            0x0190_0000_0000_7000_8000_0000_0000_0d01,
+            "ts-0d01",
         )
     }
 
@@ -953,8 +1008,27 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn typesense_manifests() {
+        let spec = typesense();
+        let sts = statefulset(&config(), &spec);
+        let pod = sts.spec.template.spec.clone().unwrap();
+        assert_eq!(pod.containers.len(), 1);
+        let server = &pod.containers[0];
+        assert_eq!(server.image.as_deref(), Some("typesense/typesense:29.0"));
+        let args = server.args.clone().unwrap();
+        assert!(
+            args.contains(&"$(TYPESENSE_API_KEY)".to_string()),
+            "{args:?}"
+        );
+        insta::assert_yaml_snapshot!("typesense_statefulset_manifest", sts);
+        let svc = service(&config(), &spec);
+        let ports = svc.spec.unwrap().ports.unwrap();
+        assert_eq!(ports[0].port, i32::from(TYPESENSE_PORT));
+    }
+
+    #[test]
     fn selectors_match_the_pods_and_secrets_never_reach_the_pod_spec() {
-        for spec in [mysql(), redis()] {
+        for spec in [mysql(), redis(), typesense()] {
             let sts = statefulset(&config(), &spec);
             let sts_spec = sts.spec;
             let sel = sts_spec.selector.match_labels.unwrap();

@@ -624,6 +624,16 @@ impl Runtime for KubernetesRuntime {
             .await
     }
 
+    #[instrument(skip_all, fields(service.id = %spec.service_id))]
+    async fn apply_tcp_proxy(&self, spec: &crate::runtime::TcpProxySpec) -> Result<()> {
+        self.apply_tcp_proxy_objects(spec).await
+    }
+
+    #[instrument(skip_all, fields(service.id = %spec.service_id))]
+    async fn remove_tcp_proxy(&self, spec: &crate::runtime::TcpProxySpec) -> Result<()> {
+        self.delete_tcp_proxy_objects(spec).await
+    }
+
     async fn health(&self) -> Result<()> {
         self.client
             .apiserver_version()

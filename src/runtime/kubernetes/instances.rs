@@ -27,7 +27,7 @@ use super::{KubernetesRuntime, names};
 use crate::error::{Error, Result};
 use crate::runtime::instances::{
     Backup, Endpoint, InstanceSpec, InstanceState, InstanceStatus, Instances, MYSQL, Origin,
-    POSTGRESQL, Progress, REDIS, Scalars, VALKEY,
+    POSTGRESQL, Progress, REDIS, Scalars, TYPESENSE, VALKEY,
 };
 
 /// Where an instance (or a backup, or a snapshot) stands.
@@ -328,7 +328,10 @@ pub fn scalars_from(spec: &InstanceSpec, values: &HashMap<&str, Option<f64>>) ->
 }
 
 fn validate(spec: &InstanceSpec) -> Result<()> {
-    if !matches!(spec.provider.as_str(), POSTGRESQL | MYSQL | REDIS | VALKEY) {
+    if !matches!(
+        spec.provider.as_str(),
+        POSTGRESQL | MYSQL | REDIS | VALKEY | TYPESENSE
+    ) {
         return Err(Error::bad_request(format!(
             "unknown data service provider '{}'",
             spec.provider
@@ -853,7 +856,7 @@ impl Instances for KubernetesRuntime {
 
     async fn supports(&self, provider: &str) -> Result<()> {
         match provider {
-            POSTGRESQL | MYSQL | REDIS | VALKEY => Ok(()),
+            POSTGRESQL | MYSQL | REDIS | VALKEY | TYPESENSE => Ok(()),
             other => Err(Error::Unprocessable(format!(
                 "the Kubernetes runtime does not host {other}"
             ))),
@@ -959,6 +962,11 @@ impl Instances for KubernetesRuntime {
         if spec.provider == MYSQL {
             // No MySQL figure is defined.
             return Ok(Scalars::default());
+        }
+        if spec.provider == TYPESENSE {
+            return Err(Error::Unavailable(
+                "metrics are not collected for Typesense".into(),
+            ));
         }
         self.query_prometheus(base, spec, timeout).await
     }

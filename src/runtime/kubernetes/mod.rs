@@ -12,6 +12,8 @@
 //! - [`manifests`]: pure builders for every object (golden-tested).
 //! - [`status`]: pure readers of rollout, Job, service and runner status.
 //! - `driver`: the [`Runtime`](crate::runtime::Runtime) actions against the API.
+//! - [`tcp_proxy`]: a service's public TCP proxy (NodePort Service and
+//!   NetworkPolicy).
 //! - [`data_manifests`]: pure builders of the data services' objects
 //!   (CloudNativePG clusters, MariaDB and Redis StatefulSets).
 //! - `instances`: the [`Instances`](crate::runtime::instances::Instances)
@@ -27,6 +29,7 @@ mod logs;
 pub mod manifests;
 pub mod names;
 pub mod status;
+pub mod tcp_proxy;
 
 #[cfg(test)]
 mod instances_mock_tests;
@@ -94,6 +97,8 @@ pub struct KubernetesConfig {
     pub valkey_image: String,
     /// MySQL-compatible server image: MariaDB (pinned).
     pub mysql_image: String,
+    /// Typesense server image (pinned).
+    pub typesense_image: String,
     /// The metrics sidecar of Redis and Valkey instances.
     pub redis_exporter_image: String,
     /// Prometheus HTTP API base URL (`http://prometheus.monitoring:9090`)
@@ -133,6 +138,7 @@ impl Default for KubernetesConfig {
             redis_image: "redis:7.2-alpine".into(),
             valkey_image: "valkey/valkey:8".into(),
             mysql_image: "mariadb:10.11".into(),
+            typesense_image: "typesense/typesense:29.0".into(),
             redis_exporter_image: "oliver006/redis_exporter:v1.67.0".into(),
             prometheus_url: None,
             backup_schedule: "0 0 3 * * *".into(),

@@ -1,5 +1,5 @@
 //! Managed data services on this machine: one PostgreSQL cluster, MariaDB
-//! server or Redis (Valkey) server per resource, each in a sandbox of its
+//! server, Redis (Valkey) server or Typesense server per resource, each in a sandbox of its
 //! own, as the resource's own unprivileged uid, with its data in
 //! `<data_dir>/resources/<name>/` (bound at `/app` in the sandbox).
 //!
@@ -20,6 +20,7 @@ mod postgres;
 mod redis;
 #[cfg(test)]
 mod tests;
+mod typesense;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -41,7 +42,7 @@ use super::sandbox::{APP_DIR, Sandboxed, Sandboxes, Spec};
 use crate::error::{Error, Result};
 use crate::runtime::instances::{
     Backup, Endpoint, InstanceLimits, InstanceSpec, InstanceState, InstanceStatus, Instances,
-    MYSQL, POSTGRESQL, Progress, REDIS, Scalars, VALKEY,
+    MYSQL, POSTGRESQL, Progress, REDIS, Scalars, TYPESENSE, VALKEY,
 };
 
 /// How long a server gets to accept connections after a start.
@@ -76,6 +77,7 @@ pub struct LocalInstances {
     sandboxes: Arc<Sandboxes>,
     max_processes: u64,
     postgres_bin_dir: Option<PathBuf>,
+    typesense_bin: Option<PathBuf>,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     /// Set by `stop_all`: nothing starts any more.
     stopping: AtomicBool,
@@ -154,6 +156,7 @@ enum Kind {
     Postgres,
     Mysql,
     Redis,
+    Typesense,
 }
 
 impl Kind {
@@ -162,6 +165,7 @@ impl Kind {
             Kind::Postgres => "PostgreSQL",
             Kind::Mysql => "MySQL",
             Kind::Redis => "Redis",
+            Kind::Typesense => "Typesense",
         }
     }
 }
@@ -172,6 +176,7 @@ enum Programs {
     Postgres(postgres::Bins),
     Mysql(mysql::Bins),
     Redis { server: PathBuf },
+    Typesense { server: PathBuf },
 }
 
 /// One instance as this runtime handles it: its spec, its directory and
@@ -395,13 +400,13 @@ fn validate(spec: &InstanceSpec, kind: Kind) -> Result<()> {
     check_identifier("admin_user", &c.admin_user)?;
     check_password("admin_password", c.admin_password.expose())?;
     check_password("app_password", c.app_password.expose())?;
-    if kind != Kind::Redis {
+    if matches!(kind, Kind::Postgres | Kind::Mysql) {
         check_identifier("app_user", &c.app_user)?;
         check_identifier("database", &c.database)?;
         if c.app_user == c.admin_user {
             return Err(Error::field("app_user", "must differ from the admin user"));
         }
-    } else if c.admin_user == "default" {
+    } else if kind == Kind::Redis && c.admin_user == "default" {
         return Err(Error::field(
             "admin_user",
             "'default' is Redis's application user",
@@ -434,6 +439,7 @@ impl LocalInstances {
             data_dir: config.data_dir.clone(),
             max_processes: config.sandbox.max_processes,
             postgres_bin_dir: config.postgres_bin_dir.clone(),
+            typesense_bin: config.typesense_bin.clone(),
             sandboxes,
             entries: Mutex::default(),
             stopping: AtomicBool::new(false),
@@ -473,8 +479,9 @@ impl LocalInstances {
             POSTGRESQL => Ok(Kind::Postgres),
             MYSQL => Ok(Kind::Mysql),
             REDIS | VALKEY => Ok(Kind::Redis),
+            TYPESENSE => Ok(Kind::Typesense),
             other => Err(Error::bad_request(format!(
-                "the local runtime does not host '{other}' instances (it hosts {POSTGRESQL}, {MYSQL}, {REDIS} and {VALKEY})"
+                "the local runtime does not host '{other}' instances (it hosts {POSTGRESQL}, {MYSQL}, {REDIS}, {VALKEY} and {TYPESENSE})"
             ))),
         }
     }
@@ -482,7 +489,7 @@ impl LocalInstances {
     /// The programs `provider` needs, or what is missing.
     fn programs(&self, provider: &str) -> Result<Programs> {
         let kind = Self::kind(provider)?;
-        if kind != Kind::Redis && self.sandboxes.shared() {
+        if matches!(kind, Kind::Postgres | Kind::Mysql) && self.sandboxes.shared() {
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } == 0 {
                 return Err(Error::Unprocessable(format!(
@@ -511,6 +518,22 @@ impl LocalInstances {
                         ))
                     })
             }
+            Kind::Typesense => match &self.typesense_bin {
+                Some(path) if path.is_file() => Ok(Programs::Typesense {
+                    server: path.clone(),
+                }),
+                Some(path) => Err(Error::Unprocessable(format!(
+                    "typesense_bin is set to {}, which is not a file: point it at the typesense-server program",
+                    path.display()
+                ))),
+                None => find_program("typesense-server")
+                    .map(|server| Programs::Typesense { server })
+                    .ok_or_else(|| {
+                        Error::Unprocessable(
+                            "typesense-server is not installed on this machine: install Typesense's server (typesense.org publishes it; it is not in Debian's archive) and put typesense-server on PATH, or set typesense_bin (SYLPHX_TYPESENSE_BIN) to it".into(),
+                        )
+                    }),
+            },
         }
     }
 
@@ -854,6 +877,13 @@ impl Ctx {
         stderr: Stdio,
     ) -> Result<Sandboxed> {
         let (passwd, group) = (self.path(PASSWD), self.path(GROUP));
+        let mut files = vec![
+            (passwd.as_path(), "/etc/passwd"),
+            (group.as_path(), "/etc/group"),
+        ];
+        if let Programs::Typesense { server } = &self.programs {
+            files.push((server.as_path(), typesense::PROGRAM));
+        }
         self.sandboxes
             .spawn_with_files(
                 &Spec {
@@ -863,7 +893,7 @@ impl Ctx {
                     env,
                     limits: self.limits(),
                 },
-                &[(&passwd, "/etc/passwd"), (&group, "/etc/group")],
+                &files,
                 stdout,
                 stderr,
             )
@@ -957,6 +987,7 @@ impl Ctx {
             Kind::Postgres => postgres::init(self, rt, progress).await,
             Kind::Mysql => mysql::init(self).await,
             Kind::Redis => redis::init(self),
+            Kind::Typesense => typesense::init(self),
         }
     }
 
@@ -966,6 +997,7 @@ impl Ctx {
             Kind::Postgres => postgres::configure(self),
             Kind::Mysql => mysql::configure(self),
             Kind::Redis => redis::configure(self),
+            Kind::Typesense => typesense::configure(self),
         }
     }
 
@@ -974,6 +1006,14 @@ impl Ctx {
             Programs::Postgres(bins) => postgres::command(self, bins),
             Programs::Mysql(bins) => mysql::command(self, bins),
             Programs::Redis { server } => redis::command(self, server),
+            Programs::Typesense { server } => typesense::command(
+                self,
+                if self.sandboxes.shared() {
+                    server
+                } else {
+                    Path::new(typesense::PROGRAM)
+                },
+            ),
         }
     }
 
@@ -983,6 +1023,7 @@ impl Ctx {
             Kind::Postgres => postgres::probe(self).await,
             Kind::Mysql => mysql::probe(self).await,
             Kind::Redis => redis::probe(self).await,
+            Kind::Typesense => typesense::probe(self).await,
         }
     }
 
@@ -991,7 +1032,7 @@ impl Ctx {
         match self.kind {
             Kind::Postgres => postgres::after_ready(self, rt, progress).await,
             Kind::Mysql => mysql::after_ready(self),
-            Kind::Redis => Ok(()),
+            Kind::Redis | Kind::Typesense => Ok(()),
         }
     }
 }
@@ -1046,9 +1087,10 @@ impl Instances for LocalInstances {
             match ctx.kind {
                 Kind::Postgres => postgres::scalars(&ctx).await,
                 Kind::Redis => redis::scalars(&ctx).await,
-                Kind::Mysql => Err(Error::Unavailable(
-                    "metrics are not collected for MySQL".into(),
-                )),
+                Kind::Mysql | Kind::Typesense => Err(Error::Unavailable(format!(
+                    "metrics are not collected for {}",
+                    ctx.kind.label()
+                ))),
             }
         };
         match tokio::time::timeout(timeout, read).await {

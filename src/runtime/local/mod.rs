@@ -12,6 +12,7 @@ mod process;
 mod router;
 pub mod sandbox;
 pub mod source;
+mod tcp_proxy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -28,8 +29,8 @@ use uuid::Uuid;
 
 use super::{
     BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LiveEnvironments,
-    LogLine, LogQuery, LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus, Teardown,
-    step,
+    LogLine, LogQuery, LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus, TcpProxySpec,
+    Teardown, step,
 };
 use crate::domain::services::Resources;
 use crate::error::{Error, Result};
@@ -51,6 +52,10 @@ pub struct LocalConfig {
     pub git_roots: Vec<PathBuf>,
     /// PostgreSQL's server programs (`postgres_bin_dir`); found when `None`.
     pub postgres_bin_dir: Option<PathBuf>,
+    /// `typesense-server` (`typesense_bin`); found on `PATH` when `None`.
+    pub typesense_bin: Option<PathBuf>,
+    /// Where TCP proxies listen (`tcp_proxy_address`).
+    pub tcp_proxy_address: std::net::IpAddr,
 }
 
 /// Replicas that declare no `resources` get these.
@@ -145,6 +150,22 @@ impl Shared {
         Some((r.spec.port?, r.state.clone()))
     }
 
+    /// The port of a ready replica of a service (the `n`th, round robin).
+    fn pick_replica(&self, environment_id: Uuid, service_id: Uuid, n: usize) -> Option<u16> {
+        let envs = self.lock();
+        let ready: Vec<u16> = envs
+            .get(&environment_id)?
+            .services
+            .iter()
+            .find(|s| s.spec.service_id == service_id)?
+            .replicas
+            .iter()
+            .filter(|r| r.state.ready.load(Ordering::SeqCst))
+            .filter_map(|r| r.spec.port)
+            .collect();
+        ready.get(n % ready.len().max(1)).copied()
+    }
+
     fn knows(&self, host: &str) -> bool {
         self.lock()
             .values()
@@ -179,6 +200,8 @@ pub struct LocalRuntime {
     stopping: tokio::sync::watch::Sender<bool>,
     /// The managed data services it hosts.
     instances: instances::LocalInstances,
+    /// Public TCP proxies of services.
+    tcp_proxies: tcp_proxy::TcpProxies,
 }
 
 fn free_port() -> Result<u16> {
@@ -233,12 +256,14 @@ impl LocalRuntime {
             forbidden: config.data_dir.clone(),
         };
         let sandboxes = Arc::new(Sandboxes::new(config.sandbox.clone()));
+        let shared: Arc<Shared> = Arc::default();
         LocalRuntime {
             instances: instances::LocalInstances::new(&config, sandboxes.clone()),
+            tcp_proxies: tcp_proxy::TcpProxies::new(config.tcp_proxy_address, shared.clone()),
             sandboxes,
             sources,
             config,
-            shared: Arc::default(),
+            shared,
             logs,
             rollouts: Mutex::default(),
             deleted: Mutex::default(),
@@ -829,6 +854,8 @@ impl Runtime for LocalRuntime {
             .insert(env.environment_id);
         let removed = self.shared.lock().remove(&env.environment_id);
         self.shared.changed.notify_waiters();
+        let gone = env.environment_id;
+        self.tcp_proxies.remove_where(None, |e| e != gone).await;
         if let Some(running) = removed {
             stop_all(running.services, Duration::ZERO, SHUTDOWN_GRACE).await;
         }
@@ -901,6 +928,14 @@ impl Runtime for LocalRuntime {
             gone.iter().filter_map(|id| envs.remove(id)).collect()
         };
         self.shared.changed.notify_waiters();
+        let alive: HashSet<Uuid> = live
+            .environments
+            .iter()
+            .map(|(e, _)| e.environment_id)
+            .collect();
+        self.tcp_proxies
+            .remove_where(Some(live.read_at), |e| alive.contains(&e))
+            .await;
         for env in stale {
             tracing::info!(environment.id = %env.env.environment_id, "stopping an environment the store no longer has");
             self.logs.remove(env.env.environment_id);
@@ -918,10 +953,23 @@ impl Runtime for LocalRuntime {
             .flat_map(|e| std::mem::take(&mut e.services))
             .collect();
         self.shared.changed.notify_waiters();
+        self.tcp_proxies.remove_where(None, |_| false).await;
         tokio::join!(
             stop_all(all, SHUTDOWN_DRAIN, SHUTDOWN_GRACE),
             crate::runtime::instances::Instances::stop_all(&self.instances),
         );
+    }
+
+    async fn apply_tcp_proxy(&self, spec: &TcpProxySpec) -> Result<()> {
+        if self.is_stopping() {
+            return Err(Error::Unavailable("the server is stopping".into()));
+        }
+        self.tcp_proxies.apply(spec).await
+    }
+
+    async fn remove_tcp_proxy(&self, spec: &TcpProxySpec) -> Result<()> {
+        self.tcp_proxies.remove(spec.service_id).await;
+        Ok(())
     }
 
     async fn health(&self) -> Result<()> {

@@ -104,6 +104,8 @@ impl Harness {
             },
             git_roots: Vec::new(),
             postgres_bin_dir: None,
+            typesense_bin: None,
+            tcp_proxy_address: std::net::Ipv4Addr::LOCALHOST.into(),
         };
         let first = shared.next_uid.fetch_add(10, Ordering::SeqCst) + shared.ids.first_uid;
         let uids: Vec<u32> = (first..first + 10).collect();
