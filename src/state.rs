@@ -120,6 +120,13 @@ impl AppState {
                 ..QueueConfig::default()
             },
         );
+        let storages = Arc::new(crate::domain::storage::Storages::new(
+            db.clone(),
+            keyring.clone(),
+            config.blob.bucket.clone(),
+            config.blob.max_storages_per_organization,
+            config.blob.public_url.clone(),
+        ));
         let deployer = Deployer {
             db: db.clone(),
             keyring,
@@ -134,15 +141,9 @@ impl AppState {
             resource_quota: config.max_resources_per_organization,
             tcp_proxy: config.tcp_proxy,
             samples: Arc::default(),
+            storages: storages.clone(),
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());
-        let storages = Arc::new(crate::domain::storage::Storages::new(
-            db.clone(),
-            deployer.keyring.clone(),
-            config.blob.bucket.clone(),
-            config.blob.max_storages_per_organization,
-            config.blob.public_url.clone(),
-        ));
         Ok(AppState(Arc::new(Inner {
             config,
             deployer,

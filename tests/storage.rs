@@ -672,10 +672,139 @@ out["get"] = s3.get_object(Bucket=B, Key=P + "keep.txt")["Body"].read().decode()
     );
 }
 
+/// `kind: blob` through `/resources` is a storage of one environment:
+/// listed in both places, its variables in that environment, gone from
+/// both when deleted from either.
+async fn blob_resources_are_storages(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let t = s.admin_token.clone();
+    let p = s.project(&t, "media").await;
+    let env_id = p["environments"][0]["id"].as_str().unwrap().to_string();
+    // Without an environment, or with another organisation's, nothing is made.
+    let (status, e) = s
+        .post("/resources", &t, json!({"name": "Files", "kind": "blob"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("environmentId"),
+        "{e}"
+    );
+    let other = s.token("other", Role::Write).await;
+    let (status, e) = s
+        .post(
+            "/resources",
+            &other,
+            json!({"name": "Files", "kind": "blob", "environmentId": env_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    let (status, e) = s
+        .post(
+            "/resources",
+            &t,
+            json!({"name": "Files", "kind": "blob", "provider": "b2", "environmentId": env_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("provider"), "{e}");
+    let (_, list) = s.get("/resources?kind=blob", &t).await;
+    assert_eq!(list["data"], json!([]));
+
+    let (status, r) = s
+        .post(
+            "/resources",
+            &t,
+            json!({"name": "Media Files", "kind": "blob", "environmentId": env_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+    assert_eq!(r["provider"], "s3");
+    assert_eq!(r["status"], "ready", "{r}");
+    assert_eq!(r["reconcileStatus"], "synced", "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let (_, storages) = s.get("/projects/media/storage", &t).await;
+    let listed = storages.as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{storages}");
+    assert_eq!(listed[0]["id"], id.as_str());
+    let (_, vars) = s.get("/projects/media/env-vars", &t).await;
+    let keys: Vec<&str> = vars
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["key"].as_str().unwrap())
+        .collect();
+    assert!(keys.contains(&"BLOB_MEDIA_FILES_KEY_ID"), "{vars}");
+    assert!(keys.contains(&"BLOB_MEDIA_FILES_APPLICATION_KEY"), "{vars}");
+    let (status, one) = s.get(&format!("/resources/{id}"), &t).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["kind"], "blob");
+    assert!(
+        one["message"].as_str().unwrap().contains("media-files"),
+        "{one}"
+    );
+    let (_, m) = s.get(&format!("/resources/{id}/metrics"), &t).await;
+    assert_eq!(m["available"], false, "{m}");
+    let (status, e) = s
+        .post(
+            &format!("/resources/{id}/bindings"),
+            &t,
+            json!({"projectEnvironmentId": env_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    let (status, e) = s.get(&format!("/resources/{id}/backups"), &t).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+
+    // Deleting the resource revokes the storage and removes its variables.
+    let (status, _) = s
+        .call(Method::DELETE, &format!("/resources/{id}"), &t, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, storages) = s.get("/projects/media/storage", &t).await;
+    assert_eq!(storages, json!([]));
+    let (_, vars) = s.get("/projects/media/env-vars", &t).await;
+    assert_eq!(vars, json!([]));
+
+    // Deleting the storage removes the resource.
+    let (_, r) = s
+        .post(
+            "/resources",
+            &t,
+            json!({"name": "assets", "kind": "blob", "environmentId": env_id}),
+        )
+        .await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/projects/media/storage/{id}"),
+            &t,
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status}");
+    let (status, _) = s.get(&format!("/resources/{id}"), &t).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // And so does deleting the project.
+    let (_, r) = s
+        .post(
+            "/resources",
+            &t,
+            json!({"name": "assets", "kind": "blob", "environmentId": env_id}),
+        )
+        .await;
+    assert_eq!(r["status"], "ready", "{r}");
+    let (status, _) = s.call(Method::DELETE, "/projects/media", &t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, list) = s.get("/resources?kind=blob", &t).await;
+    assert_eq!(list["data"], json!([]));
+}
+
 backend_tests!(
     storage_end_to_end,
     hostile_tenants_get_nothing,
     project_deletion_revokes_its_storage,
+    blob_resources_are_storages,
 );
 
 /// A memory figure of this process from /proc (`VmRSS`: now, `VmHWM`:

@@ -85,6 +85,8 @@ pub struct Deployer {
     pub tcp_proxy: crate::config::TcpProxyConfig,
     /// The resources' sampled counters.
     pub samples: Arc<super::resources::metrics::Samples>,
+    /// Blob storages (`kind: blob` resources are storages).
+    pub storages: Arc<super::storage::Storages>,
 }
 
 fn seal_vars(keyring: &Keyring, vars: &BTreeMap<String, SecretString>) -> Result<String> {

@@ -36,6 +36,9 @@ use entity::{env_vars, environments as envs, projects as proj, storage};
 /// storage's id is their `binding_id`).
 pub const SOURCE: &str = "storage";
 
+/// The resource kind that is a storage seen through `/resources`.
+pub const BLOB_KIND: &str = "blob";
+
 /// The name a storage gets when none is given.
 pub const DEFAULT_NAME: &str = "primary";
 
@@ -258,14 +261,36 @@ impl Storages {
             .unwrap_or(DEFAULT_NAME)
             .to_string();
         validate::dns_label("name", &name)?;
+        let txn = self.db.begin().await?;
+        let project = projects::resolve(&txn, ctx, project).await?;
+        let env = environments::select(&txn, project.id, Some(&input.env_type), None).await?;
+        let view = self
+            .create_in(&txn, ctx, &project, &env, &name, input.public, new_id())
+            .await?;
+        txn.commit().await?;
+        Ok(view)
+    }
+
+    /// Creates storage `id` named `name` (a DNS label) of `env` within the
+    /// caller's transaction: checks the quota and the name, writes its
+    /// variables. A `kind: blob` resource is one, under the same id.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_in<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        ctx: &Ctx,
+        project: &proj::Model,
+        env: &envs::Model,
+        name: &str,
+        public: Option<bool>,
+        id: Uuid,
+    ) -> Result<StorageView> {
+        let name = name.to_string();
         let Some(endpoint) = self.endpoint() else {
             return Err(Error::Unavailable(
                 "the S3 endpoint of this server is not running".into(),
             ));
         };
-        let txn = self.db.begin().await?;
-        let project = projects::resolve(&txn, ctx, project).await?;
-        let env = environments::select(&txn, project.id, Some(&input.env_type), None).await?;
         // Creations of one organisation take turns on a shared store, so
         // that two at once cannot both pass the quota (SQLite has one
         // writer anyway).
@@ -283,7 +308,7 @@ impl Storages {
                 storage::Relation::Projects.def(),
             )
             .filter(proj::Column::OrganizationId.eq(ctx.org_id()))
-            .count(&txn)
+            .count(txn)
             .await?;
         if held >= self.quota {
             return Err(Error::Forbidden(format!(
@@ -294,18 +319,18 @@ impl Storages {
             .filter(storage::Column::ProjectId.eq(project.id))
             .filter(storage::Column::EnvironmentId.eq(env.id))
             .filter(storage::Column::Name.eq(name.as_str()))
-            .one(&txn)
+            .one(txn)
             .await?
             .is_some();
         if taken {
             return Err(name_taken(&name, &env.name));
         }
-        let org = organizations::get(&txn, ctx.org_id()).await?;
+        let org = organizations::get(txn, ctx.org_id()).await?;
         let prefix = prefix_of(&org.slug, &project.slug, &env.name, &name);
         let secret = random_hex(20);
         let now = now();
         let row = storage::ActiveModel {
-            id: Set(new_id()),
+            id: Set(id),
             project_id: Set(project.id),
             environment_id: Set(env.id),
             name: Set(name.clone()),
@@ -314,12 +339,12 @@ impl Storages {
             access_key_id: Set(format!("SLX{}", random_hex(10).to_ascii_uppercase())),
             secret_ciphertext: Set(self.keyring.seal(&secret)?),
             public_url: Set(format!("{endpoint}/{}/{prefix}", self.bucket)),
-            public: Set(input.public.unwrap_or(true)),
+            public: Set(public.unwrap_or(true)),
             revoked_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&txn)
+        .insert(txn)
         .await
         .map_err(|e| match e.sql_err() {
             Some(SqlErr::UniqueConstraintViolation(_)) => name_taken(&name, &env.name),
@@ -330,7 +355,7 @@ impl Storages {
             let existing = env_vars::Entity::find()
                 .filter(env_vars::Column::EnvironmentId.eq(env.id))
                 .filter(env_vars::Column::Key.eq(key.as_str()))
-                .one(&txn)
+                .one(txn)
                 .await?;
             if let Some(e) = existing {
                 let owner = match (e.source.as_str(), e.binding_id) {
@@ -353,18 +378,17 @@ impl Storages {
                 created_at: Set(now),
                 updated_at: Set(now),
             }
-            .insert(&txn)
+            .insert(txn)
             .await?;
         }
         audit::record(
-            &txn,
+            txn,
             ctx,
             "storage.create",
             Target::new("storage", view.row.id).in_project(project.id),
             Some(json!({ "environmentId": env.id, "name": name, "prefix": prefix })),
         )
         .await?;
-        txn.commit().await?;
         Ok(view)
     }
 
@@ -482,7 +506,7 @@ impl Storages {
 
 /// Removes storages and exactly the variables they wrote; their keys are
 /// refused from then on.
-async fn remove<C: ConnectionTrait>(conn: &C, ids: &[Uuid]) -> Result<()> {
+pub async fn remove<C: ConnectionTrait>(conn: &C, ids: &[Uuid]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
@@ -493,6 +517,12 @@ async fn remove<C: ConnectionTrait>(conn: &C, ids: &[Uuid]) -> Result<()> {
         .await?;
     storage::Entity::delete_many()
         .filter(storage::Column::Id.is_in(ids.iter().copied()))
+        .exec(conn)
+        .await?;
+    // A `kind: blob` resource is its storage: it goes with it.
+    entity::resources::Entity::delete_many()
+        .filter(entity::resources::Column::Id.is_in(ids.iter().copied()))
+        .filter(entity::resources::Column::Kind.eq(BLOB_KIND))
         .exec(conn)
         .await?;
     Ok(())

@@ -113,7 +113,10 @@ impl Deployer {
         self.samples.retain(&live);
         let reads = rows
             .into_iter()
-            .filter(|r| providers::of(&r.kind, &r.provider).is_ok())
+            .filter(|r| {
+                providers::of(&r.kind, &r.provider)
+                    .is_ok_and(|p| p.hosting == providers::Hosting::Instance)
+            })
             .map(|row| async move {
                 let read = self.resource_scalars(&row).await;
                 (row.id, read)

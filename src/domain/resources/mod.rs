@@ -33,7 +33,7 @@ use crate::runtime::instances::{
 };
 use crate::secrets::{Keyring, SecretString, random_hex};
 use entity::resources;
-pub use providers::{Connection, Provider};
+pub use providers::{Connection, Hosting, Provider};
 
 pub const PENDING: &str = "pending";
 pub const PROVISIONING: &str = "provisioning";
@@ -172,6 +172,33 @@ fn connection(provider: &Provider, sealed: &Sealed) -> Option<Connection> {
     })
 }
 
+/// Whether a server of the runtime's data services stands behind `row`.
+fn hosts_instance(row: &resources::Model) -> bool {
+    providers::of(&row.kind, &row.provider).is_ok_and(|p| p.hosting == Hosting::Instance)
+}
+
+/// A storage name (a DNS label) from a resource's name: `Media Files`
+/// becomes `media-files`.
+fn storage_name(name: &str) -> Result<String> {
+    let mut label = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() {
+            label.push(c.to_ascii_lowercase());
+        } else if !label.ends_with('-') {
+            label.push('-');
+        }
+    }
+    let label: String = label.trim_matches('-').chars().take(63).collect();
+    let label = label.trim_end_matches('-').to_string();
+    if label.is_empty() {
+        return Err(Error::field(
+            "name",
+            "a blob resource's name needs a letter or digit: its storage is named after it",
+        ));
+    }
+    Ok(label)
+}
+
 /// A resource of the caller's organisation that is not being deleted.
 pub async fn find<C: ConnectionTrait>(conn: &C, ctx: &Ctx, id: &str) -> Result<resources::Model> {
     let id = parse_id("id", id)?;
@@ -232,6 +259,17 @@ impl Deployer {
         let name = validate::text("name", &input.name, MAX_NAME)?;
         let provider = providers::find(&input.kind, input.provider.as_deref())?;
         let config = provider.config(input.config.as_ref(), None)?;
+        if provider.hosting == Hosting::Storage {
+            return self
+                .create_blob(
+                    ctx,
+                    &name,
+                    provider,
+                    config,
+                    input.environment_id.as_deref(),
+                )
+                .await;
+        }
         let environment_id = match &input.environment_id {
             Some(e) => Some(
                 bindings::environment(&self.db, ctx, "environmentId", e)
@@ -266,6 +304,53 @@ impl Deployer {
         .await?;
         txn.commit().await?;
         self.queue.notify();
+        self.changes.notify_waiters();
+        self.view(row, false)
+    }
+
+    /// A `kind: blob` resource: the storage of one project environment,
+    /// made with it in one transaction under the same id, ready at once
+    /// (its variables are written into that environment).
+    async fn create_blob(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        provider: &'static Provider,
+        config: Map<String, Value>,
+        environment: Option<&str>,
+    ) -> Result<View> {
+        let Some(environment) = environment else {
+            return Err(Error::field(
+                "environmentId",
+                "a blob resource is the storage of one project environment: give that environment's id",
+            ));
+        };
+        let label = storage_name(name)?;
+        let txn = self.db.begin().await?;
+        let (env, project) = bindings::environment(&txn, ctx, "environmentId", environment).await?;
+        let row = self
+            .insert_resource(&txn, ctx, name, provider, config, None, None)
+            .await?;
+        self.storages
+            .create_in(&txn, ctx, &project, &env, &label, None, row.id)
+            .await?;
+        let mut active = row.into_active_model();
+        active.status = Set(READY.into());
+        active.reconcile_status = Set(SYNCED.into());
+        active.message = Set(Some(format!(
+            "{} It is storage '{label}' of environment {} of project {}.",
+            provider.started, env.name, project.slug
+        )));
+        let row = active.update(&txn).await?;
+        audit::record(
+            &txn,
+            ctx,
+            "resources.create",
+            Target::new("resource", row.id),
+            Some(json!({ "kind": provider.kind, "provider": provider.name, "environmentId": env.id })),
+        )
+        .await?;
+        txn.commit().await?;
         self.changes.notify_waiters();
         self.view(row, false)
     }
@@ -308,8 +393,9 @@ impl Deployer {
             host: None,
             port: None,
         };
+        let instance = provider.hosting == Hosting::Instance;
         let port = match self.runtime.kind() {
-            "local" => Some(self.allocate_port(conn).await?),
+            "local" if instance => Some(self.allocate_port(conn).await?),
             _ => None,
         };
         let now = now();
@@ -324,8 +410,12 @@ impl Deployer {
             reconcile_status: Set(PENDING.into()),
             tier: Set(Some("standard".into())),
             message: Set(Some(provider.started.to_string())),
-            connection_ciphertext: Set(Some(seal(&self.keyring, &sealed)?)),
-            public_host: Set(Some(self.public_host.clone())),
+            connection_ciphertext: Set(if instance {
+                Some(seal(&self.keyring, &sealed)?)
+            } else {
+                None
+            }),
+            public_host: Set(instance.then(|| self.public_host.clone())),
             source_resource_id: Set(source),
             port: Set(port.map(i32::from)),
             branch_env: Set(branch_env),
@@ -475,6 +565,21 @@ impl Deployer {
         ctx.require(Role::Write)?;
         let txn = self.db.begin().await?;
         let row = find(&txn, ctx, id).await?;
+        if providers::of(&row.kind, &row.provider)?.hosting == Hosting::Storage {
+            // Its key is refused from the next S3 request on; blobs stay.
+            crate::domain::storage::remove(&txn, &[row.id]).await?;
+            audit::record(
+                &txn,
+                ctx,
+                "resources.delete",
+                Target::new("resource", row.id),
+                None,
+            )
+            .await?;
+            txn.commit().await?;
+            self.changes.notify_waiters();
+            return Ok(true);
+        }
         bindings::remove_all(&txn, row.id).await?;
         let mut active = row.clone().into_active_model();
         active.status = Set(DELETING.into());
@@ -700,7 +805,7 @@ impl Deployer {
             .filter(resources::Column::Status.eq(READY))
             .all(&self.db)
             .await?;
-        for row in rows {
+        for row in rows.into_iter().filter(hosts_instance) {
             let me = self.clone();
             tokio::spawn(async move {
                 let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
@@ -724,7 +829,7 @@ impl Deployer {
         &self,
         row: &resources::Model,
     ) -> Result<Option<crate::runtime::instances::InstanceStatus>> {
-        if row.status != READY {
+        if row.status != READY || !hosts_instance(row) {
             return Ok(None);
         }
         let spec = self.instance_spec(row, Origin::Empty).await?;
@@ -733,6 +838,12 @@ impl Deployer {
 
     /// The live figures of a resource, with the sampled series.
     pub async fn resource_scalars(&self, row: &resources::Model) -> Result<Scalars> {
+        if !hosts_instance(row) {
+            return Err(Error::Unavailable(format!(
+                "no figures are collected for {} resources",
+                row.kind
+            )));
+        }
         let spec = self.instance_spec(row, Origin::Empty).await?;
         self.instances()?.scalars(&spec, LIVE_TIMEOUT).await
     }

@@ -79,6 +79,16 @@ pub enum Part {
     Fixed(&'static str),
 }
 
+/// What stands behind a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hosting {
+    /// A server of the runtime's data services (`Instances`).
+    Instance,
+    /// A storage of a project environment: a prefix of the S3 endpoint's
+    /// bucket with its own key pair (`domain::storage`).
+    Storage,
+}
+
 /// A provider of resources of one kind.
 #[derive(Debug)]
 pub struct Provider {
@@ -107,6 +117,7 @@ pub struct Provider {
     pub started: &'static str,
     /// Names the instance's objects and directories start with.
     pub short: &'static str,
+    pub hosting: Hosting,
 }
 
 /// A KV store provider: Redis and its forks speak alike.
@@ -127,6 +138,7 @@ const fn kv(name: &'static str, default_for_kind: bool) -> Provider {
         branches: false,
         started: "KV store provisioning started. Poll GET /resources/:id for status.",
         short: "kv",
+        hosting: Hosting::Instance,
     }
 }
 
@@ -153,6 +165,7 @@ pub const PROVIDERS: &[Provider] = &[
         branches: true,
         started: "Database provisioning started. Poll GET /resources/:id for status.",
         short: "pg",
+        hosting: Hosting::Instance,
     },
     Provider {
         kind: "database",
@@ -176,6 +189,7 @@ pub const PROVIDERS: &[Provider] = &[
         branches: false,
         started: "Database provisioning started. Poll GET /resources/:id for status.",
         short: "my",
+        hosting: Hosting::Instance,
     },
     kv(instances::REDIS, true),
     kv(instances::VALKEY, false),
@@ -200,6 +214,24 @@ pub const PROVIDERS: &[Provider] = &[
         branches: false,
         started: "Search provisioning started. Poll GET /resources/:id for status.",
         short: "ts",
+        hosting: Hosting::Instance,
+    },
+    Provider {
+        kind: "blob",
+        name: "s3",
+        default_for_kind: true,
+        config: &[],
+        scheme: "s3",
+        url_var: "BLOB{ROLE}_URL",
+        part_vars: &[],
+        admin_user: "",
+        app_user: "",
+        database: "",
+        backups: false,
+        branches: false,
+        started: "Blob storage is ready: its S3 credentials are the BLOB_* secret env vars of its environment (they are shown once, in the answer of POST /projects/:id/storage; this storage is also listed there).",
+        short: "blob",
+        hosting: Hosting::Storage,
     },
 ];
 
@@ -438,7 +470,7 @@ pub fn create_schema() -> Value {
     }
     serde_json::json!({
         "anyOf": any,
-        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey; search: typesense); config takes that provider's settings"
+        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey; search: typesense; blob: s3, with environmentId); config takes that provider's settings"
     })
 }
 
