@@ -92,6 +92,8 @@ struct FileConfig {
     log_history_org_bytes: Option<u64>,
     resource_ports: Option<String>,
     max_resources_per_organization: Option<u64>,
+    max_volume_size_gb: Option<u64>,
+    max_volume_gb_per_organization: Option<u64>,
     public_host: Option<String>,
     postgres_bin_dir: Option<PathBuf>,
     ai: Option<crate::ai::config::AiConfig>,
@@ -255,6 +257,9 @@ pub struct Config {
     pub resource_ports: PortRange,
     /// Resources one organisation may have at once (each runs a server).
     pub max_resources_per_organization: u64,
+    /// Limits on persistent volumes (`max_volume_size_gb`,
+    /// `max_volume_gb_per_organization`).
+    pub volumes: crate::domain::volumes::VolumeSettings,
     /// The host name clients outside the machine use for managed data
     /// services (`publicHost`, `publicConnectionString`).
     pub public_host: String,
@@ -585,6 +590,21 @@ impl Config {
                 file.max_resources_per_organization,
                 10,
             )?,
+            volumes: crate::domain::volumes::VolumeSettings {
+                max_size_gb: u32::try_from(at_least_one(
+                    "max_volume_size_gb",
+                    "SYLPHX_MAX_VOLUME_SIZE_GB",
+                    file.max_volume_size_gb,
+                    100,
+                )?)
+                .map_err(|_| Error::bad_request("max_volume_size_gb is too large"))?,
+                organization_budget_gb: at_least_one(
+                    "max_volume_gb_per_organization",
+                    "SYLPHX_MAX_VOLUME_GB_PER_ORGANIZATION",
+                    file.max_volume_gb_per_organization,
+                    100,
+                )?,
+            },
             public_host: std::env::var("SYLPHX_PUBLIC_HOST")
                 .ok()
                 .filter(|v| !v.trim().is_empty())

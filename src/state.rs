@@ -130,6 +130,7 @@ impl AppState {
             resource_ports: config.resource_ports,
             resource_quota: config.max_resources_per_organization,
             samples: Arc::default(),
+            volumes: config.volumes,
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());
         Ok(AppState(Arc::new(Inner {

@@ -83,6 +83,8 @@ pub struct Deployer {
     pub resource_quota: u64,
     /// The resources' sampled counters.
     pub samples: Arc<super::resources::metrics::Samples>,
+    /// Limits on persistent volumes.
+    pub volumes: super::volumes::VolumeSettings,
 }
 
 fn seal_vars(keyring: &Keyring, vars: &BTreeMap<String, SecretString>) -> Result<String> {
@@ -854,6 +856,7 @@ async fn release_services(
     let rows = services::list(&txn, project.id).await?;
     let ids: Vec<Uuid> = rows.iter().map(|s| s.id).collect();
     let overrides = services::overrides_of(&txn, &ids).await?;
+    let mut mounts = super::volumes::mounts_in(&txn, env.id).await?;
     txn.commit().await?;
     let mut out: Vec<ServiceSpec> = rows
         .into_iter()
@@ -874,6 +877,7 @@ async fn release_services(
                 resources: services::Resources::from_json(
                     &o.and_then(|o| o.resources.clone()).or(s.resources),
                 ),
+                volumes: mounts.remove(&s.id).unwrap_or_default(),
             }
         })
         .collect();
@@ -886,6 +890,7 @@ async fn release_services(
             replicas: env.replicas.max(0) as u32,
             resources: None,
             command: None,
+            volumes: Vec::new(),
         });
     }
     Ok(out)

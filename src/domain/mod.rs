@@ -15,6 +15,7 @@ pub mod resources;
 pub mod sandboxes;
 pub mod services;
 pub mod validate;
+pub mod volumes;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;

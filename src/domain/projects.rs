@@ -292,6 +292,7 @@ pub async fn delete(
         deployments: deployments::ids_of(&txn, project.id, None).await?,
         whole_project: true,
         sandbox_uid: sandboxes::uid_of(&txn, project.id).await?,
+        volumes: super::volumes::refs_of(&txn, &project, None).await?,
     };
     projects::Entity::delete_by_id(project.id)
         .exec(&txn)

@@ -14,6 +14,7 @@ pub mod query;
 pub mod resources;
 pub mod size;
 pub mod types;
+pub mod volumes;
 pub mod ws;
 
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub struct Query(
     QueryRoot,
     deployments::DeploymentQuery,
     resources::ResourceQuery,
+    volumes::VolumeQuery,
     ai::AiQuery,
 );
 
@@ -48,6 +50,7 @@ pub struct Mutation(
     MutationRoot,
     deployments::DeploymentMutation,
     resources::ResourceMutation,
+    volumes::VolumeMutation,
     ai::AiMutation,
 );
 

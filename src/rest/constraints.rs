@@ -91,6 +91,12 @@ pub fn input_field(type_name: &str, field: &str) -> Option<Value> {
             "description": "The resource's provider's settings; others are refused"
         }),
         ("BranchResourceInput", "env") => label(),
+        ("CreateVolumeInput", "name" | "service" | "envType") => label(),
+        ("CreateVolumeInput", "mountPath") => crate::domain::volumes::mount_path_schema(),
+        ("CreateVolumeInput", "sizeGb") => json!({
+            "minimum": 1,
+            "description": "Whole GB, at most max_volume_size_gb (100 by default); all volumes of an organisation together at most max_volume_gb_per_organization (100 by default)"
+        }),
         ("BranchResourceInput", "storageGb") => json!({ "minimum": 1, "maximum": 1000 }),
         _ => return None,
     };
@@ -120,7 +126,7 @@ pub fn variable(name: &str) -> Option<Value> {
             "pattern": PROJECT_REF_PATTERN,
             "description": "The project's UUID or slug"
         }),
-        "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" => uuid(),
+        "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" | "volId" => uuid(),
         "kind" => json!({
             "enum": crate::domain::resources::providers::KINDS,
             "description": "Only resources of this kind"

@@ -862,6 +862,7 @@ impl Ctx {
                     command,
                     env,
                     limits: self.limits(),
+                    mounts: &[],
                 },
                 &[(&passwd, "/etc/passwd"), (&group, "/etc/group")],
                 stdout,
