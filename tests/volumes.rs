@@ -167,7 +167,10 @@ async fn data_survives_redeploys_and_goes_with_the_volume(backend: Backend) {
     let (status, got) = s.get(&format!("/projects/keeper/volumes/{id}"), &t).await;
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(got["status"], "bound");
-    assert_eq!(app_get(&s, "keeper.localhost", "/write?v=kept").await, "written");
+    assert_eq!(
+        app_get(&s, "keeper.localhost", "/write?v=kept").await,
+        "written"
+    );
 
     // A redeploy starts new replicas from a new release: the file is there.
     assert_eq!(deploy(&s, "keeper").await["status"], "success");
@@ -248,9 +251,7 @@ async fn data_survives_redeploys_and_goes_with_the_volume(backend: Backend) {
         .join("volumes")
         .join(list[0]["id"].as_str().unwrap());
     assert!(snoop_dir.is_dir());
-    let (status, _) = s
-        .call(Method::DELETE, "/projects/snoop", &t, None)
-        .await;
+    let (status, _) = s.call(Method::DELETE, "/projects/snoop", &t, None).await;
     assert_eq!(status, StatusCode::OK);
     eventually("a deleted project's volume is removed", || {
         let dir = snoop_dir.clone();
@@ -278,7 +279,11 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
 
     // No service yet: nothing to mount it in.
     let (status, body) = s
-        .post(path, &t, json!({"name": "a", "mountPath": "/data", "sizeGb": 1}))
+        .post(
+            path,
+            &t,
+            json!({"name": "a", "mountPath": "/data", "sizeGb": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(field(&body), "service");
@@ -295,23 +300,74 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
         (json!({"name": "a", "sizeGb": 1}), "mountPath"),
         (json!({"mountPath": "/data", "sizeGb": 1}), "name"),
         (json!({"name": "a", "mountPath": "/data"}), "sizeGb"),
-        (json!({"name": "a", "mountPath": "data", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/a/../etc", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/data/./x", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/proc/x", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/etc", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/usr/lib/x", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/lib64", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/tmp/x", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/app", "sizeGb": 1}), "mountPath"),
-        (json!({"name": "a", "mountPath": "/data", "sizeGb": 0}), "sizeGb"),
-        (json!({"name": "a", "mountPath": "/data", "sizeGb": -5}), "sizeGb"),
-        (json!({"name": "a", "mountPath": "/data", "sizeGb": 1.5}), "sizeGb"),
-        (json!({"name": "a", "mountPath": "/data", "sizeGb": "ten"}), "sizeGb"),
-        (json!({"name": "a", "mountPath": "/data", "sizeGb": 3}), "sizeGb"),
-        (json!({"name": "Not A Label", "mountPath": "/data", "sizeGb": 1}), "name"),
-        (json!({"name": "a", "mountPath": "/data", "sizeGb": 1, "service": "nope"}), "service"),
+        (
+            json!({"name": "a", "mountPath": "data", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/a/../etc", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/data/./x", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/proc/x", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/etc", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/usr/lib/x", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/lib64", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/tmp/x", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/app", "sizeGb": 1}),
+            "mountPath",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/data", "sizeGb": 0}),
+            "sizeGb",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/data", "sizeGb": -5}),
+            "sizeGb",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/data", "sizeGb": 1.5}),
+            "sizeGb",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/data", "sizeGb": "ten"}),
+            "sizeGb",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/data", "sizeGb": 3}),
+            "sizeGb",
+        ),
+        (
+            json!({"name": "Not A Label", "mountPath": "/data", "sizeGb": 1}),
+            "name",
+        ),
+        (
+            json!({"name": "a", "mountPath": "/data", "sizeGb": 1, "service": "nope"}),
+            "service",
+        ),
     ] {
         let (status, answer) = s.post(path, &t, body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {answer}");
@@ -321,18 +377,30 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
     assert_eq!(list, json!([]), "bad input changed nothing");
 
     let (status, a) = s
-        .post(path, &t, json!({"name": "a", "mountPath": "/app/uploads", "sizeGb": 1}))
+        .post(
+            path,
+            &t,
+            json!({"name": "a", "mountPath": "/app/uploads", "sizeGb": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{a}");
     let a_id = a["id"].as_str().unwrap().to_string();
     let (status, body) = s
-        .post(path, &t, json!({"name": "a", "mountPath": "/other", "sizeGb": 1}))
+        .post(
+            path,
+            &t,
+            json!({"name": "a", "mountPath": "/other", "sizeGb": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(body["error"].as_str().unwrap().contains("name"), "{body}");
     for clash in ["/app/uploads", "/app/uploads/x", "/app"] {
         let (status, body) = s
-            .post(path, &t, json!({"name": "b", "mountPath": clash, "sizeGb": 1}))
+            .post(
+                path,
+                &t,
+                json!({"name": "b", "mountPath": clash, "sizeGb": 1}),
+            )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{clash}: {body}");
         assert_eq!(field(&body), "mountPath");
@@ -340,11 +408,19 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
 
     // The organisation's budget: 1 + 2 GB fit, one more does not.
     let (status, body) = s
-        .post(path, &t, json!({"name": "b", "mountPath": "/b", "sizeGb": 2}))
+        .post(
+            path,
+            &t,
+            json!({"name": "b", "mountPath": "/b", "sizeGb": 2}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, body) = s
-        .post(path, &t, json!({"name": "c", "mountPath": "/c", "sizeGb": 1}))
+        .post(
+            path,
+            &t,
+            json!({"name": "c", "mountPath": "/c", "sizeGb": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(
@@ -361,7 +437,11 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list.as_array().unwrap().len(), 2);
     let (status, _) = s
-        .post(path, &reader, json!({"name": "r", "mountPath": "/r", "sizeGb": 1}))
+        .post(
+            path,
+            &reader,
+            json!({"name": "r", "mountPath": "/r", "sizeGb": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = s
@@ -381,7 +461,11 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = s
-        .post(path, &intruder, json!({"name": "x", "mountPath": "/x", "sizeGb": 1}))
+        .post(
+            path,
+            &intruder,
+            json!({"name": "x", "mountPath": "/x", "sizeGb": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _) = s
@@ -420,9 +504,7 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
     let (status, body) = s.get(&format!("{path}/not-an-id"), &t).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(field(&body), "volId");
-    let (status, _) = s
-        .get(&format!("{path}/{}", uuid::Uuid::now_v7()), &t)
-        .await;
+    let (status, _) = s.get(&format!("{path}/{}", uuid::Uuid::now_v7()), &t).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // Deleting frees the budget.
@@ -435,7 +517,11 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, body) = s
-        .post(path, &t, json!({"name": "c", "mountPath": "/c", "sizeGb": 1}))
+        .post(
+            path,
+            &t,
+            json!({"name": "c", "mountPath": "/c", "sizeGb": 1}),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }

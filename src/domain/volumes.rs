@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use async_graphql::InputObject;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, RelationTrait, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, RelationTrait, Set, TransactionTrait,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -107,7 +107,10 @@ pub fn mount_path(field: &str, value: &str) -> Result<()> {
     let segments: Vec<&str> = value[1..].split('/').collect();
     for seg in &segments {
         if seg.is_empty() {
-            return Err(Error::field(field, "must not contain empty segments ('//' or a trailing '/')"));
+            return Err(Error::field(
+                field,
+                "must not contain empty segments ('//' or a trailing '/')",
+            ));
         }
         if *seg == "." || *seg == ".." {
             return Err(Error::field(field, "must not contain '.' or '..' segments"));
@@ -129,7 +132,10 @@ pub fn mount_path(field: &str, value: &str) -> Result<()> {
             format!("/{first} is a system directory the container needs"),
         ));
     }
-    if value == "/app" || value == "/var" || is_under(value, "/var/tmp") || is_under(value, "/var/run")
+    if value == "/app"
+        || value == "/var"
+        || is_under(value, "/var/tmp")
+        || is_under(value, "/var/run")
     {
         return Err(Error::field(
             field,
@@ -246,10 +252,9 @@ pub async fn mounts_in<C: ConnectionTrait>(
 fn pick_service<'a>(services: &'a [svcs::Model], name: Option<&str>) -> Result<&'a svcs::Model> {
     if let Some(name) = name {
         validate::dns_label("service", name)?;
-        return services
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| Error::field("service", format!("the project has no service '{name}'")));
+        return services.iter().find(|s| s.name == name).ok_or_else(|| {
+            Error::field("service", format!("the project has no service '{name}'"))
+        });
     }
     let http = services
         .iter()
@@ -353,8 +358,7 @@ impl Deployer {
             .await?;
         }
         let project = projects::resolve(&txn, ctx, project).await?;
-        let env =
-            environments::select(&txn, project.id, input.env_type.as_deref(), None).await?;
+        let env = environments::select(&txn, project.id, input.env_type.as_deref(), None).await?;
         let services = super::services::list(&txn, project.id).await?;
         let service = pick_service(&services, input.service.as_deref())?;
         let taken = volumes::Entity::find()
@@ -504,13 +508,40 @@ mod tests {
 
     #[test]
     fn mount_paths() {
-        for ok in ["/data", "/app/uploads", "/var/lib/data", "/srv/x.y_z-1", "/home/app/.cache"] {
+        for ok in [
+            "/data",
+            "/app/uploads",
+            "/var/lib/data",
+            "/srv/x.y_z-1",
+            "/home/app/.cache",
+        ] {
             assert!(mount_path("mountPath", ok).is_ok(), "{ok}");
         }
         for bad in [
-            "data", "/", "/data/", "//data", "/a/../b", "/a/./b", "/proc", "/proc/x", "/sys/fs",
-            "/dev/shm", "/etc/app", "/usr/local/x", "/bin", "/lib", "/lib64/x", "/libx32",
-            "/sbin/x", "/tmp", "/tmp/x", "/var/tmp/x", "/app", "/var", "/run/x", "/a b",
+            "data",
+            "/",
+            "/data/",
+            "//data",
+            "/a/../b",
+            "/a/./b",
+            "/proc",
+            "/proc/x",
+            "/sys/fs",
+            "/dev/shm",
+            "/etc/app",
+            "/usr/local/x",
+            "/bin",
+            "/lib",
+            "/lib64/x",
+            "/libx32",
+            "/sbin/x",
+            "/tmp",
+            "/tmp/x",
+            "/var/tmp/x",
+            "/app",
+            "/var",
+            "/run/x",
+            "/a b",
             "/opt/app",
         ] {
             assert_eq!(

@@ -12,10 +12,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvFromSource, EnvVar, KeyToPath, Namespace,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretEnvSource, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec as KubeServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Container, ContainerPort, EnvFromSource, EnvVar, KeyToPath, Namespace, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Secret, SecretEnvSource, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec as KubeServiceSpec, TCPSocketAction, Volume, VolumeMount,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -284,10 +284,7 @@ pub fn deployment(cfg: &KubernetesConfig, release: &Release, svc: &ServiceSpec) 
 /// namespace: ReadWriteOnce, `sizeGb` GiB, of the volumes' StorageClass.
 pub fn volume_claim(cfg: &KubernetesConfig, v: &VolumeRef) -> PersistentVolumeClaim {
     let mut labels = BTreeMap::from([
-        (
-            names::PROJECT_ID.to_string(),
-            v.env.project_id.to_string(),
-        ),
+        (names::PROJECT_ID.to_string(), v.env.project_id.to_string()),
         (
             names::ENVIRONMENT_ID.to_string(),
             v.env.environment_id.to_string(),

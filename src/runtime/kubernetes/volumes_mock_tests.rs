@@ -88,8 +88,8 @@ async fn state_is_bound_once_the_claim_is() {
 #[tokio::test]
 async fn delete_removes_the_claim_and_is_idempotent() {
     let script = vec![
-        Exchange::new(Method::DELETE, claim_path()).json(200, json!({})),
-        Exchange::new(Method::DELETE, claim_path()).json(404, not_found()),
+        Exchange::new(Method::DELETE, format!("{}?", claim_path())).json(200, json!({})),
+        Exchange::new(Method::DELETE, format!("{}?", claim_path())).json(404, not_found()),
     ];
     run_script(config(), script, |rt| async move {
         rt.delete_volume(&volume()).await?;

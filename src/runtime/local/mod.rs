@@ -1026,7 +1026,10 @@ impl Runtime for LocalRuntime {
             .is_some_and(|e| {
                 e.services.iter().any(|s| {
                     !s.replicas.is_empty()
-                        && s.spec.volumes.iter().any(|m| m.volume_id == v.mount.volume_id)
+                        && s.spec
+                            .volumes
+                            .iter()
+                            .any(|m| m.volume_id == v.mount.volume_id)
                 })
             });
         let (volumes, id) = (self.volumes.clone(), v.mount.volume_id);

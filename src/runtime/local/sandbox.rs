@@ -278,16 +278,15 @@ impl Sandboxes {
                     .iter()
                     .flat_map(|(host, inside)| [os("--ro-bind"), host.into(), os(*inside)])
                     .collect();
-                let (cmd, file) =
-                    bwrap_command(
-                        bwrap,
-                        &ready.base_args,
-                        &extra,
-                        spec.dir,
-                        spec.mounts,
-                        spec.command,
-                    )
-                        .map_err(|e| Error::internal(format!("sandbox arguments: {e}")))?;
+                let (cmd, file) = bwrap_command(
+                    bwrap,
+                    &ready.base_args,
+                    &extra,
+                    spec.dir,
+                    spec.mounts,
+                    spec.command,
+                )
+                .map_err(|e| Error::internal(format!("sandbox arguments: {e}")))?;
                 (Command::from(cmd), Some(file), Path::new(APP_DIR))
             }
             None => {

@@ -143,7 +143,7 @@ impl Volumes {
         // Made under a temporary name, so that a crash never leaves a
         // half-made image under the real one.
         let partial = self.dir.join(format!("{}.img.partial", v.volume_id));
-            let made = (|| {
+        let made = (|| {
             use std::os::unix::fs::OpenOptionsExt;
             let file = std::fs::OpenOptions::new()
                 .write(true)
@@ -226,11 +226,7 @@ impl Volumes {
             return;
         };
         for e in entries.flatten() {
-            if let Some(id) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| Uuid::parse_str(n).ok())
-            {
+            if let Some(id) = e.file_name().to_str().and_then(|n| Uuid::parse_str(n).ok()) {
                 self.detach(id);
             }
         }
