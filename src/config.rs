@@ -597,7 +597,14 @@ impl Config {
                     file.max_volume_size_gb,
                     100,
                 )?)
-                .map_err(|_| Error::bad_request("max_volume_size_gb is too large"))?,
+                .ok()
+                .filter(|n| *n <= crate::domain::volumes::MAX_SIZE_GB)
+                .ok_or_else(|| {
+                    Error::bad_request(format!(
+                        "max_volume_size_gb must be at most {}",
+                        crate::domain::volumes::MAX_SIZE_GB
+                    ))
+                })?,
                 organization_budget_gb: at_least_one(
                     "max_volume_gb_per_organization",
                     "SYLPHX_MAX_VOLUME_GB_PER_ORGANIZATION",

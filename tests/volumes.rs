@@ -357,7 +357,7 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
             "sizeGb",
         ),
         (
-            json!({"name": "a", "mountPath": "/data", "sizeGb": 3}),
+            json!({"name": "a", "mountPath": "/data", "sizeGb": 16385}),
             "sizeGb",
         ),
         (
@@ -373,6 +373,21 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {answer}");
         assert_eq!(field(&answer), named, "{body} → {answer}");
     }
+    // Past this server's max_volume_size_gb (2 here): a limit, 403.
+    let (status, body) = s
+        .post(
+            path,
+            &t,
+            json!({"name": "a", "mountPath": "/data", "sizeGb": 3}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_volume_size_gb")
+    );
     let (_, list) = s.get(path, &t).await;
     assert_eq!(list, json!([]), "bad input changed nothing");
 

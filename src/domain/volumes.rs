@@ -168,15 +168,27 @@ fn nested(a: &str, b: &str) -> bool {
     is_under(a, b) || is_under(b, a)
 }
 
+/// The largest `sizeGb` any server takes (and `max_volume_size_gb` may
+/// be): what the API document states.
+pub const MAX_SIZE_GB: u32 = 16384;
+
+/// Checks `sizeGb`: a whole number from 1 to [`MAX_SIZE_GB`] (else 400);
+/// past this server's `max_volume_size_gb`, a limit its operator sets, 403.
 fn size_gb(settings: &VolumeSettings, value: i32) -> Result<u32> {
     match u32::try_from(value) {
-        Ok(n) if n >= 1 && n <= settings.max_size_gb => Ok(n),
+        Ok(n) if (1..=MAX_SIZE_GB).contains(&n) => {
+            if n > settings.max_size_gb {
+                Err(Error::Forbidden(format!(
+                    "sizeGb: this server's volumes hold at most {} GB (max_volume_size_gb)",
+                    settings.max_size_gb
+                )))
+            } else {
+                Ok(n)
+            }
+        }
         _ => Err(Error::field(
             "sizeGb",
-            format!(
-                "must be a whole number of GB from 1 to {} (max_volume_size_gb)",
-                settings.max_size_gb
-            ),
+            format!("must be a whole number of GB from 1 to {MAX_SIZE_GB}"),
         )),
     }
 }
@@ -565,8 +577,9 @@ mod tests {
         let s = VolumeSettings::default();
         assert_eq!(size_gb(&s, 1).unwrap(), 1);
         assert_eq!(size_gb(&s, 100).unwrap(), 100);
-        for bad in [0, -1, 101] {
-            assert!(size_gb(&s, bad).is_err());
+        for bad in [0, -1, 16385] {
+            assert_eq!(size_gb(&s, bad).unwrap_err().code(), "BAD_REQUEST");
         }
+        assert_eq!(size_gb(&s, 101).unwrap_err().code(), "FORBIDDEN");
     }
 }

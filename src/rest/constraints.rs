@@ -95,7 +95,8 @@ pub fn input_field(type_name: &str, field: &str) -> Option<Value> {
         ("CreateVolumeInput", "mountPath") => crate::domain::volumes::mount_path_schema(),
         ("CreateVolumeInput", "sizeGb") => json!({
             "minimum": 1,
-            "description": "Whole GB, at most max_volume_size_gb (100 by default); all volumes of an organisation together at most max_volume_gb_per_organization (100 by default)"
+            "maximum": crate::domain::volumes::MAX_SIZE_GB,
+            "description": "Whole GB; past the server's max_volume_size_gb (100 by default) 403, as is a volume that takes the organisation's volumes past max_volume_gb_per_organization (100 by default)"
         }),
         ("BranchResourceInput", "storageGb") => json!({ "minimum": 1, "maximum": 1000 }),
         _ => return None,
