@@ -265,7 +265,7 @@ fn pick_service<'a>(services: &'a [svcs::Model], name: Option<&str>) -> Result<&
     if let Some(name) = name {
         validate::dns_label("service", name)?;
         return services.iter().find(|s| s.name == name).ok_or_else(|| {
-            Error::field("service", format!("the project has no service '{name}'"))
+            Error::NotFound(format!("service: the project has no service '{name}'"))
         });
     }
     let http = services
@@ -275,13 +275,12 @@ fn pick_service<'a>(services: &'a [svcs::Model], name: Option<&str>) -> Result<&
     match (http, services) {
         (Some(s), _) => Ok(s),
         (None, [only]) => Ok(only),
-        (None, []) => Err(Error::field(
-            "service",
-            "the project has no service yet: deploy it once, or create one, first",
+        // What the project holds decides these, not the request alone.
+        (None, []) => Err(Error::Conflict(
+            "service: the project has no service yet: deploy it once, or create one, first".into(),
         )),
-        (None, _) => Err(Error::field(
-            "service",
-            "the project has several services and none serves HTTP: name one",
+        (None, _) => Err(Error::Conflict(
+            "service: the project has several services and none serves HTTP: name one".into(),
         )),
     }
 }
@@ -388,13 +387,11 @@ impl Deployer {
                 && v.environment_id == Some(env.id)
                 && nested(&v.mount_path, &input.mount_path)
         }) {
-            return Err(Error::field(
-                "mountPath",
-                format!(
-                    "overlaps the volume '{}' at {} of the same service",
-                    other.name, other.mount_path
-                ),
-            ));
+            // A clash with what the service holds, like a taken name.
+            return Err(Error::Conflict(format!(
+                "mountPath: overlaps the volume '{}' at {} of the same service",
+                other.name, other.mount_path
+            )));
         }
         let held: i64 = volumes::Entity::find()
             .select_only()
