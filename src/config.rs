@@ -98,6 +98,8 @@ struct FileConfig {
     tcp_proxy_ports: Option<String>,
     tcp_proxy_address: Option<std::net::IpAddr>,
     max_tcp_proxies_per_organization: Option<u64>,
+    max_volume_size_gb: Option<u64>,
+    max_volume_gb_per_organization: Option<u64>,
     public_host: Option<String>,
     postgres_bin_dir: Option<PathBuf>,
     s3_listen: Option<SocketAddr>,
@@ -307,6 +309,9 @@ pub struct Config {
     pub max_resources_per_organization: u64,
     /// Public TCP proxies: their ports, address and quota.
     pub tcp_proxy: TcpProxyConfig,
+    /// Limits on persistent volumes (`max_volume_size_gb`,
+    /// `max_volume_gb_per_organization`).
+    pub volumes: crate::domain::volumes::VolumeSettings,
     /// The host name clients outside the machine use for managed data
     /// services (`publicHost`, `publicConnectionString`).
     pub public_host: String,
@@ -692,6 +697,28 @@ impl Config {
                     "SYLPHX_MAX_TCP_PROXIES_PER_ORGANIZATION",
                     file.max_tcp_proxies_per_organization,
                     TcpProxyConfig::default().max_per_organization,
+                )?,
+            },
+            volumes: crate::domain::volumes::VolumeSettings {
+                max_size_gb: u32::try_from(at_least_one(
+                    "max_volume_size_gb",
+                    "SYLPHX_MAX_VOLUME_SIZE_GB",
+                    file.max_volume_size_gb,
+                    100,
+                )?)
+                .ok()
+                .filter(|n| *n <= crate::domain::volumes::MAX_SIZE_GB)
+                .ok_or_else(|| {
+                    Error::bad_request(format!(
+                        "max_volume_size_gb must be at most {}",
+                        crate::domain::volumes::MAX_SIZE_GB
+                    ))
+                })?,
+                organization_budget_gb: at_least_one(
+                    "max_volume_gb_per_organization",
+                    "SYLPHX_MAX_VOLUME_GB_PER_ORGANIZATION",
+                    file.max_volume_gb_per_organization,
+                    100,
                 )?,
             },
             public_host: std::env::var("SYLPHX_PUBLIC_HOST")

@@ -142,6 +142,7 @@ impl AppState {
             tcp_proxy: config.tcp_proxy,
             samples: Arc::default(),
             storages: storages.clone(),
+            volumes: config.volumes,
         };
         let rate_limits = RateLimiter::new(config.rate_limits.clone());
         Ok(AppState(Arc::new(Inner {

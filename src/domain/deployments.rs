@@ -87,6 +87,8 @@ pub struct Deployer {
     pub samples: Arc<super::resources::metrics::Samples>,
     /// Blob storages (`kind: blob` resources are storages).
     pub storages: Arc<super::storage::Storages>,
+    /// Limits on persistent volumes.
+    pub volumes: super::volumes::VolumeSettings,
 }
 
 fn seal_vars(keyring: &Keyring, vars: &BTreeMap<String, SecretString>) -> Result<String> {
@@ -858,6 +860,7 @@ async fn release_services(
     let rows = services::list(&txn, project.id).await?;
     let ids: Vec<Uuid> = rows.iter().map(|s| s.id).collect();
     let overrides = services::overrides_of(&txn, &ids).await?;
+    let mut mounts = super::volumes::mounts_in(&txn, env.id).await?;
     txn.commit().await?;
     let mut out: Vec<ServiceSpec> = rows
         .into_iter()
@@ -878,6 +881,7 @@ async fn release_services(
                 resources: services::Resources::from_json(
                     &o.and_then(|o| o.resources.clone()).or(s.resources),
                 ),
+                volumes: mounts.remove(&s.id).unwrap_or_default(),
             }
         })
         .collect();
@@ -890,6 +894,7 @@ async fn release_services(
             replicas: env.replicas.max(0) as u32,
             resources: None,
             command: None,
+            volumes: Vec::new(),
         });
     }
     Ok(out)

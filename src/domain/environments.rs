@@ -281,6 +281,7 @@ pub async fn delete(
         deployments: deployments::ids_of(&txn, project.id, Some(env.id)).await?,
         whole_project: false,
         sandbox_uid: None,
+        volumes: super::volumes::refs_of(&txn, &project, Some(env.id)).await?,
     };
     environments::Entity::delete_by_id(env.id)
         .exec(&txn)

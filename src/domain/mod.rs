@@ -17,6 +17,7 @@ pub mod services;
 pub mod storage;
 pub mod tcp_proxies;
 pub mod validate;
+pub mod volumes;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;

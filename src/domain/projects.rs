@@ -292,6 +292,7 @@ pub async fn delete(
         deployments: deployments::ids_of(&txn, project.id, None).await?,
         whole_project: true,
         sandbox_uid: sandboxes::uid_of(&txn, project.id).await?,
+        volumes: super::volumes::refs_of(&txn, &project, None).await?,
     };
     // Its blob storage keys are refused from now on; the blobs stay.
     super::storage::revoke_project(&txn, project.id).await?;

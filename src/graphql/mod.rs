@@ -16,6 +16,7 @@ pub mod size;
 pub mod storage;
 pub mod tcp_proxies;
 pub mod types;
+pub mod volumes;
 pub mod ws;
 
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub struct Query(
     resources::ResourceQuery,
     storage::StorageQuery,
     tcp_proxies::TcpProxyQuery,
+    volumes::VolumeQuery,
     ai::AiQuery,
 );
 
@@ -54,6 +56,7 @@ pub struct Mutation(
     resources::ResourceMutation,
     storage::StorageMutation,
     tcp_proxies::TcpProxyMutation,
+    volumes::VolumeMutation,
     ai::AiMutation,
 );
 

@@ -92,6 +92,13 @@ pub fn input_field(type_name: &str, field: &str) -> Option<Value> {
         }),
         ("BranchResourceInput", "env") => label(),
         ("CreateStorageInput", "envType" | "name") => label(),
+        ("CreateVolumeInput", "name" | "service" | "envType") => label(),
+        ("CreateVolumeInput", "mountPath") => crate::domain::volumes::mount_path_schema(),
+        ("CreateVolumeInput", "sizeGb") => json!({
+            "minimum": 1,
+            "maximum": crate::domain::volumes::MAX_SIZE_GB,
+            "description": "Whole GB; past the server's max_volume_size_gb (100 by default) 403, as is a volume that takes the organisation's volumes past max_volume_gb_per_organization (100 by default)"
+        }),
         ("BranchResourceInput", "storageGb") => json!({ "minimum": 1, "maximum": 1000 }),
         _ => return None,
     };
@@ -122,7 +129,7 @@ pub fn variable(name: &str) -> Option<Value> {
             "description": "The project's UUID or slug"
         }),
         "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" | "storageId"
-        | "ruleId" => uuid(),
+        | "ruleId" | "volId" => uuid(),
         "externalPort" => {
             let ports = crate::config::TcpProxyConfig::default().ports;
             json!({

@@ -43,6 +43,44 @@ pub struct ServiceSpec {
     pub resources: Option<Resources>,
     /// Command to run (the local runtime's Procfile entry); images use their entrypoint.
     pub command: Option<String>,
+    /// Persistent volumes mounted into every replica (read from the store
+    /// each time a release is applied, so rollbacks and restores keep them).
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A persistent volume as a replica sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub volume_id: Uuid,
+    /// DNS-1123 label, unique in its project.
+    pub name: String,
+    /// Absolute path inside the replica.
+    pub mount_path: String,
+    pub size_gb: u32,
+}
+
+/// A volume and where it belongs, for the runtime calls about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRef {
+    pub env: EnvironmentRef,
+    /// The service that mounts it (`None` once that service is deleted).
+    pub service: Option<String>,
+    pub mount: VolumeMount,
+}
+
+/// What a runtime knows of a volume now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeState {
+    /// Mounted by a running release of its service (or, on Kubernetes,
+    /// its claim is bound).
+    pub bound: bool,
+    /// Bytes in use, where the runtime can measure them.
+    pub used_bytes: Option<u64>,
+    /// Anything the user should know (the size is not enforced here, …).
+    pub message: Option<String>,
 }
 
 /// Env var values handed to a runtime. `Debug` never shows the values.
@@ -370,6 +408,9 @@ pub struct Teardown {
     /// The whole project goes: all its releases, and its sandbox user.
     pub whole_project: bool,
     pub sandbox_uid: Option<u32>,
+    /// Volumes whose data goes (their rows went with the deletion).
+    #[serde(default)]
+    pub volumes: Vec<VolumeRef>,
 }
 
 /// A public TCP entry to one service of an environment: connections to
@@ -454,6 +495,9 @@ pub trait Runtime: Send + Sync + 'static {
     /// Removes what a deleted project or environment left: what runs,
     /// routes, releases, logs. Idempotent.
     async fn teardown(&self, t: &Teardown) -> Result<()> {
+        for v in &t.volumes {
+            self.delete_volume(v).await?;
+        }
         for env in &t.environments {
             self.delete(env).await?;
         }
@@ -488,6 +532,23 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// The CI runner pool (empty where there is none).
     async fn runners(&self) -> Result<Vec<Runner>>;
+
+    /// Makes a new volume's storage (idempotent); the next deploy of its
+    /// service mounts it.
+    async fn create_volume(&self, _volume: &VolumeRef) -> Result<()> {
+        Ok(())
+    }
+
+    /// What the runtime knows of a volume now.
+    async fn volume_state(&self, _volume: &VolumeRef) -> Result<VolumeState> {
+        Ok(VolumeState::default())
+    }
+
+    /// Removes a volume and its data for good; replicas that mount it go
+    /// on without it. Idempotent.
+    async fn delete_volume(&self, _volume: &VolumeRef) -> Result<()> {
+        Ok(())
+    }
 
     /// The managed data services it hosts; `None` where it hosts none.
     fn instances(&self) -> Option<&dyn instances::Instances> {

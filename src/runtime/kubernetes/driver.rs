@@ -9,7 +9,7 @@ use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Resource, ResourceExt};
@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::runtime::instances::Instances;
 use crate::runtime::{
     BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LogLine, LogQuery,
-    LogSink, Release, Runner, Runtime,
+    LogSink, Release, Runner, Runtime, VolumeRef, VolumeState,
 };
 
 /// A failed API call as the crate's error. API messages name objects and
@@ -632,6 +632,58 @@ impl Runtime for KubernetesRuntime {
     #[instrument(skip_all, fields(service.id = %spec.service_id))]
     async fn remove_tcp_proxy(&self, spec: &crate::runtime::TcpProxySpec) -> Result<()> {
         self.delete_tcp_proxy_objects(spec).await
+    }
+
+    /// The claim goes in the environment's namespace (made here if the
+    /// environment was never provisioned).
+    #[instrument(skip_all, fields(volume.id = %v.mount.volume_id))]
+    async fn create_volume(&self, v: &VolumeRef) -> Result<()> {
+        let ns = self.ns(&v.env);
+        self.check_namespace(&v.env, &ns).await?;
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        self.apply(
+            &api,
+            &manifests::namespace(&self.config, &v.env),
+            "apply Namespace",
+        )
+        .await?;
+        self.apply(
+            &self.api::<PersistentVolumeClaim>(&ns),
+            &manifests::volume_claim(&self.config, v),
+            "apply PersistentVolumeClaim",
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `bound` is the claim's `status.phase: Bound`.
+    async fn volume_state(&self, v: &VolumeRef) -> Result<VolumeState> {
+        let claim = self
+            .api::<PersistentVolumeClaim>(&self.ns(&v.env))
+            .get_opt(&names::volume_claim(v.mount.volume_id))
+            .await
+            .map_err(|e| kube_error("read PersistentVolumeClaim", e))?;
+        let phase = claim
+            .as_ref()
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.phase.clone());
+        Ok(VolumeState {
+            bound: phase.as_deref() == Some("Bound"),
+            used_bytes: None,
+            message: claim.is_none().then(|| "its claim is missing".to_string()),
+        })
+    }
+
+    /// Deletes the claim; Kubernetes keeps it (`Terminating`) until no pod
+    /// uses it, so its data goes once the service's pods are replaced.
+    #[instrument(skip_all, fields(volume.id = %v.mount.volume_id))]
+    async fn delete_volume(&self, v: &VolumeRef) -> Result<()> {
+        self.delete_if_present(
+            &self.api::<PersistentVolumeClaim>(&self.ns(&v.env)),
+            &names::volume_claim(v.mount.volume_id),
+            "delete PersistentVolumeClaim",
+        )
+        .await
     }
 
     async fn health(&self) -> Result<()> {

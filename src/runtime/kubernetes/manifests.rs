@@ -12,9 +12,11 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvFromSource, EnvVar, KeyToPath, Namespace, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretEnvSource, SecretVolumeSource,
-    Service, ServicePort, ServiceSpec as KubeServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Container, ContainerPort, EnvFromSource, EnvVar, KeyToPath, Namespace, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Secret, SecretEnvSource, SecretVolumeSource, Service, ServicePort,
+    ServiceSpec as KubeServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,7 +28,7 @@ use sha2::{Digest, Sha256};
 use super::KubernetesConfig;
 use super::names;
 use crate::error::{Error, Result};
-use crate::runtime::{BuildRequest, EnvVars, EnvironmentRef, Release, ServiceSpec};
+use crate::runtime::{BuildRequest, EnvVars, EnvironmentRef, Release, ServiceSpec, VolumeRef};
 
 /// Old ReplicaSets kept per Deployment: how far `kubectl rollout undo` could go.
 pub const REVISION_HISTORY_LIMIT: i32 = 10;
@@ -194,8 +196,48 @@ pub fn deployment(cfg: &KubernetesConfig, release: &Release, svc: &ServiceSpec) 
             ..Probe::default()
         }),
         resources: resources(svc),
+        volume_mounts: (!svc.volumes.is_empty()).then(|| {
+            svc.volumes
+                .iter()
+                .map(|v| VolumeMount {
+                    name: names::volume_claim(v.volume_id),
+                    mount_path: v.mount_path.clone(),
+                    ..VolumeMount::default()
+                })
+                .collect()
+        }),
         ..Container::default()
     };
+    // A ReadWriteOnce volume attaches to one node: a rolling update could
+    // schedule the new pod elsewhere while the old one holds it, and wait
+    // forever. Such a service is replaced instead (old pods stop first).
+    let strategy = if svc.volumes.is_empty() {
+        DeploymentStrategy {
+            type_: Some("RollingUpdate".into()),
+            rolling_update: Some(RollingUpdateDeployment {
+                max_unavailable: Some(IntOrString::Int(0)),
+                max_surge: Some(IntOrString::Int(1)),
+            }),
+        }
+    } else {
+        DeploymentStrategy {
+            type_: Some("Recreate".into()),
+            rolling_update: None,
+        }
+    };
+    let pod_volumes = (!svc.volumes.is_empty()).then(|| {
+        svc.volumes
+            .iter()
+            .map(|v| Volume {
+                name: names::volume_claim(v.volume_id),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: names::volume_claim(v.volume_id),
+                    read_only: None,
+                }),
+                ..Volume::default()
+            })
+            .collect()
+    });
     Deployment {
         metadata: meta(
             &name,
@@ -212,13 +254,7 @@ pub fn deployment(cfg: &KubernetesConfig, release: &Release, svc: &ServiceSpec) 
                 match_labels: Some(selector(svc)),
                 ..LabelSelector::default()
             },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_unavailable: Some(IntOrString::Int(0)),
-                    max_surge: Some(IntOrString::Int(1)),
-                }),
-            }),
+            strategy: Some(strategy),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
@@ -230,6 +266,7 @@ pub fn deployment(cfg: &KubernetesConfig, release: &Release, svc: &ServiceSpec) 
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    volumes: pod_volumes,
                     // User code gets no API token, and no Docker-link env
                     // vars that could shadow its own.
                     automount_service_account_token: Some(false),
@@ -240,6 +277,40 @@ pub fn deployment(cfg: &KubernetesConfig, release: &Release, svc: &ServiceSpec) 
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
+    }
+}
+
+/// A project volume as a PersistentVolumeClaim in its environment's
+/// namespace: ReadWriteOnce, `sizeGb` GiB, of the volumes' StorageClass.
+pub fn volume_claim(cfg: &KubernetesConfig, v: &VolumeRef) -> PersistentVolumeClaim {
+    let mut labels = BTreeMap::from([
+        (names::PROJECT_ID.to_string(), v.env.project_id.to_string()),
+        (
+            names::ENVIRONMENT_ID.to_string(),
+            v.env.environment_id.to_string(),
+        ),
+        (names::VOLUME_ID.to_string(), v.mount.volume_id.to_string()),
+    ]);
+    labels.insert(names::MANAGED_BY.into(), names::MANAGER.into());
+    PersistentVolumeClaim {
+        metadata: meta(
+            &names::volume_claim(v.mount.volume_id),
+            &names::namespace(&cfg.namespace_prefix, &v.env),
+            labels,
+        ),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: Some(cfg.volume_storage_class.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(format!("{}Gi", v.mount.size_gb)),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
     }
 }
 
@@ -602,6 +673,7 @@ pub(crate) mod tests {
                 memory: Some("512Mi".into()),
             }),
             command: None,
+            volumes: Vec::new(),
         }
     }
 
@@ -613,6 +685,7 @@ pub(crate) mod tests {
             replicas: 1,
             resources: None,
             command: Some("bin/worker --queue default".into()),
+            volumes: Vec::new(),
         }
     }
 
@@ -689,6 +762,37 @@ pub(crate) mod tests {
             "postgres://db/shop",
         );
         insta::assert_yaml_snapshot!(deployment(&config(), &r, &worker()));
+    }
+
+    fn uploads() -> crate::runtime::VolumeMount {
+        crate::runtime::VolumeMount {
+            volume_id: Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0020),
+            name: "uploads".into(),
+            mount_path: "/app/uploads".into(),
+            size_gb: 20,
+        }
+    }
+
+    #[test]
+    fn web_deployment_with_volume_manifest() {
+        let r = release(
+            0x100,
+            "registry.local/sylphx/shop/app@sha256:aaaa",
+            "postgres://db/shop",
+        );
+        let mut svc = web();
+        svc.volumes = vec![uploads()];
+        insta::assert_yaml_snapshot!(deployment(&config(), &r, &svc));
+    }
+
+    #[test]
+    fn volume_claim_manifest() {
+        let v = VolumeRef {
+            env: env(),
+            service: Some("web".into()),
+            mount: uploads(),
+        };
+        insta::assert_yaml_snapshot!(volume_claim(&config(), &v));
     }
 
     #[test]

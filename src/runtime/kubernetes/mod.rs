@@ -35,6 +35,8 @@ pub mod tcp_proxy;
 mod instances_mock_tests;
 #[cfg(test)]
 mod mock_tests;
+#[cfg(test)]
+mod volumes_mock_tests;
 
 /// How the driver names, routes and builds. `Default` gives a working
 /// single-cluster setup; operators mostly set the gateway and registry.
@@ -85,6 +87,9 @@ pub struct KubernetesConfig {
     /// StorageClass of the data volumes; the cluster's default when `None`.
     /// `SYLPHX_K8S_STORAGE_CLASS`.
     pub storage_class: Option<String>,
+    /// StorageClass of the PersistentVolumeClaims of project volumes.
+    /// `SYLPHX_K8S_VOLUME_STORAGE_CLASS`.
+    pub volume_storage_class: String,
     /// VolumeSnapshotClass of the snapshots PostgreSQL branches start
     /// from; the cluster's default when `None`. `SYLPHX_K8S_SNAPSHOT_CLASS`.
     pub snapshot_class: Option<String>,
@@ -133,6 +138,7 @@ impl Default for KubernetesConfig {
             object_store: None,
             object_store_namespace: "sylphx-system".into(),
             storage_class: None,
+            volume_storage_class: "rook-ceph-block".into(),
             snapshot_class: None,
             postgres_image: None,
             redis_image: "redis:7.2-alpine".into(),
@@ -174,6 +180,9 @@ impl KubernetesConfig {
         }
         if let Some(v) = var("SYLPHX_K8S_STORAGE_CLASS") {
             self.storage_class = Some(v);
+        }
+        if let Some(v) = var("SYLPHX_K8S_VOLUME_STORAGE_CLASS") {
+            self.volume_storage_class = v;
         }
         if let Some(v) = var("SYLPHX_K8S_SNAPSHOT_CLASS") {
             self.snapshot_class = Some(v);

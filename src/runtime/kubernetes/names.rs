@@ -30,6 +30,8 @@ pub const ENV_CHECKSUM: &str = "sylphx.io/env-checksum";
 pub const JOB_NAME: &str = "batch.kubernetes.io/job-name";
 /// The one selector label of a data service instance's objects and pods.
 pub const RESOURCE_ID: &str = "sylphx.io/resource-id";
+/// Label of a project volume's PersistentVolumeClaim.
+pub const VOLUME_ID: &str = "sylphx.io/volume-id";
 /// On an organization's data namespace.
 pub const ORGANIZATION_ID: &str = "sylphx.io/organization-id";
 /// Pod-template annotation of a data service: sha256 of its credentials,
@@ -95,6 +97,12 @@ pub fn service_object(service: &str) -> String {
     } else {
         label
     }
+}
+
+/// A project volume's PersistentVolumeClaim (and its pod volume's name):
+/// by id, 40 characters.
+pub fn volume_claim(volume_id: Uuid) -> String {
+    format!("vol-{volume_id}")
 }
 
 /// One build Job per deployment: re-running a build for the same deployment

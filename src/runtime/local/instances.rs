@@ -892,6 +892,7 @@ impl Ctx {
                     command,
                     env,
                     limits: self.limits(),
+                    mounts: &[],
                 },
                 &files,
                 stdout,

@@ -13,6 +13,7 @@ mod router;
 pub mod sandbox;
 pub mod source;
 mod tcp_proxy;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use uuid::Uuid;
 use super::{
     BuildOutput, BuildRequest, EnvVars, EnvironmentRef, EnvironmentStatus, LiveEnvironments,
     LogLine, LogQuery, LogSink, Release, Runner, Runtime, ServiceSpec, ServiceStatus, TcpProxySpec,
-    Teardown, step,
+    Teardown, VolumeRef, VolumeState, step,
 };
 use crate::domain::services::Resources;
 use crate::error::{Error, Result};
@@ -202,6 +203,8 @@ pub struct LocalRuntime {
     instances: instances::LocalInstances,
     /// Public TCP proxies of services.
     tcp_proxies: tcp_proxy::TcpProxies,
+    /// Persistent volumes.
+    volumes: Arc<volumes::Volumes>,
 }
 
 fn free_port() -> Result<u16> {
@@ -260,6 +263,11 @@ impl LocalRuntime {
         LocalRuntime {
             instances: instances::LocalInstances::new(&config, sandboxes.clone()),
             tcp_proxies: tcp_proxy::TcpProxies::new(config.tcp_proxy_address, shared.clone()),
+            volumes: Arc::new(volumes::Volumes::new(
+                &config.data_dir,
+                !config.sandbox.insecure_shared,
+                config.sandbox.ids.group,
+            )),
             sandboxes,
             sources,
             config,
@@ -283,6 +291,11 @@ impl LocalRuntime {
         } else if self.sandboxes.shared() {
             tracing::warn!(
                 "--insecure-shared-sandbox: tenant code runs as this server's own user, without isolation between projects"
+            );
+        }
+        if !self.volumes.enforced() {
+            tracing::warn!(
+                "volume sizes are not enforced: this server cannot mount filesystem images (it needs root, mkfs.ext4, loop devices and real sandboxes); volumes are plain directories whose usage is measured"
             );
         }
         self.prepare_dirs()
@@ -426,6 +439,7 @@ impl LocalRuntime {
                     command,
                     env,
                     limits: limits(None, self.config.sandbox.max_processes),
+                    mounts: &[],
                 },
                 Stdio::piped(),
                 Stdio::piped(),
@@ -491,6 +505,70 @@ impl LocalRuntime {
 
     fn start_replica(&self, spec: ReplicaSpec) -> Replica {
         Replica::start(spec, self.supervision())
+    }
+
+    /// Makes and mounts the volumes of `svc` (those deleted meanwhile are
+    /// left out): what its replicas bind, by volume.
+    async fn attach_volumes(
+        &self,
+        svc: &ServiceSpec,
+        uid: u32,
+    ) -> Result<Vec<(Uuid, PathBuf, String)>> {
+        if svc.volumes.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.sandboxes.shared() {
+            return Err(Error::Unprocessable(format!(
+                "service {} has volumes, which need real sandboxes: start the server without --insecure-shared-sandbox",
+                svc.name
+            )));
+        }
+        let owner = self.sandboxes.effective_uid(uid);
+        let mut out = Vec::new();
+        for v in &svc.volumes {
+            let (volumes, mount) = (self.volumes.clone(), v.clone());
+            let attached = tokio::task::spawn_blocking(move || volumes.attach(&mount, owner))
+                .await
+                .map_err(Error::internal)?;
+            match attached {
+                Ok(host) => out.push((v.volume_id, host, v.mount_path.clone())),
+                Err(Error::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(volume.id = %v.volume_id, error = e.message(), "cannot attach a volume");
+                    return Err(Error::Unprocessable(format!(
+                        "volume {} could not be mounted",
+                        v.name
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replicas that mount volume `id` in `env` start again without it;
+    /// the old ones, returned, are to be stopped.
+    fn restart_without(&self, env: Uuid, id: Uuid) -> Result<Vec<Replica>> {
+        let mut envs = self.shared.lock();
+        let Some(running) = envs.get_mut(&env) else {
+            return Ok(Vec::new());
+        };
+        let mut old = Vec::new();
+        for svc in &mut running.services {
+            if !svc.spec.volumes.iter().any(|v| v.volume_id == id) {
+                continue;
+            }
+            svc.spec.volumes.retain(|v| v.volume_id != id);
+            for r in std::mem::take(&mut svc.replicas) {
+                let mut spec = r.spec.clone();
+                spec.volumes.retain(|(v, _, _)| *v != id);
+                if spec.port.is_some() {
+                    spec.port = Some(free_port()?);
+                }
+                svc.replicas.push(self.start_replica(spec));
+                old.push(r);
+            }
+        }
+        Ok(old)
     }
 }
 
@@ -566,6 +644,7 @@ impl Runtime for LocalRuntime {
                 replicas: 1,
                 resources: None,
                 command: Some(p.command.clone()),
+                volumes: Vec::new(),
             })
             .collect();
         say(format!(
@@ -626,6 +705,7 @@ impl Runtime for LocalRuntime {
             else {
                 continue; // Not a process type of this release.
             };
+            let mounts = self.attach_volumes(svc, uid).await?;
             let mut replicas = Vec::new();
             for i in 0..svc.replicas {
                 let port = match svc.port {
@@ -642,6 +722,7 @@ impl Runtime for LocalRuntime {
                     deployment_id: deployment,
                     uid,
                     limits: limits(svc.resources.as_ref(), self.config.sandbox.max_processes),
+                    volumes: mounts.clone(),
                 }));
             }
             started.push(RunningService {
@@ -867,6 +948,9 @@ impl Runtime for LocalRuntime {
         for env in &t.environments {
             self.delete(env).await?;
         }
+        for v in &t.volumes {
+            self.delete_volume(v).await?;
+        }
         if let Some(uid) = t
             .sandbox_uid
             .filter(|_| t.whole_project && !self.sandboxes.shared())
@@ -958,6 +1042,58 @@ impl Runtime for LocalRuntime {
             stop_all(all, SHUTDOWN_DRAIN, SHUTDOWN_GRACE),
             crate::runtime::instances::Instances::stop_all(&self.instances),
         );
+        let volumes = self.volumes.clone();
+        let _ = tokio::task::spawn_blocking(move || volumes.detach_all()).await;
+    }
+
+    async fn create_volume(&self, v: &VolumeRef) -> Result<()> {
+        let (volumes, mount) = (self.volumes.clone(), v.mount.clone());
+        tokio::task::spawn_blocking(move || volumes.create(&mount))
+            .await
+            .map_err(Error::internal)?
+    }
+
+    async fn volume_state(&self, v: &VolumeRef) -> Result<VolumeState> {
+        let bound = self
+            .shared
+            .lock()
+            .get(&v.env.environment_id)
+            .filter(|e| e.deployment_id.is_some())
+            .is_some_and(|e| {
+                e.services.iter().any(|s| {
+                    !s.replicas.is_empty()
+                        && s.spec
+                            .volumes
+                            .iter()
+                            .any(|m| m.volume_id == v.mount.volume_id)
+                })
+            });
+        let (volumes, id) = (self.volumes.clone(), v.mount.volume_id);
+        let state = tokio::task::spawn_blocking(move || volumes.state(id))
+            .await
+            .map_err(Error::internal)?;
+        Ok(VolumeState { bound, ..state })
+    }
+
+    async fn delete_volume(&self, v: &VolumeRef) -> Result<()> {
+        let id = v.mount.volume_id;
+        self.volumes.forget(id);
+        {
+            // After any rollout under way, which may still name it.
+            let lock = self.lock_env(v.env.environment_id);
+            let _guard = lock.lock().await;
+            let old = self.restart_without(v.env.environment_id, id)?;
+            self.shared.changed.notify_waiters();
+            futures_util::future::join_all(
+                old.into_iter()
+                    .map(|r| r.stop(SHUTDOWN_DRAIN, SHUTDOWN_GRACE)),
+            )
+            .await;
+        }
+        let volumes = self.volumes.clone();
+        tokio::task::spawn_blocking(move || volumes.remove(id))
+            .await
+            .map_err(Error::internal)?
     }
 
     async fn apply_tcp_proxy(&self, spec: &TcpProxySpec) -> Result<()> {

@@ -32,6 +32,8 @@ pub struct ReplicaSpec {
     /// The project's sandbox uid.
     pub uid: u32,
     pub limits: Limits,
+    /// Persistent volumes: (volume, host directory, path inside).
+    pub volumes: Vec<(Uuid, PathBuf, String)>,
 }
 
 impl ReplicaSpec {
@@ -205,6 +207,11 @@ async fn supervise(
         env.insert("PORT".into(), port.to_string());
     }
     let owner = sup.sandboxes.effective_uid(spec.uid);
+    let mounts: Vec<(PathBuf, String)> = spec
+        .volumes
+        .iter()
+        .map(|(_, host, inside)| (host.clone(), inside.clone()))
+        .collect();
     loop {
         if stopping.borrow().is_some() {
             return;
@@ -218,6 +225,7 @@ async fn supervise(
                     command: &spec.command,
                     env: &env,
                     limits: spec.limits,
+                    mounts: &mounts,
                 },
                 Stdio::piped(),
                 Stdio::piped(),

@@ -77,6 +77,9 @@ pub struct Spec<'a> {
     /// Environment on top of `PATH`, `HOME` and `LANG`.
     pub env: &'a BTreeMap<String, String>,
     pub limits: Limits,
+    /// Host directories bound read-write at a path inside (persistent
+    /// volumes), after the release directory so that they may lie in it.
+    pub mounts: &'a [(PathBuf, String)],
 }
 
 /// What the start-up check found.
@@ -151,11 +154,15 @@ fn bwrap_command(
     base_args: &[OsString],
     extra_args: &[OsString],
     dir: &Path,
+    mounts: &[(PathBuf, String)],
     command: &str,
 ) -> io::Result<(std::process::Command, std::fs::File)> {
     let mut args = base_args.to_vec();
     args.extend_from_slice(extra_args);
     args.extend([os("--bind"), dir.into(), os(APP_DIR)]);
+    for (host, inside) in mounts {
+        args.extend([os("--bind"), host.into(), os(inside)]);
+    }
     args.extend(["--chdir", APP_DIR].map(os));
     let file = args_memfd(&args)?;
     let mut cmd = std::process::Command::new(bwrap);
@@ -271,9 +278,15 @@ impl Sandboxes {
                     .iter()
                     .flat_map(|(host, inside)| [os("--ro-bind"), host.into(), os(*inside)])
                     .collect();
-                let (cmd, file) =
-                    bwrap_command(bwrap, &ready.base_args, &extra, spec.dir, spec.command)
-                        .map_err(|e| Error::internal(format!("sandbox arguments: {e}")))?;
+                let (cmd, file) = bwrap_command(
+                    bwrap,
+                    &ready.base_args,
+                    &extra,
+                    spec.dir,
+                    spec.mounts,
+                    spec.command,
+                )
+                .map_err(|e| Error::internal(format!("sandbox arguments: {e}")))?;
                 (Command::from(cmd), Some(file), Path::new(APP_DIR))
             }
             None => {
@@ -532,6 +545,7 @@ fn probe_in(
         &ready.base_args,
         &[],
         dir,
+        &[],
         &format!("test \"$(id -u)\" = {uid} && test \"$$\" -lt 10 && touch {APP_DIR}/ok"),
     )
     .map_err(|e| format!("sandbox check: {e}"))?;
