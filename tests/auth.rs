@@ -166,6 +166,12 @@ struct Fixture {
     /// A ready PostgreSQL database bound to the production environment.
     resource_id: String,
     binding_id: String,
+    /// The web service's TCP proxy: its port and one allowlist rule.
+    proxy_port: u16,
+    rule_id: String,
+    /// A blob storage and a volume of the project.
+    storage_id: String,
+    volume_id: String,
 }
 
 const SERVICE: &str = "web";
@@ -242,13 +248,62 @@ async fn seed(s: &TestServer, token: &str) -> Fixture {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    let binding_id = body["id"].as_str().unwrap().to_string();
+    // A TCP proxy on a port of the range that nothing else holds (other
+    // tests take ports too: a 409 moves on to the next).
+    let mut proxy_port = 30000 + (std::process::id() % 20000) as u16;
+    loop {
+        let (status, body) = s
+            .post(
+                &format!("/services/{service_id}/tcp-proxy"),
+                token,
+                json!({"externalPort": proxy_port, "targetPort": 8080}),
+            )
+            .await;
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        proxy_port += 1;
+    }
+    let (status, body) = s
+        .post(
+            &format!("/services/{service_id}/tcp-proxy/allowlist"),
+            token,
+            json!({"cidr": "203.0.113.0/24", "description": "office"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let rule_id = body["id"].as_str().unwrap().to_string();
+    let (status, body) = s
+        .post(
+            &format!("/projects/{id}/storage"),
+            token,
+            json!({"envType": "production"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let storage_id = body["id"].as_str().unwrap().to_string();
+    let (status, body) = s
+        .post(
+            &format!("/projects/{id}/volumes"),
+            token,
+            json!({"name": "data", "mountPath": "/data", "sizeGb": 1}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let volume_id = body["id"].as_str().unwrap().to_string();
     Fixture {
         id,
         slug: "p".into(),
         env_id,
         service_id,
         resource_id,
-        binding_id: body["id"].as_str().unwrap().to_string(),
+        binding_id,
+        proxy_port,
+        rule_id,
+        storage_id,
+        volume_id,
     }
 }
 
@@ -277,6 +332,9 @@ fn fill_path(route: &Route, f: &Fixture, project: &str) -> String {
             Some("serviceId") => f.service_id.clone(),
             Some("resourceId") => f.resource_id.clone(),
             Some("bindingId") => f.binding_id.clone(),
+            Some("ruleId") => f.rule_id.clone(),
+            Some("storageId") => f.storage_id.clone(),
+            Some("volId") => f.volume_id.clone(),
             Some(other) => panic!(
                 "route {} ({}): no test value for path parameter :{other}; extend fill_path",
                 route.spec.n, route.spec.path
@@ -315,6 +373,11 @@ fn body_for(route: &Route, f: &Fixture) -> Option<Value> {
         37 => Some(json!({"targetTime": chrono::Utc::now().to_rfc3339()})),
         38 => Some(json!({"name": "branch"})),
         40 => Some(json!({"projectEnvironmentId": f.env_id, "role": "replica"})),
+        25 => Some(json!({"externalPort": f.proxy_port, "targetPort": 8080})),
+        28 => Some(json!({"cidr": "198.51.100.0/24"})),
+        43 => Some(json!({"envType": "production", "name": "extra"})),
+        46 => Some(json!({"name": "more", "mountPath": "/more", "sizeGb": 1})),
+        26 | 29 | 44 | 48 => None,
         n => panic!(
             "mutation route {n} ({}) has no test body; add one to body_for",
             route.spec.path
@@ -369,6 +432,9 @@ fn graphql_variables(route: &Route, f: &Fixture, project: &str) -> Value {
                 "serviceId" => f.service_id.clone(),
                 "resourceId" => f.resource_id.clone(),
                 "bindingId" => f.binding_id.clone(),
+                "ruleId" => f.rule_id.clone(),
+                "storageId" => f.storage_id.clone(),
+                "volId" => f.volume_id.clone(),
                 other => panic!("no test value for :{other}"),
             };
             vars.insert(p.to_string(), json!(value));
@@ -763,6 +829,9 @@ async fn read_token_is_refused_on_every_mutation(backend: Backend) {
         let (status, body) = call_route(&s, route, method.clone(), &f, &f.id, &writer).await;
         let expected = if NOT_YET_BUILT.contains(&route.spec.n) {
             404
+        } else if route.spec.n == 25 {
+            // The fixture's proxy exists: enabling it again changes it.
+            200
         } else {
             route.spec.status
         };

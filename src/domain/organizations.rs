@@ -47,3 +47,18 @@ pub async fn ensure<C: ConnectionTrait>(conn: &C, slug: &str) -> Result<organiza
 pub async fn is_empty<C: ConnectionTrait>(conn: &C) -> Result<bool> {
     Ok(organizations::Entity::find().one(conn).await?.is_none())
 }
+
+/// Makes the organisation's creations take turns until the transaction
+/// `conn` ends, so that two at once cannot both pass a quota: a row lock on
+/// a shared PostgreSQL store (SQLite has one writer anyway).
+pub async fn take_turns<C: ConnectionTrait>(conn: &C, id: Uuid) -> Result<()> {
+    if conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+        conn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
+            [id.into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}

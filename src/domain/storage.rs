@@ -291,17 +291,7 @@ impl Storages {
                 "the S3 endpoint of this server is not running".into(),
             ));
         };
-        // Creations of one organisation take turns on a shared store, so
-        // that two at once cannot both pass the quota (SQLite has one
-        // writer anyway).
-        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
-                [ctx.org_id().into()],
-            ))
-            .await?;
-        }
+        super::organizations::take_turns(txn, ctx.org_id()).await?;
         let held = storage::Entity::find()
             .join(
                 sea_orm::JoinType::InnerJoin,

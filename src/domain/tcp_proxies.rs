@@ -219,16 +219,7 @@ impl Deployer {
         validate::port("targetPort", target_port)?;
         let txn = self.db.begin().await?;
         let (service, project) = service_of(&txn, ctx, service_id).await?;
-        // Creations of one organisation take turns on a shared store, so
-        // that two at once cannot both pass the quota.
-        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
-                [ctx.org_id().into()],
-            ))
-            .await?;
-        }
+        super::organizations::take_turns(&txn, ctx.org_id()).await?;
         let existing = proxy_of(&txn, service.id).await?;
         let taken = proxies::Entity::find()
             .filter(proxies::Column::ExternalPort.eq(external_port))

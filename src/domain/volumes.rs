@@ -358,16 +358,7 @@ impl Deployer {
         mount_path("mountPath", &input.mount_path)?;
         let size = size_gb(&self.volumes, input.size_gb)?;
         let txn = self.db.begin().await?;
-        // Creations of one organisation take turns on a shared store, so
-        // that two at once cannot both pass the budget.
-        if txn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            txn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
-                [ctx.org_id().into()],
-            ))
-            .await?;
-        }
+        super::organizations::take_turns(&txn, ctx.org_id()).await?;
         let project = projects::resolve(&txn, ctx, project).await?;
         let env = environments::select(&txn, project.id, input.env_type.as_deref(), None).await?;
         let services = super::services::list(&txn, project.id).await?;

@@ -366,17 +366,7 @@ impl Deployer {
         source: Option<Uuid>,
         branch_env: Option<String>,
     ) -> Result<resources::Model> {
-        // Creations of one organisation take turns on a shared store, so
-        // that two at once cannot both pass the quota (SQLite has one
-        // writer anyway).
-        if conn.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
-            conn.execute_raw(sea_orm::Statement::from_sql_and_values(
-                sea_orm::DatabaseBackend::Postgres,
-                "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
-                [ctx.org_id().into()],
-            ))
-            .await?;
-        }
+        super::organizations::take_turns(conn, ctx.org_id()).await?;
         let held = resources::Entity::find()
             .filter(resources::Column::OrganizationId.eq(ctx.org_id()))
             .count(conn)
