@@ -450,21 +450,34 @@ pub fn config_schema(provider: &Provider) -> Value {
 pub fn create_schema() -> Value {
     let mut any = Vec::new();
     for p in PROVIDERS {
+        // A storage belongs to one environment: it must be named.
+        let (environment, required) = match p.hosting {
+            Hosting::Storage => (
+                serde_json::json!({ "type": "string", "format": "uuid" }),
+                vec!["environmentId"],
+            ),
+            Hosting::Instance => (serde_json::json!({}), vec![]),
+        };
+        let mut with_provider = required.clone();
+        with_provider.push("provider");
         any.push(serde_json::json!({
             "properties": {
                 "kind": { "const": p.kind },
                 "provider": { "const": p.name },
-                "config": config_schema(p)
+                "config": config_schema(p),
+                "environmentId": environment
             },
-            "required": ["provider"]
+            "required": with_provider
         }));
         if p.default_for_kind {
             any.push(serde_json::json!({
                 "properties": {
                     "kind": { "const": p.kind },
                     "provider": { "type": "null" },
-                    "config": config_schema(p)
-                }
+                    "config": config_schema(p),
+                    "environmentId": environment
+                },
+                "required": required
             }));
         }
     }
