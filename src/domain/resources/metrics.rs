@@ -10,7 +10,7 @@ use std::time::Duration;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
-use super::{READY, find, providers};
+use super::{READY, find, hosts_instance};
 use crate::domain::Ctx;
 use crate::domain::deployments::Deployer;
 use crate::error::Result;
@@ -113,10 +113,7 @@ impl Deployer {
         self.samples.retain(&live);
         let reads = rows
             .into_iter()
-            .filter(|r| {
-                providers::of(&r.kind, &r.provider)
-                    .is_ok_and(|p| p.hosting == providers::Hosting::Instance)
-            })
+            .filter(hosts_instance)
             .map(|row| async move {
                 let read = self.resource_scalars(&row).await;
                 (row.id, read)

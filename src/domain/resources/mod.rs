@@ -173,7 +173,7 @@ fn connection(provider: &Provider, sealed: &Sealed) -> Option<Connection> {
 }
 
 /// Whether a server of the runtime's data services stands behind `row`.
-fn hosts_instance(row: &resources::Model) -> bool {
+pub(super) fn hosts_instance(row: &resources::Model) -> bool {
     providers::of(&row.kind, &row.provider).is_ok_and(|p| p.hosting == Hosting::Instance)
 }
 
