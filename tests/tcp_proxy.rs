@@ -583,17 +583,9 @@ backend_tests!(
 /// A proxy listens again after `serve` restarts, with its allowlist; a
 /// stopped `serve` leaves no listener behind.
 async fn proxies_come_back_after_a_restart(postgres: bool) {
-    use common::binary::{ServeProcess, create_token, free_port, post};
-    let pg = if postgres {
-        match common::fresh_postgres().await {
-            Some(pg) => Some(pg),
-            None => {
-                eprintln!("PostgreSQL run skipped: SYLPHX_TEST_DATABASE_URL is not set");
-                return;
-            }
-        }
-    } else {
-        None
+    use common::binary::{ServeProcess, ServeStore, create_token, free_port, post};
+    let Some(store) = ServeStore::new(postgres).await else {
+        return;
     };
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("data");
@@ -603,9 +595,7 @@ async fn proxies_come_back_after_a_restart(postgres: bool) {
         ("SYLPHX_DATA_DIR", data_s.as_str()),
         ("SYLPHX_SANDBOX_IDS", sandbox_ids.as_str()),
     ];
-    if let Some((url, _)) = &pg {
-        envs.push(("SYLPHX_DATABASE_URL", url.as_str()));
-    }
+    envs.extend(store.env());
     let token = create_token("acme", &envs);
     let port = free_port();
     let apps = format!("127.0.0.1:{}", free_port());
@@ -664,9 +654,7 @@ async fn proxies_come_back_after_a_restart(postgres: bool) {
         common::binary::get(&server.base, &format!("/services/{web}/tcp-proxy"), &token).await;
     assert_eq!(proxy["allowlist"], json!(["127.0.0.0/8"]));
     assert!(server.terminate().success());
-    if let Some((_, name)) = pg {
-        common::drop_postgres(&name).await;
-    }
+    store.drop_database().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

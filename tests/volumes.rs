@@ -545,7 +545,318 @@ async fn bad_input_other_organisations_and_limits(backend: Backend) {
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
+/// `kind: volume` through `/resources` is a volume of one environment's
+/// service: listed in both places under one id, checked like endpoint 46
+/// (errors name the `config` key), gone from both when deleted from
+/// either, or with its environment.
+async fn volume_resources_are_volumes(backend: Backend) {
+    let s = TestServer::start(backend).await;
+    let _unmount = Unmount(s.dir.path().to_path_buf());
+    let t = s.admin_token.clone();
+    let p = s.project(&t, "vault").await;
+    let env_id = p["environments"][0]["id"].as_str().unwrap().to_string();
+    let (status, _) = s
+        .post(
+            "/projects/vault/services",
+            &t,
+            json!({"name": "web", "port": 8080}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let volume = |config: Value| json!({"name": "Uploads", "kind": "volume", "environmentId": env_id, "config": config});
+    for (body, named) in [
+        (
+            json!({"name": "Uploads", "kind": "volume", "config": {"mountPath": "/data"}}),
+            "environmentId",
+        ),
+        (
+            json!({"name": "Uploads", "kind": "volume", "environmentId": env_id}),
+            "config.mountPath",
+        ),
+        (volume(json!({"storageGb": 1})), "config.mountPath"),
+        (volume(json!({"mountPath": "/etc"})), "config.mountPath"),
+        (volume(json!({"mountPath": 7})), "config.mountPath"),
+        (
+            volume(json!({"mountPath": "/data", "storageGb": 0})),
+            "config.storageGb",
+        ),
+        (
+            volume(json!({"mountPath": "/data", "accessMode": "ReadWriteMany"})),
+            "config.accessMode",
+        ),
+        (
+            volume(json!({"mountPath": "/data", "service": "Web!"})),
+            "config.service",
+        ),
+        (
+            volume(json!({"mountPath": "/data", "colour": "red"})),
+            "config.colour",
+        ),
+        (
+            json!({"name": "Uploads", "kind": "volume", "provider": "ceph-fs",
+                   "environmentId": env_id, "config": {"mountPath": "/data"}}),
+            "provider",
+        ),
+        (
+            json!({"name": "--", "kind": "volume", "environmentId": env_id,
+                   "config": {"mountPath": "/data"}}),
+            "name",
+        ),
+    ] {
+        let (status, e) = s.post("/resources", &t, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {e}");
+        assert_eq!(field(&e), named, "{body} → {e}");
+    }
+    let other = s.token("other", Role::Write).await;
+    let (status, e) = s
+        .post("/resources", &other, volume(json!({"mountPath": "/data"})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    let (_, list) = s.get("/resources?kind=volume", &t).await;
+    assert_eq!(list["data"], json!([]), "bad input made nothing");
+    let (_, list) = s.get("/projects/vault/volumes", &t).await;
+    assert_eq!(list, json!([]));
+
+    let (status, r) = s
+        .post(
+            "/resources",
+            &t,
+            volume(json!({"mountPath": "/data", "storageGb": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+    assert_eq!(r["provider"], "ceph-rbd");
+    assert_eq!(r["status"], "ready", "{r}");
+    assert_eq!(r["reconcileStatus"], "synced", "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let (_, vols) = s.get("/projects/vault/volumes", &t).await;
+    assert_eq!(vols.as_array().unwrap().len(), 1, "{vols}");
+    assert_eq!(vols[0]["id"], id.as_str());
+    assert_eq!(vols[0]["name"], "uploads");
+    assert_eq!(vols[0]["mountPath"], "/data");
+    assert_eq!(vols[0]["sizeGb"], 1);
+    assert_eq!(vols[0]["service"], "web");
+    let host_dir = s.dir.path().join("volumes").join(&id);
+    assert!(host_dir.is_dir());
+    let (status, one) = s.get(&format!("/resources/{id}"), &t).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["kind"], "volume");
+    assert_eq!(one["config"]["service"], "web", "{one}");
+    assert_eq!(one["config"]["mountPath"], "/data", "{one}");
+    assert!(
+        one["message"].as_str().unwrap().contains("uploads"),
+        "{one}"
+    );
+    let (_, m) = s.get(&format!("/resources/{id}/metrics"), &t).await;
+    assert_eq!(m["available"], false, "{m}");
+    let (status, e) = s
+        .post(
+            &format!("/resources/{id}/bindings"),
+            &t,
+            json!({"projectEnvironmentId": env_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    // Its settings are fixed; its name is not.
+    let (status, e) = s
+        .call(
+            Method::PATCH,
+            &format!("/resources/{id}"),
+            &t,
+            Some(json!({"config": {"mountPath": "/elsewhere"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(field(&e), "config", "{e}");
+    let (status, renamed) = s
+        .call(
+            Method::PATCH,
+            &format!("/resources/{id}"),
+            &t,
+            Some(json!({"name": "User uploads"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!(renamed["config"]["mountPath"], "/data");
+    // The same checks as endpoint 46: the name is taken in the project.
+    let (status, e) = s
+        .post("/resources", &t, volume(json!({"mountPath": "/more"})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    // Another organisation cannot delete it.
+    let (status, _) = s
+        .call(Method::DELETE, &format!("/resources/{id}"), &other, None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Deleting the resource removes the volume and its data.
+    let (status, _) = s
+        .call(Method::DELETE, &format!("/resources/{id}"), &t, None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, vols) = s.get("/projects/vault/volumes", &t).await;
+    assert_eq!(vols, json!([]));
+    eventually("the volume's data is removed", || {
+        let (dir, img) = (host_dir.clone(), host_dir.with_extension("img"));
+        async move { !dir.exists() && !img.exists() }
+    })
+    .await;
+
+    // Deleting the volume removes the resource.
+    let (_, r) = s
+        .post("/resources", &t, volume(json!({"mountPath": "/data"})))
+        .await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/projects/vault/volumes/{id}"),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = s.get(&format!("/resources/{id}"), &t).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Deleting an environment removes its volume and storage resources.
+    let (status, staging) = s
+        .post(
+            "/projects/vault/environments",
+            &t,
+            json!({"name": "staging"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{staging}");
+    let staging_id = staging["id"].as_str().unwrap().to_string();
+    for body in [
+        json!({"name": "cache", "kind": "volume", "environmentId": staging_id,
+               "config": {"mountPath": "/cache", "storageGb": 1}}),
+        json!({"name": "files", "kind": "blob", "environmentId": staging_id}),
+    ] {
+        let (status, r) = s.post("/resources", &t, body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{r}");
+    }
+    let (_, list) = s.get("/resources", &t).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 2, "{list}");
+    let gone = s
+        .graphql(
+            &t,
+            "mutation($id: ID!) { deleteEnvironment(projectId: \"vault\", id: $id) { id } }",
+            json!({ "id": staging_id }),
+        )
+        .await;
+    assert!(gone["errors"].is_null(), "{gone}");
+    let (_, list) = s.get("/resources", &t).await;
+    assert_eq!(list["data"], json!([]), "{list}");
+}
+
+/// What a deployed app at `host` answers on `path`, through the apps
+/// listener `apps`, once it answers 200 (it may still be coming back).
+async fn app_text(apps: &str, host: &str, path: &str) -> String {
+    let client = reqwest::Client::new();
+    let mut last = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        match client
+            .get(format!("http://{apps}{path}"))
+            .header("Host", host)
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == StatusCode::OK => return r.text().await.unwrap(),
+            Ok(r) => last = r.status().to_string(),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{host}{path} never answered 200: {last}");
+}
+
+/// A volume's data is there again after `serve` stops and starts again,
+/// and after it is killed (`kill -9`) and started again: the releases
+/// that come back mount their volumes.
+async fn data_survives_restarts_of_serve(postgres: bool) {
+    use common::binary::{ServeProcess, ServeStore, create_token, free_port, post};
+    let Some(store) = ServeStore::new(postgres).await else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("data");
+    let _unmount = Unmount(work.path().to_path_buf());
+    let data_s = data.to_str().unwrap().to_string();
+    let mut envs = vec![("SYLPHX_DATA_DIR", data_s.as_str())];
+    envs.extend(store.env());
+    let token = create_token("acme", &envs);
+    let port = free_port();
+    let apps = format!("127.0.0.1:{}", free_port());
+    let extra = ["--apps-listen", apps.as_str()];
+    let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
+    let src = volume_repo();
+    let (status, body) = post(
+        &server.base,
+        "/projects",
+        &token,
+        json!({"name": "Keep", "slug": "keep", "gitRepository": src.path().to_str().unwrap()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let deploy = |base: String| {
+        let token = token.clone();
+        async move {
+            let (status, d) = post(&base, "/projects/keep/deploy", &token, json!({})).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{d}");
+            let id = d["deploymentId"].as_str().unwrap().to_string();
+            let done = common::apps::finished(&base, &token, "keep", &id).await;
+            assert_eq!(done["status"], "success", "{done}");
+        }
+    };
+    deploy(server.base.clone()).await;
+    let (status, vol) = post(
+        &server.base,
+        "/projects/keep/volumes",
+        &token,
+        json!({"name": "uploads", "mountPath": "/data", "sizeGb": 1}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{vol}");
+    deploy(server.base.clone()).await;
+    assert_eq!(
+        app_text(&apps, "keep.localhost", "/write?v=kept").await,
+        "written"
+    );
+
+    assert!(server.terminate().success());
+    let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
+    assert_eq!(app_text(&apps, "keep.localhost", "/read").await, "kept");
+    let id = vol["id"].as_str().unwrap();
+    let (_, got) = common::binary::get(
+        &server.base,
+        &format!("/projects/keep/volumes/{id}"),
+        &token,
+    )
+    .await;
+    assert_eq!(got["status"], "bound", "{got}");
+
+    server.kill9();
+    let server = ServeProcess::start(port, &extra, &envs, work.path()).await;
+    assert_eq!(app_text(&apps, "keep.localhost", "/read").await, "kept");
+    assert!(server.terminate().success());
+    store.drop_database().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_restarts_of_serve_on_sqlite() {
+    data_survives_restarts_of_serve(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_restarts_of_serve_on_postgres() {
+    data_survives_restarts_of_serve(true).await
+}
+
 backend_tests!(
     data_survives_redeploys_and_goes_with_the_volume,
     bad_input_other_organisations_and_limits,
+    volume_resources_are_volumes,
 );

@@ -283,6 +283,10 @@ pub async fn delete(
         sandbox_uid: None,
         volumes: super::volumes::refs_of(&txn, &project, Some(env.id)).await?,
     };
+    // Its storages' keys are refused from now on (the blobs stay); its
+    // volumes and storages leave /resources with it.
+    super::storage::revoke_all(&txn, project.id, Some(env.id)).await?;
+    super::volumes::forget_resources_of(&txn, project.id, Some(env.id)).await?;
     environments::Entity::delete_by_id(env.id)
         .exec(&txn)
         .await?;

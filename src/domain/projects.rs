@@ -295,7 +295,8 @@ pub async fn delete(
         volumes: super::volumes::refs_of(&txn, &project, None).await?,
     };
     // Its blob storage keys are refused from now on; the blobs stay.
-    super::storage::revoke_project(&txn, project.id).await?;
+    super::storage::revoke_all(&txn, project.id, None).await?;
+    super::volumes::forget_resources_of(&txn, project.id, None).await?;
     projects::Entity::delete_by_id(project.id)
         .exec(&txn)
         .await?;

@@ -518,16 +518,21 @@ pub async fn remove<C: ConnectionTrait>(conn: &C, ids: &[Uuid]) -> Result<()> {
     Ok(())
 }
 
-/// Revokes every storage of a project (it is being deleted); the objects
-/// stay in the bucket.
-pub async fn revoke_project<C: ConnectionTrait>(conn: &C, project_id: Uuid) -> Result<()> {
-    let ids: Vec<Uuid> = storage::Entity::find()
+/// Revokes every storage of a project, or of one of its environments
+/// (it is being deleted); the objects stay in the bucket.
+pub async fn revoke_all<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+    environment_id: Option<Uuid>,
+) -> Result<()> {
+    let mut q = storage::Entity::find()
         .select_only()
         .column(storage::Column::Id)
-        .filter(storage::Column::ProjectId.eq(project_id))
-        .into_tuple()
-        .all(conn)
-        .await?;
+        .filter(storage::Column::ProjectId.eq(project_id));
+    if let Some(env) = environment_id {
+        q = q.filter(storage::Column::EnvironmentId.eq(env));
+    }
+    let ids: Vec<Uuid> = q.into_tuple().all(conn).await?;
     remove(conn, &ids).await
 }
 

@@ -172,14 +172,15 @@ fn nested(a: &str, b: &str) -> bool {
 /// be): what the API document states.
 pub const MAX_SIZE_GB: u32 = 16384;
 
-/// Checks `sizeGb`: a whole number from 1 to [`MAX_SIZE_GB`] (else 400);
-/// past this server's `max_volume_size_gb`, a limit its operator sets, 403.
-fn size_gb(settings: &VolumeSettings, value: i32) -> Result<u32> {
+/// Checks a size (`field`): a whole number from 1 to [`MAX_SIZE_GB`] (else
+/// 400); past this server's `max_volume_size_gb`, a limit its operator
+/// sets, 403.
+pub fn size_gb(settings: &VolumeSettings, field: &str, value: i64) -> Result<u32> {
     match u32::try_from(value) {
         Ok(n) if (1..=MAX_SIZE_GB).contains(&n) => {
             if n > settings.max_size_gb {
                 Err(Error::Forbidden(format!(
-                    "sizeGb: this server's volumes hold at most {} GB (max_volume_size_gb)",
+                    "{field}: this server's volumes hold at most {} GB (max_volume_size_gb)",
                     settings.max_size_gb
                 )))
             } else {
@@ -187,11 +188,26 @@ fn size_gb(settings: &VolumeSettings, value: i32) -> Result<u32> {
             }
         }
         _ => Err(Error::field(
-            "sizeGb",
+            field,
             format!("must be a whole number of GB from 1 to {MAX_SIZE_GB}"),
         )),
     }
 }
+
+/// A checked request for a volume.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub name: String,
+    pub mount_path: String,
+    pub size_gb: u32,
+    pub service: Option<String>,
+    /// The field the size came in, for the errors that name it.
+    pub size_field: &'static str,
+}
+
+/// The kind of the resources (`/resources`) that are volumes: such a
+/// resource and its volume share one id, and go together.
+const VOLUME_KIND: &str = "volume";
 
 fn mount_of(row: &volumes::Model) -> VolumeMount {
     VolumeMount {
@@ -356,27 +372,68 @@ impl Deployer {
         ctx.require(Role::Write)?;
         validate::dns_label("name", &input.name)?;
         mount_path("mountPath", &input.mount_path)?;
-        let size = size_gb(&self.volumes, input.size_gb)?;
+        let draft = Draft {
+            size_gb: size_gb(&self.volumes, "sizeGb", i64::from(input.size_gb))?,
+            name: input.name,
+            mount_path: input.mount_path,
+            service: input.service,
+            size_field: "sizeGb",
+        };
         let txn = self.db.begin().await?;
         super::organizations::take_turns(&txn, ctx.org_id()).await?;
         let project = projects::resolve(&txn, ctx, project).await?;
         let env = environments::select(&txn, project.id, input.env_type.as_deref(), None).await?;
-        let services = super::services::list(&txn, project.id).await?;
-        let service = pick_service(&services, input.service.as_deref())?;
+        let made = self
+            .insert_volume(&txn, ctx, &project, &env, &draft, new_id())
+            .await?;
+        audit::record(
+            &txn,
+            ctx,
+            "volume.create",
+            Target::new("volume", made.row.id).in_project(project.id),
+            Some(json!({ "name": made.row.name, "mountPath": made.row.mount_path, "sizeGb": made.row.size_gb })),
+        )
+        .await?;
+        txn.commit().await?;
+        self.make_volume(&made).await?;
+        self.volume_view(
+            &project,
+            std::slice::from_ref(&env),
+            &made.services,
+            made.row,
+        )
+        .await
+    }
+
+    /// Records volume `id` of `env` in the caller's transaction (which has
+    /// taken the organisation's turn): the service it mounts in, the
+    /// project's other volumes and the organisation's budget are checked.
+    /// [`Deployer::make_volume`] makes its storage once that commits.
+    pub async fn insert_volume<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        ctx: &Ctx,
+        project: &proj::Model,
+        env: &envs::Model,
+        draft: &Draft,
+        id: Uuid,
+    ) -> Result<Made> {
+        let services = super::services::list(conn, project.id).await?;
+        let service = pick_service(&services, draft.service.as_deref())?.clone();
         let taken = volumes::Entity::find()
             .filter(volumes::Column::ProjectId.eq(project.id))
-            .all(&txn)
+            .all(conn)
             .await?;
-        if taken.iter().any(|v| v.name == input.name) {
+        if taken.iter().any(|v| v.name == draft.name) {
             return Err(Error::Conflict(format!(
                 "name: the project already has a volume named '{}'",
-                input.name
+                draft.name
             )));
         }
         if let Some(other) = taken.iter().find(|v| {
             v.service_id == Some(service.id)
                 && v.environment_id == Some(env.id)
-                && nested(&v.mount_path, &input.mount_path)
+                && nested(&v.mount_path, &draft.mount_path)
         }) {
             // A clash with what the service holds, like a taken name.
             return Err(Error::Conflict(format!(
@@ -393,59 +450,65 @@ impl Deployer {
             )
             .filter(proj::Column::OrganizationId.eq(ctx.org_id()))
             .into_tuple::<i32>()
-            .all(&txn)
+            .all(conn)
             .await?
             .into_iter()
             .map(i64::from)
             .sum();
         let budget = self.volumes.organization_budget_gb;
+        let size = draft.size_gb;
         if held as u64 + u64::from(size) > budget {
             return Err(Error::Forbidden(format!(
-                "sizeGb: the organisation's volumes would hold {} GB, more than its {budget} GB (max_volume_gb_per_organization): delete a volume or ask for a smaller one",
+                "{}: the organisation's volumes would hold {} GB, more than its {budget} GB (max_volume_gb_per_organization): delete a volume or ask for a smaller one",
+                draft.size_field,
                 held as u64 + u64::from(size)
             )));
         }
         let now = now();
         let row = volumes::ActiveModel {
-            id: Set(new_id()),
+            id: Set(id),
             project_id: Set(project.id),
             environment_id: Set(Some(env.id)),
             service_id: Set(Some(service.id)),
-            name: Set(input.name.clone()),
-            mount_path: Set(input.mount_path.clone()),
+            name: Set(draft.name.clone()),
+            mount_path: Set(draft.mount_path.clone()),
             size_gb: Set(size as i32),
             status: Set(STATUS_PENDING.into()),
             created_at: Set(now),
             updated_at: Set(now),
         }
-        .insert(&txn)
+        .insert(conn)
         .await
         .map_err(|e| match Error::from(e) {
             Error::Conflict(_) => Error::Conflict(format!(
                 "name: the project already has a volume named '{}'",
-                input.name
+                draft.name
             )),
             other => other,
         })?;
-        audit::record(
-            &txn,
-            ctx,
-            "volume.create",
-            Target::new("volume", row.id).in_project(project.id),
-            Some(json!({ "name": row.name, "mountPath": row.mount_path, "sizeGb": row.size_gb })),
-        )
-        .await?;
-        txn.commit().await?;
-        let vref = volume_ref(&project, &env, Some(service), &row);
-        if let Err(e) = self.runtime.create_volume(&vref).await {
-            // Nothing half-made stays: the row goes, and so does what the
-            // runtime made of it.
-            let _ = self.runtime.delete_volume(&vref).await;
-            let _ = volumes::Entity::delete_by_id(row.id).exec(&self.db).await;
+        Ok(Made {
+            vref: volume_ref(project, env, Some(&service), &row),
+            service: service.name.clone(),
+            row,
+            services,
+        })
+    }
+
+    /// Has the runtime make a recorded volume's storage. If it cannot,
+    /// nothing half-made stays: what it made goes, and so do the volume's
+    /// row and the resource of the same id.
+    pub async fn make_volume(&self, made: &Made) -> Result<()> {
+        if let Err(e) = self.runtime.create_volume(&made.vref).await {
+            let _ = self.runtime.delete_volume(&made.vref).await;
+            let txn = self.db.begin().await?;
+            volumes::Entity::delete_by_id(made.row.id)
+                .exec(&txn)
+                .await?;
+            forget_resources(&txn, &[made.row.id]).await?;
+            txn.commit().await?;
             return Err(e);
         }
-        self.volume_view(&project, std::slice::from_ref(&env), &services, row)
-            .await
+        Ok(())
     }
 
     /// Deletes a volume: it leaves the API at once, and a durable job
@@ -457,34 +520,105 @@ impl Deployer {
         let txn = self.db.begin().await?;
         let project = projects::resolve(&txn, ctx, project).await?;
         let row = find(&txn, project.id, id).await?;
-        let envs = environments::list(&txn, project.id).await?;
-        let services = super::services::list(&txn, project.id).await?;
-        let env = envs
-            .iter()
-            .find(|e| Some(e.id) == row.environment_id)
-            .ok_or_else(|| Error::not_found("volume", id))?;
-        let svc = services.iter().find(|s| Some(s.id) == row.service_id);
-        let teardown = Teardown {
-            project_id: project.id,
-            environments: Vec::new(),
-            deployments: Vec::new(),
-            whole_project: false,
-            sandbox_uid: None,
-            volumes: vec![volume_ref(&project, env, svc, &row)],
-        };
-        volumes::Entity::delete_by_id(row.id).exec(&txn).await?;
-        deployments::record_deletion(
-            &txn,
-            ctx,
-            &teardown,
-            "volume.delete",
-            Target::new("volume", row.id).in_project(project.id),
-            json!({ "name": row.name }),
-        )
-        .await?;
+        let target = Target::new("volume", row.id).in_project(project.id);
+        remove_in(&txn, ctx, &project, row, "volume.delete", target).await?;
         txn.commit().await?;
         Ok(())
     }
+}
+
+/// A volume recorded by [`Deployer::insert_volume`].
+#[derive(Debug, Clone)]
+pub struct Made {
+    pub row: volumes::Model,
+    pub vref: VolumeRef,
+    /// The service it mounts in.
+    pub service: String,
+    /// The project's services.
+    pub services: Vec<svcs::Model>,
+}
+
+/// Removes volume `row` of `project` in the caller's transaction, with the
+/// resource of the same id; a teardown job recorded with it (audited as
+/// `action` on `target`) removes the data.
+pub async fn remove_in<C: ConnectionTrait>(
+    conn: &C,
+    ctx: &Ctx,
+    project: &proj::Model,
+    row: volumes::Model,
+    action: &str,
+    target: Target<'_>,
+) -> Result<()> {
+    let envs = environments::list(conn, project.id).await?;
+    let services = super::services::list(conn, project.id).await?;
+    let env = envs
+        .iter()
+        .find(|e| Some(e.id) == row.environment_id)
+        .ok_or_else(|| Error::not_found("volume", row.id))?;
+    let svc = services.iter().find(|s| Some(s.id) == row.service_id);
+    let teardown = Teardown {
+        project_id: project.id,
+        environments: Vec::new(),
+        deployments: Vec::new(),
+        whole_project: false,
+        sandbox_uid: None,
+        volumes: vec![volume_ref(project, env, svc, &row)],
+    };
+    volumes::Entity::delete_by_id(row.id).exec(conn).await?;
+    forget_resources(conn, &[row.id]).await?;
+    deployments::record_deletion(
+        conn,
+        ctx,
+        &teardown,
+        action,
+        target,
+        json!({ "name": row.name }),
+    )
+    .await
+}
+
+/// Volume `id` and its project, for a resource of the same id.
+pub async fn with_project<C: ConnectionTrait>(
+    conn: &C,
+    id: Uuid,
+) -> Result<Option<(volumes::Model, proj::Model)>> {
+    Ok(volumes::Entity::find_by_id(id)
+        .find_also_related(proj::Entity)
+        .one(conn)
+        .await?
+        .and_then(|(row, project)| Some((row, project?))))
+}
+
+/// Deletes the `kind: volume` resources of volumes `ids` (which are going).
+async fn forget_resources<C: ConnectionTrait>(conn: &C, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    entity::resources::Entity::delete_many()
+        .filter(entity::resources::Column::Id.is_in(ids.iter().copied()))
+        .filter(entity::resources::Column::Kind.eq(VOLUME_KIND))
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletes the `kind: volume` resources of a project's volumes (of one
+/// environment, if given): the project or environment is being deleted,
+/// and its volumes with it.
+pub async fn forget_resources_of<C: ConnectionTrait>(
+    conn: &C,
+    project_id: Uuid,
+    environment_id: Option<Uuid>,
+) -> Result<()> {
+    let mut q = volumes::Entity::find()
+        .select_only()
+        .column(volumes::Column::Id)
+        .filter(volumes::Column::ProjectId.eq(project_id));
+    if let Some(env) = environment_id {
+        q = q.filter(volumes::Column::EnvironmentId.eq(env));
+    }
+    let ids: Vec<Uuid> = q.into_tuple().all(conn).await?;
+    forget_resources(conn, &ids).await
 }
 
 async fn find<C: ConnectionTrait>(conn: &C, project_id: Uuid, id: Uuid) -> Result<volumes::Model> {
@@ -563,11 +697,14 @@ mod tests {
     #[test]
     fn sizes() {
         let s = VolumeSettings::default();
-        assert_eq!(size_gb(&s, 1).unwrap(), 1);
-        assert_eq!(size_gb(&s, 100).unwrap(), 100);
-        for bad in [0, -1, 16385] {
-            assert_eq!(size_gb(&s, bad).unwrap_err().code(), "BAD_REQUEST");
+        assert_eq!(size_gb(&s, "sizeGb", 1).unwrap(), 1);
+        assert_eq!(size_gb(&s, "sizeGb", 100).unwrap(), 100);
+        for bad in [0, -1, 16385, i64::from(u32::MAX) + 1] {
+            assert_eq!(
+                size_gb(&s, "sizeGb", bad).unwrap_err().code(),
+                "BAD_REQUEST"
+            );
         }
-        assert_eq!(size_gb(&s, 101).unwrap_err().code(), "FORBIDDEN");
+        assert_eq!(size_gb(&s, "sizeGb", 101).unwrap_err().code(), "FORBIDDEN");
     }
 }

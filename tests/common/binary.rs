@@ -165,3 +165,40 @@ pub async fn post(
     )
     .await
 }
+
+/// Where `serve` processes under test keep their state: SQLite in their
+/// data directory, or a fresh PostgreSQL database of the test server.
+pub struct ServeStore {
+    postgres: Option<(String, String)>,
+}
+
+impl ServeStore {
+    /// `None` when PostgreSQL is asked for and there is no test server
+    /// (`SYLPHX_TEST_DATABASE_URL`): the run is skipped, saying so.
+    pub async fn new(postgres: bool) -> Option<ServeStore> {
+        if !postgres {
+            return Some(ServeStore { postgres: None });
+        }
+        match super::fresh_postgres().await {
+            Some(pg) => Some(ServeStore { postgres: Some(pg) }),
+            None => {
+                eprintln!("PostgreSQL run skipped: SYLPHX_TEST_DATABASE_URL is not set");
+                None
+            }
+        }
+    }
+
+    /// The variable that points `serve` at the store, if it needs one.
+    pub fn env(&self) -> Option<(&'static str, &str)> {
+        self.postgres
+            .as_ref()
+            .map(|(url, _)| ("SYLPHX_DATABASE_URL", url.as_str()))
+    }
+
+    /// Drops the PostgreSQL database, if there is one.
+    pub async fn drop_database(self) {
+        if let Some((_, name)) = self.postgres {
+            super::drop_postgres(&name).await;
+        }
+    }
+}

@@ -208,12 +208,20 @@ impl Deployer {
         let txn = self.db.begin().await?;
         let resource = find(&txn, ctx, id).await?;
         let (env, project) = environment(&txn, ctx, "projectEnvironmentId", environment_id).await?;
-        if providers::of(&resource.kind, &resource.provider)?.hosting == providers::Hosting::Storage
-        {
-            return Err(Error::field(
-                "id",
-                "a blob resource's BLOB_* variables are already in its own environment; for another environment create a blob resource there",
-            ));
+        match providers::of(&resource.kind, &resource.provider)?.hosting {
+            providers::Hosting::Instance => {}
+            providers::Hosting::Storage => {
+                return Err(Error::field(
+                    "id",
+                    "a blob resource's BLOB_* variables are already in its own environment; for another environment create a blob resource there",
+                ));
+            }
+            providers::Hosting::Volume => {
+                return Err(Error::field(
+                    "id",
+                    "a volume is mounted by its service, not bound: for another environment create a volume resource there",
+                ));
+            }
         }
         if resource.status != READY {
             return Err(Error::Conflict(format!(

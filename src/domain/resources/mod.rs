@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use super::audit::{self, Target};
 use super::deployments::Deployer;
-use super::{Ctx, new_id, now, parse_id, sandboxes, validate};
+use super::{Ctx, new_id, now, parse_id, sandboxes, validate, volumes};
 use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::reconcile::{self, NewJob};
@@ -177,9 +177,9 @@ pub(super) fn hosts_instance(row: &resources::Model) -> bool {
     providers::of(&row.kind, &row.provider).is_ok_and(|p| p.hosting == Hosting::Instance)
 }
 
-/// A storage name (a DNS label) from a resource's name: `Media Files`
-/// becomes `media-files`.
-fn storage_name(name: &str) -> Result<String> {
+/// The name (a DNS label) of the storage or volume behind a resource of
+/// `kind`, from the resource's name: `Media Files` becomes `media-files`.
+fn label_of(kind: &str, name: &str) -> Result<String> {
     let mut label = String::new();
     for c in name.trim().chars() {
         if c.is_ascii_alphanumeric() {
@@ -193,7 +193,9 @@ fn storage_name(name: &str) -> Result<String> {
     if label.is_empty() {
         return Err(Error::field(
             "name",
-            "a blob resource's name needs a letter or digit: its storage is named after it",
+            format!(
+                "a {kind} resource's name needs a letter or digit: what stands behind it is named after it"
+            ),
         ));
     }
     Ok(label)
@@ -259,9 +261,9 @@ impl Deployer {
         let name = validate::text("name", &input.name, MAX_NAME)?;
         let provider = providers::find(&input.kind, input.provider.as_deref())?;
         let config = provider.config(input.config.as_ref(), None)?;
-        if provider.hosting == Hosting::Storage {
+        if provider.hosting.attached() {
             return self
-                .create_blob(
+                .create_attached(
                     ctx,
                     &name,
                     provider,
@@ -308,10 +310,11 @@ impl Deployer {
         self.view(row, false)
     }
 
-    /// A `kind: blob` resource: the storage of one project environment,
-    /// made with it in one transaction under the same id, ready at once
-    /// (its variables are written into that environment).
-    async fn create_blob(
+    /// A `kind: blob` or `kind: volume` resource: a storage or a volume of
+    /// one project environment, made with it in one transaction under the
+    /// same id, ready at once (a storage's variables are written into that
+    /// environment; a volume is mounted by its service's next deploy).
+    async fn create_attached(
         &self,
         ctx: &Ctx,
         name: &str,
@@ -322,23 +325,51 @@ impl Deployer {
         let Some(environment) = environment else {
             return Err(Error::field(
                 "environmentId",
-                "a blob resource is the storage of one project environment: give that environment's id",
+                format!(
+                    "a {} resource belongs to one project environment: give that environment's id",
+                    provider.kind
+                ),
             ));
         };
-        let label = storage_name(name)?;
+        let label = label_of(provider.kind, name)?;
+        let draft = match provider.hosting {
+            Hosting::Volume => Some(self.volume_draft(&label, &config)?),
+            _ => None,
+        };
         let txn = self.db.begin().await?;
         let (env, project) = bindings::environment(&txn, ctx, "environmentId", environment).await?;
         let row = self
             .insert_resource(&txn, ctx, name, provider, config, None, None)
             .await?;
-        self.storages
-            .create_in(&txn, ctx, &project, &env, &label, None, row.id)
-            .await?;
-        let mut active = row.into_active_model();
+        let (made, what) = match &draft {
+            Some(draft) => {
+                let made = self
+                    .insert_volume(&txn, ctx, &project, &env, draft, row.id)
+                    .await?;
+                let what = format!(
+                    "It is volume '{label}' of service {} at {}",
+                    made.service, made.row.mount_path
+                );
+                (Some(made), what)
+            }
+            None => {
+                self.storages
+                    .create_in(&txn, ctx, &project, &env, &label, None, row.id)
+                    .await?;
+                (None, format!("It is storage '{label}'"))
+            }
+        };
+        let mut active = row.clone().into_active_model();
+        if let Some(made) = &made {
+            // The service it went to, when none was named.
+            let mut config = config_of(&row);
+            config.insert("service".into(), Value::from(made.service.clone()));
+            active.config = Set(Some(Value::Object(config)));
+        }
         active.status = Set(READY.into());
         active.reconcile_status = Set(SYNCED.into());
         active.message = Set(Some(format!(
-            "{} It is storage '{label}' of environment {} of project {}.",
+            "{} {what} in environment {} of project {}.",
             provider.started, env.name, project.slug
         )));
         let row = active.update(&txn).await?;
@@ -351,8 +382,25 @@ impl Deployer {
         )
         .await?;
         txn.commit().await?;
+        if let Some(made) = &made {
+            self.make_volume(made).await?;
+        }
         self.changes.notify_waiters();
         self.view(row, false)
+    }
+
+    /// A volume from a checked `kind: volume` config.
+    fn volume_draft(&self, label: &str, config: &Map<String, Value>) -> Result<volumes::Draft> {
+        let text = |k: &str| config.get(k).and_then(Value::as_str).map(str::to_string);
+        let size = config.get("storageGb").and_then(Value::as_i64).unwrap_or(0);
+        Ok(volumes::Draft {
+            name: label.to_string(),
+            mount_path: text("mountPath")
+                .ok_or_else(|| Error::field("config.mountPath", "is required"))?,
+            size_gb: volumes::size_gb(&self.volumes, "config.storageGb", size)?,
+            service: text("service"),
+            size_field: "config.storageGb",
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -513,6 +561,15 @@ impl Deployer {
         let provider = providers::of(&row.kind, &row.provider)?;
         let before = config_of(&row);
         let after = provider.config(config.as_ref(), Some(&Value::Object(before.clone())))?;
+        if provider.hosting.attached() && after != before {
+            return Err(Error::field(
+                "config",
+                format!(
+                    "a {} resource's settings are fixed when it is made: make a new one (its name may change)",
+                    provider.kind
+                ),
+            ));
+        }
         let restart = provider.needs_restart(&before, &after);
         let mut active = row.clone().into_active_model();
         if let Some(n) = &name {
@@ -555,45 +612,49 @@ impl Deployer {
         ctx.require(Role::Write)?;
         let txn = self.db.begin().await?;
         let row = find(&txn, ctx, id).await?;
-        if providers::of(&row.kind, &row.provider)?.hosting == Hosting::Storage {
-            // Its key is refused from the next S3 request on; blobs stay.
-            crate::domain::storage::remove(&txn, &[row.id]).await?;
-            audit::record(
-                &txn,
-                ctx,
-                "resources.delete",
-                Target::new("resource", row.id),
-                None,
-            )
-            .await?;
-            txn.commit().await?;
-            self.changes.notify_waiters();
-            return Ok(true);
-        }
-        bindings::remove_all(&txn, row.id).await?;
-        let mut active = row.clone().into_active_model();
-        active.status = Set(DELETING.into());
-        active.reconcile_status = Set(PENDING.into());
-        active.updated_at = Set(now());
-        active.update(&txn).await?;
-        reconcile::enqueue(
-            &txn,
-            NewJob {
-                kind: DEPROVISION_JOB,
-                payload: json!({ "resourceId": row.id }),
-                organization_id: Some(ctx.org_id()),
-                deployment_id: None,
+        let target = || Target::new("resource", row.id);
+        // Whether the deletion is audited already (with its teardown).
+        let audited = match providers::of(&row.kind, &row.provider)?.hosting {
+            Hosting::Instance => {
+                bindings::remove_all(&txn, row.id).await?;
+                let mut active = row.clone().into_active_model();
+                active.status = Set(DELETING.into());
+                active.reconcile_status = Set(PENDING.into());
+                active.updated_at = Set(now());
+                active.update(&txn).await?;
+                reconcile::enqueue(
+                    &txn,
+                    NewJob {
+                        kind: DEPROVISION_JOB,
+                        payload: json!({ "resourceId": row.id }),
+                        organization_id: Some(ctx.org_id()),
+                        deployment_id: None,
+                    },
+                )
+                .await?;
+                false
+            }
+            Hosting::Storage => {
+                // Its key is refused from the next S3 request on; blobs stay.
+                crate::domain::storage::remove(&txn, &[row.id]).await?;
+                false
+            }
+            // It leaves at once; a teardown job removes the data.
+            Hosting::Volume => match volumes::with_project(&txn, row.id).await? {
+                Some((volume, project)) => {
+                    volumes::remove_in(&txn, ctx, &project, volume, "resources.delete", target())
+                        .await?;
+                    true
+                }
+                None => {
+                    resources::Entity::delete_by_id(row.id).exec(&txn).await?;
+                    false
+                }
             },
-        )
-        .await?;
-        audit::record(
-            &txn,
-            ctx,
-            "resources.delete",
-            Target::new("resource", row.id),
-            None,
-        )
-        .await?;
+        };
+        if !audited {
+            audit::record(&txn, ctx, "resources.delete", target(), None).await?;
+        }
         txn.commit().await?;
         self.queue.notify();
         self.changes.notify_waiters();

@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::domain::{validate, volumes};
 use crate::error::{Error, Result};
 use crate::runtime::instances::{self, InstanceLimits};
 
@@ -17,6 +18,19 @@ pub struct ConfigKey {
     /// `None`: derived from other keys when absent.
     pub default: Option<i64>,
     pub what: &'static str,
+}
+
+/// One `config` key a provider accepts as text, checked by `check`
+/// (whose errors name the field it is given: `config.<name>`).
+#[derive(Debug)]
+pub struct TextKey {
+    pub name: &'static str,
+    /// Whether a new resource must give it (else `default`, if any).
+    pub required: bool,
+    pub default: Option<&'static str>,
+    pub check: fn(&str, &str) -> Result<()>,
+    /// What JSON Schema says of its values (type aside).
+    pub schema: fn() -> Value,
 }
 
 const fn key(
@@ -61,6 +75,53 @@ const KV_STORAGE: ConfigKey = key("storageGb", 1, 1000, 1, "disk in GiB");
 const SEARCH_MEMORY: ConfigKey = key("memoryMb", 128, 16384, 512, "memory of the server in MiB");
 const SEARCH_STORAGE: ConfigKey = key("storageGb", 1, 1000, 5, "disk in GiB");
 
+/// A volume's size; what this server allows is checked where it is made.
+const VOLUME_SIZE: ConfigKey = key(
+    "storageGb",
+    1,
+    volumes::MAX_SIZE_GB as i64,
+    10,
+    "size in GiB",
+);
+const VOLUME_KEYS: &[TextKey] = &[
+    TextKey {
+        name: "mountPath",
+        required: true,
+        default: None,
+        check: volumes::mount_path,
+        schema: volumes::mount_path_schema,
+    },
+    TextKey {
+        name: "service",
+        required: false,
+        default: None,
+        check: validate::dns_label,
+        schema: || serde_json::json!({ "pattern": validate::DNS_LABEL_PATTERN, "minLength": 1, "maxLength": 63 }),
+    },
+    TextKey {
+        name: "accessMode",
+        required: false,
+        default: Some(READ_WRITE_ONCE),
+        check: read_write_once,
+        schema: || serde_json::json!({ "enum": [READ_WRITE_ONCE] }),
+    },
+];
+const READ_WRITE_ONCE: &str = "ReadWriteOnce";
+
+/// A block volume is mounted by the replicas of one service on one node.
+fn read_write_once(field: &str, value: &str) -> Result<()> {
+    if value == READ_WRITE_ONCE {
+        Ok(())
+    } else {
+        Err(Error::field(
+            field,
+            format!(
+                "must be {READ_WRITE_ONCE}: a ceph-rbd volume is mounted by one service, not '{value}'"
+            ),
+        ))
+    }
+}
+
 /// Role and database names inside every instance; only the passwords,
 /// ports and uids differ (a branch or a restore keeps the names).
 const ADMIN_USER: &str = "sylphx";
@@ -87,6 +148,17 @@ pub enum Hosting {
     /// A storage of a project environment: a prefix of the S3 endpoint's
     /// bucket with its own key pair (`domain::storage`).
     Storage,
+    /// A volume of a service in one project environment
+    /// (`domain::volumes`).
+    Volume,
+}
+
+impl Hosting {
+    /// Whether resources of this hosting belong to one project environment
+    /// (which `environmentId` names when one is made).
+    pub fn attached(self) -> bool {
+        self != Hosting::Instance
+    }
 }
 
 /// A provider of resources of one kind.
@@ -97,6 +169,7 @@ pub struct Provider {
     /// The provider a resource of `kind` gets when none is named.
     pub default_for_kind: bool,
     pub config: &'static [ConfigKey],
+    pub text_config: &'static [TextKey],
     /// URL scheme of its connection strings.
     pub scheme: &'static str,
     /// Env var names a binding writes: the URL by role (`{ROLE}` is the
@@ -127,6 +200,7 @@ const fn kv(name: &'static str, default_for_kind: bool) -> Provider {
         name,
         default_for_kind,
         config: &[KV_DATA, KV_CLIENTS, KV_STORAGE],
+        text_config: &[],
         scheme: "redis",
         url_var: "REDIS{ROLE}_URL",
         part_vars: &[],
@@ -149,6 +223,7 @@ pub const PROVIDERS: &[Provider] = &[
         name: instances::POSTGRESQL,
         default_for_kind: true,
         config: &[STORAGE, SQL_MEMORY, SQL_CONNECTIONS, RETENTION],
+        text_config: &[],
         scheme: "postgresql",
         url_var: "DATABASE{ROLE}_URL",
         part_vars: &[
@@ -172,6 +247,7 @@ pub const PROVIDERS: &[Provider] = &[
         name: instances::MYSQL,
         default_for_kind: false,
         config: &[STORAGE, SQL_MEMORY, SQL_CONNECTIONS],
+        text_config: &[],
         scheme: "mysql",
         url_var: "MYSQL{ROLE}_URL",
         part_vars: &[
@@ -198,6 +274,7 @@ pub const PROVIDERS: &[Provider] = &[
         name: instances::TYPESENSE,
         default_for_kind: true,
         config: &[SEARCH_MEMORY, SEARCH_STORAGE],
+        text_config: &[],
         scheme: "http",
         url_var: "TYPESENSE{ROLE}_URL",
         part_vars: &[
@@ -221,6 +298,7 @@ pub const PROVIDERS: &[Provider] = &[
         name: "s3",
         default_for_kind: true,
         config: &[],
+        text_config: &[],
         scheme: "s3",
         url_var: "BLOB{ROLE}_URL",
         part_vars: &[],
@@ -232,6 +310,24 @@ pub const PROVIDERS: &[Provider] = &[
         started: "Blob storage is ready: its S3 credentials are the BLOB_* secret env vars of its environment (they are shown once, in the answer of POST /projects/:id/storage; this storage is also listed there).",
         short: "blob",
         hosting: Hosting::Storage,
+    },
+    Provider {
+        kind: "volume",
+        name: "ceph-rbd",
+        default_for_kind: true,
+        config: &[VOLUME_SIZE],
+        text_config: VOLUME_KEYS,
+        scheme: "",
+        url_var: "",
+        part_vars: &[],
+        admin_user: "",
+        app_user: "",
+        database: "",
+        backups: false,
+        branches: false,
+        started: "The volume is made: the service mounts it at config.mountPath from its next deploy.",
+        short: "vol",
+        hosting: Hosting::Volume,
     },
 ];
 
@@ -309,8 +405,22 @@ impl Provider {
             None | Some(Value::Null) => {}
             Some(Value::Object(m)) => {
                 for (k, v) in m {
+                    if let Some(text) = self.text_config.iter().find(|c| c.name == k) {
+                        let field = format!("config.{k}");
+                        let Some(value) = v.as_str() else {
+                            return Err(Error::field(&field, "must be a string"));
+                        };
+                        (text.check)(&field, value)?;
+                        out.insert(k.clone(), Value::from(value));
+                        continue;
+                    }
                     let Some(spec) = self.config.iter().find(|c| c.name == k) else {
-                        let known: Vec<&str> = self.config.iter().map(|c| c.name).collect();
+                        let known: Vec<&str> = self
+                            .config
+                            .iter()
+                            .map(|c| c.name)
+                            .chain(self.text_config.iter().map(|c| c.name))
+                            .collect();
                         return Err(Error::field(
                             &format!("config.{k}"),
                             format!(
@@ -338,6 +448,16 @@ impl Provider {
         for spec in self.config {
             if let Some(d) = spec.default {
                 out.entry(spec.name).or_insert(Value::from(d));
+            }
+        }
+        for spec in self.text_config {
+            if let Some(d) = spec.default {
+                out.entry(spec.name).or_insert(Value::from(d));
+            } else if spec.required && !out.contains_key(spec.name) {
+                return Err(Error::field(
+                    &format!("config.{}", spec.name),
+                    format!("is required for a {} resource", self.kind),
+                ));
             }
         }
         Ok(out)
@@ -437,7 +557,26 @@ pub fn config_schema(provider: &Provider) -> Value {
                 }),
             )
         })
+        .chain(provider.text_config.iter().map(|c| {
+            let mut schema = (c.schema)();
+            schema["type"] = Value::from("string");
+            (c.name.to_string(), schema)
+        }))
         .collect();
+    let required: Vec<&str> = provider
+        .text_config
+        .iter()
+        .filter(|c| c.required)
+        .map(|c| c.name)
+        .collect();
+    if !required.is_empty() {
+        return serde_json::json!({
+            "type": "object",
+            "properties": props,
+            "required": required,
+            "additionalProperties": false
+        });
+    }
     serde_json::json!({
         "type": ["object", "null"],
         "properties": props,
@@ -450,14 +589,18 @@ pub fn config_schema(provider: &Provider) -> Value {
 pub fn create_schema() -> Value {
     let mut any = Vec::new();
     for p in PROVIDERS {
-        // A storage belongs to one environment: it must be named.
-        let (environment, required) = match p.hosting {
-            Hosting::Storage => (
+        // A storage or a volume belongs to one environment: it must be named.
+        let (environment, mut required) = if p.hosting.attached() {
+            (
                 serde_json::json!({ "type": "string", "format": "uuid" }),
                 vec!["environmentId"],
-            ),
-            Hosting::Instance => (serde_json::json!({}), vec![]),
+            )
+        } else {
+            (serde_json::json!({}), vec![])
         };
+        if p.text_config.iter().any(|c| c.required) {
+            required.push("config");
+        }
         let mut with_provider = required.clone();
         with_provider.push("provider");
         any.push(serde_json::json!({
@@ -483,7 +626,7 @@ pub fn create_schema() -> Value {
     }
     serde_json::json!({
         "anyOf": any,
-        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey; search: typesense; blob: s3, with environmentId); config takes that provider's settings"
+        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey; search: typesense; blob: s3, with environmentId; volume: ceph-rbd, with environmentId and config.mountPath); config takes that provider's settings"
     })
 }
 
