@@ -10,6 +10,7 @@ mod m20261201_000001_api_hardening;
 mod m20261201_000002_deployment_events;
 mod m20261202_000001_resource_instances;
 mod m20261203_000002_storage;
+mod m20261204_000001_list_order;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000002_deployment_events::Migration),
             Box::new(m20261202_000001_resource_instances::Migration),
             Box::new(m20261203_000002_storage::Migration),
+            Box::new(m20261204_000001_list_order::Migration),
         ]
     }
 }

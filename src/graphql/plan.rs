@@ -445,10 +445,16 @@ pub(super) fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 /// `"2026-03-09T11:00:00.123Z"`, as the `DateTime` scalar writes it.
 pub(super) fn put_time(out: &mut Vec<u8>, t: &chrono::DateTime<chrono::Utc>) {
     use chrono::{Datelike, Timelike};
+    // The fields of the UTC time, read without converting for each.
+    let t = t.naive_utc();
     let year = t.year();
     if !(0..=9999).contains(&year) || t.nanosecond() >= 1_000_000_000 {
         // Years of other widths and leap seconds: chrono's own writing.
-        return put(out, &t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+        return put(
+            out,
+            &t.and_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
     }
     let two = |out: &mut Vec<u8>, n: u32| {
         out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8])
