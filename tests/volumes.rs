@@ -607,6 +607,18 @@ async fn volume_resources_are_volumes(backend: Backend) {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {e}");
         assert_eq!(field(&e), named, "{body} → {e}");
     }
+    let (status, e) = s
+        .post(
+            "/resources",
+            &t,
+            volume(json!({"mountPath": "/data", "service": "nope"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().starts_with("config.service"),
+        "{e}"
+    );
     let other = s.token("other", Role::Write).await;
     let (status, e) = s
         .post("/resources", &other, volume(json!({"mountPath": "/data"})))

@@ -201,8 +201,10 @@ pub struct Draft {
     pub mount_path: String,
     pub size_gb: u32,
     pub service: Option<String>,
-    /// The field the size came in, for the errors that name it.
+    /// The fields the size and the service come in, for the errors that
+    /// name them.
     pub size_field: &'static str,
+    pub service_field: &'static str,
 }
 
 /// The kind of the resources (`/resources`) that are volumes: such a
@@ -277,11 +279,16 @@ pub async fn mounts_in<C: ConnectionTrait>(
 
 /// The service a new volume belongs to: the one named, else the one that
 /// serves HTTP (`web`, else the first with a port), else the only one.
-fn pick_service<'a>(services: &'a [svcs::Model], name: Option<&str>) -> Result<&'a svcs::Model> {
+/// Errors name `field`, the field the service came in (or would have).
+fn pick_service<'a>(
+    services: &'a [svcs::Model],
+    name: Option<&str>,
+    field: &str,
+) -> Result<&'a svcs::Model> {
     if let Some(name) = name {
-        validate::dns_label("service", name)?;
+        validate::dns_label(field, name)?;
         return services.iter().find(|s| s.name == name).ok_or_else(|| {
-            Error::NotFound(format!("service: the project has no service '{name}'"))
+            Error::NotFound(format!("{field}: the project has no service '{name}'"))
         });
     }
     let http = services
@@ -292,12 +299,12 @@ fn pick_service<'a>(services: &'a [svcs::Model], name: Option<&str>) -> Result<&
         (Some(s), _) => Ok(s),
         (None, [only]) => Ok(only),
         // What the project holds decides these, not the request alone.
-        (None, []) => Err(Error::Conflict(
-            "service: the project has no service yet: deploy it once, or create one, first".into(),
-        )),
-        (None, _) => Err(Error::Conflict(
-            "service: the project has several services and none serves HTTP: name one".into(),
-        )),
+        (None, []) => Err(Error::Conflict(format!(
+            "{field}: the project has no service yet: deploy it once, or create one, first"
+        ))),
+        (None, _) => Err(Error::Conflict(format!(
+            "{field}: the project has several services and none serves HTTP: name one"
+        ))),
     }
 }
 
@@ -378,6 +385,7 @@ impl Deployer {
             mount_path: input.mount_path,
             service: input.service,
             size_field: "sizeGb",
+            service_field: "service",
         };
         let txn = self.db.begin().await?;
         super::organizations::take_turns(&txn, ctx.org_id()).await?;
@@ -419,7 +427,8 @@ impl Deployer {
         id: Uuid,
     ) -> Result<Made> {
         let services = super::services::list(conn, project.id).await?;
-        let service = pick_service(&services, draft.service.as_deref())?.clone();
+        let service =
+            pick_service(&services, draft.service.as_deref(), draft.service_field)?.clone();
         let taken = volumes::Entity::find()
             .filter(volumes::Column::ProjectId.eq(project.id))
             .all(conn)

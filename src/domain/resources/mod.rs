@@ -400,6 +400,7 @@ impl Deployer {
             size_gb: volumes::size_gb(&self.volumes, "config.storageGb", size)?,
             service: text("service"),
             size_field: "config.storageGb",
+            service_field: "config.service",
         })
     }
 
