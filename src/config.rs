@@ -106,6 +106,12 @@ struct FileConfig {
     s3_public_url: Option<String>,
     s3_bucket: Option<String>,
     max_storages_per_organization: Option<u64>,
+    blob_provider: Option<String>,
+    b2_api_url: Option<String>,
+    b2_key_id: Option<String>,
+    b2_application_key_file: Option<PathBuf>,
+    b2_bucket: Option<String>,
+    b2_public_url: Option<String>,
     typesense_bin: Option<PathBuf>,
     ai: Option<crate::ai::config::AiConfig>,
 }
@@ -485,7 +491,44 @@ fn blob_config(args: &ServeArgs, file: &FileConfig) -> Result<crate::blob::BlobC
             .filter(|v| !v.trim().is_empty())
             .or_else(|| from_file.clone())
     };
+    let upstream = match text("SYLPHX_BLOB_PROVIDER", &file.blob_provider).as_deref() {
+        None | Some("s3") => None,
+        Some("b2") => {
+            let required = |var: &str, key: &str, from_file: &Option<String>| {
+                text(var, from_file).ok_or_else(|| {
+                    Error::bad_request(format!("blob_provider b2 needs {key} ({var})"))
+                })
+            };
+            let application_key = match env_secret("SYLPHX_B2_APPLICATION_KEY")? {
+                Some(s) => s,
+                None => file
+                    .b2_application_key_file
+                    .as_deref()
+                    .map(read_secret_file)
+                    .transpose()?
+                    .ok_or_else(|| {
+                        Error::bad_request(
+                            "blob_provider b2 needs its key: SYLPHX_B2_APPLICATION_KEY (or _FILE) or b2_application_key_file",
+                        )
+                    })?,
+            };
+            Some(crate::blob::b2::B2Settings {
+                api_url: text("SYLPHX_B2_API_URL", &file.b2_api_url)
+                    .unwrap_or_else(|| crate::blob::b2::DEFAULT_API_URL.into()),
+                key_id: required("SYLPHX_B2_KEY_ID", "b2_key_id", &file.b2_key_id)?,
+                application_key,
+                bucket: required("SYLPHX_B2_BUCKET", "b2_bucket", &file.b2_bucket)?,
+                public_url: text("SYLPHX_B2_PUBLIC_URL", &file.b2_public_url),
+            })
+        }
+        Some(other) => {
+            return Err(Error::bad_request(format!(
+                "blob_provider must be s3 (this server's own endpoint) or b2, not '{other}'"
+            )));
+        }
+    };
     crate::blob::BlobConfig::new(
+        upstream,
         args.s3_listen.or(file.s3_listen),
         text("SYLPHX_S3_PUBLIC_URL", &file.s3_public_url),
         text("SYLPHX_S3_BUCKET", &file.s3_bucket),

@@ -98,6 +98,12 @@ async fn run(cli: Cli) -> sylphx::Result<()> {
                 apps.map(|a| format!(", apps routed by Host at http://{a}"))
                     .unwrap_or_default()
             );
+            if !app.storages().serves_s3() {
+                println!(
+                    "Blob storage: keys minted by {} for each storage (blob_provider)",
+                    app.storages().provider()
+                );
+            }
             if let (Some(bound), Some(url)) = (app.storages().bound(), app.storages().endpoint()) {
                 println!(
                     "S3 endpoint listening on http://{bound} (clients use {url}, bucket {}, path-style)",

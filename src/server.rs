@@ -34,6 +34,9 @@ use crate::state::request_id;
 /// How often the routing table is checked against the store even when
 /// nothing asked for it.
 const ROUTE_REFRESH: Duration = Duration::from_secs(15);
+/// How often queued revocations of upstream blob keys are retried (and
+/// those queued by project and environment deletions done).
+const BLOB_KEY_SWEEP: Duration = Duration::from_secs(5);
 
 /// How often captured log lines are written out to the history files (a
 /// crash loses at most this much; a clean stop loses nothing).
@@ -96,13 +99,17 @@ impl App {
             None => None,
         };
         deployer.logs.spawn_flusher(LOG_FLUSH);
-        // The S3 endpoint serves blob storage on every runtime.
-        crate::blob::serve(
-            self.storages().clone(),
-            self.config().blob.listen,
-            &self.config().data_dir,
-        )
-        .await?;
+        // The S3 endpoint serves blob storage on every runtime, unless an
+        // upstream provider (B2) does.
+        if self.storages().serves_s3() {
+            crate::blob::serve(
+                self.storages().clone(),
+                self.config().blob.listen,
+                &self.config().data_dir,
+            )
+            .await?;
+        }
+        self.storages().spawn_sweeper(BLOB_KEY_SWEEP);
         crate::store::spawn_listener(&deployer.db, deployer.changes.clone());
         let restorer = deployer.clone();
         let queue = deployer.queue.clone();

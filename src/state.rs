@@ -120,12 +120,18 @@ impl AppState {
                 ..QueueConfig::default()
             },
         );
+        let upstream: Option<Arc<dyn crate::domain::storage::Upstream>> =
+            match &config.blob.upstream {
+                Some(b2) => Some(Arc::new(crate::blob::b2::B2::new(b2.clone())?)),
+                None => None,
+            };
         let storages = Arc::new(crate::domain::storage::Storages::new(
             db.clone(),
             keyring.clone(),
             config.blob.bucket.clone(),
             config.blob.max_storages_per_organization,
             config.blob.public_url.clone(),
+            upstream,
         ));
         let deployer = Deployer {
             db: db.clone(),

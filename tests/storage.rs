@@ -4,6 +4,8 @@
 //! hostile tenant runs into, public URLs, revocation, and the env vars a
 //! storage writes.
 
+#[path = "storage/b2_mock.rs"]
+mod b2_mock;
 mod common;
 
 use std::path::Path;
@@ -800,11 +802,237 @@ async fn blob_resources_are_storages(backend: Backend) {
     assert_eq!(list["data"], json!([]));
 }
 
+/// Waits (up to 30 s) until `done` holds, checking every 100 ms.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// With `blob_provider = "b2"`, each storage gets a key minted by B2 for
+/// its prefix of the configured bucket; apps use B2's S3 endpoint with it;
+/// deleting the storage (or its project) deletes the key at B2, even when
+/// B2 was down at the time; the server's own key appears nowhere.
+async fn b2_mints_a_key_per_storage(backend: Backend) {
+    let work = tempfile::tempdir().unwrap();
+    let b2 = b2_mock::MockB2::start(work.path(), "sylphx-storage-prod", false).await;
+    let key_file = work.path().join("b2.key");
+    std::fs::write(&key_file, b2_mock::MASTER_KEY).unwrap();
+    let config = work.path().join("sylphx.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "blob_provider = \"b2\"\nb2_api_url = \"{}\"\nb2_key_id = \"{}\"\nb2_application_key_file = \"{}\"\nb2_bucket = \"sylphx-storage-prod\"\n",
+            b2.api_url,
+            b2_mock::MASTER_KEY_ID,
+            key_file.display()
+        ),
+    )
+    .unwrap();
+    let s = TestServer::start_with_config(backend, Some(config)).await;
+    let t = s.admin_token.clone();
+    let shop = s.project(&t, "shop").await;
+    let shop_env = shop["environments"][0]["id"].clone();
+    let mut answers = Vec::new();
+
+    // A private bucket: storages are private; asking for a public one is
+    // a 400 naming `public`, and mints nothing.
+    let (status, e) = s
+        .post(
+            "/projects/shop/storage",
+            &t,
+            json!({ "envType": "production", "public": true }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("public"), "{e}");
+    assert_eq!(b2.minted(), 0);
+    answers.push(e);
+
+    let created = create(&s, &t, "shop", json!({ "envType": "production" })).await;
+    let vars = &created["envVars"];
+    assert_eq!(vars["BLOB_ENDPOINT"], b2.s3_url.as_str(), "{created}");
+    assert_eq!(vars["BLOB_BUCKET"], "sylphx-storage-prod");
+    assert_eq!(vars["BLOB_PREFIX"], "default/shop/");
+    assert_eq!(created["public"], false, "{created}");
+    let public = format!("{}/file/sylphx-storage-prod/default/shop/", b2.api_url);
+    assert_eq!(created["publicUrl"], public.as_str());
+    let key_id = vars["BLOB_KEY_ID"].as_str().unwrap().to_string();
+    let keys = b2.keys();
+    let minted = &keys[&key_id];
+    assert_eq!(vars["BLOB_APPLICATION_KEY"], minted.secret.as_str());
+    assert_eq!(minted.prefix, "default/shop/");
+    assert_eq!(minted.bucket_id, b2_mock::BUCKET_ID);
+    assert_eq!(
+        minted.name,
+        format!("slx-{}", created["id"].as_str().unwrap())
+    );
+    for c in ["listFiles", "readFiles", "writeFiles", "deleteFiles"] {
+        assert!(minted.capabilities.iter().any(|m| m == c), "{minted:?}");
+    }
+    assert!(
+        !minted.capabilities.iter().any(|c| c.contains("Keys")),
+        "{minted:?}"
+    );
+
+    // The key works at B2's S3 endpoint, inside its prefix only.
+    let other = create(
+        &s,
+        &t,
+        "shop",
+        json!({ "envType": "production", "name": "media" }),
+    )
+    .await;
+    let r = boto(
+        vars,
+        "default/shop~production~media/",
+        r#"
+s3.put_object(Bucket=B, Key=P + "hello.txt", Body=b"hello b2")
+out["get"] = s3.get_object(Bucket=B, Key=P + "hello.txt")["Body"].read().decode()
+out["list"] = [o["Key"] for o in s3.list_objects_v2(Bucket=B, Prefix=P).get("Contents", [])]
+out["other"] = code(lambda: s3.put_object(Bucket=B, Key=OTHER + "x", Body=b"x"))
+out["all"] = code(lambda: s3.list_objects_v2(Bucket=B))
+"#,
+    );
+    assert_eq!(r["get"], "hello b2", "{r}");
+    assert_eq!(r["list"], json!(["default/shop/hello.txt"]), "{r}");
+    assert_eq!(r["other"], "AccessDenied", "{r}");
+    assert_eq!(r["all"], "AccessDenied", "{r}");
+
+    // An expired account token is renewed; a variable set by hand makes
+    // the POST a 409 and the key minted for it is deleted at B2.
+    b2.expire_token();
+    let (status, r) = s
+        .post(
+            "/projects/shop/env-vars",
+            &t,
+            json!({ "envType": "production", "vars": [{ "key": "BLOB_TAKEN_KEY_ID", "value": "mine" }] }),
+        )
+        .await;
+    assert!(status.is_success(), "{r}");
+    let before = b2.minted();
+    let (status, e) = s
+        .post(
+            "/projects/shop/storage",
+            &t,
+            json!({ "envType": "production", "name": "taken" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert_eq!(
+        b2.minted(),
+        before + 1,
+        "the token was renewed and a key minted"
+    );
+    until("the unused key is deleted at B2", || b2.keys().len() == 2).await;
+    answers.push(e);
+
+    // A blob resource is a B2 storage; provider s3 is not served here.
+    let (status, e) = s
+        .post(
+            "/resources",
+            &t,
+            json!({"name": "Files", "kind": "blob", "provider": "s3", "environmentId": shop_env}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("provider"), "{e}");
+    let p = s.project(&t, "gone").await;
+    let env_id = p["environments"][0]["id"].as_str().unwrap().to_string();
+    let (status, res) = s
+        .post(
+            "/resources",
+            &t,
+            json!({"name": "Files", "kind": "blob", "environmentId": env_id}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{res}");
+    assert_eq!(res["provider"], "b2", "{res}");
+    assert_eq!(b2.keys().len(), 3);
+    answers.push(res);
+
+    // B2 down: a new storage is a 503 and nothing is made.
+    b2.set_down(true);
+    let (status, e) = s
+        .post(
+            "/projects/shop/storage",
+            &t,
+            json!({ "envType": "production", "name": "later" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    answers.push(e);
+    let (_, list) = s.get("/projects/shop/storage", &t).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    // Deleting while B2 is down is done (204); the key is deleted at B2
+    // once it answers again.
+    let media_key = other["envVars"]["BLOB_MEDIA_KEY_ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/projects/shop/storage/{}", other["id"].as_str().unwrap()),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(b2.keys().contains_key(&media_key));
+    b2.set_down(false);
+    until("the queued key is deleted at B2", || {
+        !b2.keys().contains_key(&media_key)
+    })
+    .await;
+
+    // Deleting a storage deletes its key before the answer; the blobs stay.
+    let (status, list) = s.get("/projects/shop/storage", &t).await;
+    assert_eq!(status, StatusCode::OK);
+    answers.push(list);
+    let (status, _) = s
+        .call(
+            Method::DELETE,
+            &format!("/projects/shop/storage/{}", created["id"].as_str().unwrap()),
+            &t,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!b2.keys().contains_key(&key_id));
+    let r = boto(
+        vars,
+        "",
+        r#"out["get"] = code(lambda: s3.get_object(Bucket=B, Key=P + "hello.txt"))"#,
+    );
+    assert_eq!(r["get"], "InvalidAccessKeyId", "{r}");
+    assert_eq!(
+        std::fs::read(b2.object("default/shop/hello.txt")).unwrap(),
+        b"hello b2"
+    );
+    // A project's deletion deletes its resource's key.
+    let (status, _) = s.call(Method::DELETE, "/projects/gone", &t, None).await;
+    assert_eq!(status, StatusCode::OK);
+    until("the project's keys are deleted at B2", || {
+        b2.keys().is_empty()
+    })
+    .await;
+
+    // The server's own key is in no answer.
+    for a in answers {
+        let text = a.to_string();
+        assert!(!text.contains(b2_mock::MASTER_KEY), "{text}");
+    }
+}
+
 backend_tests!(
     storage_end_to_end,
     hostile_tenants_get_nothing,
     project_deletion_revokes_its_storage,
     blob_resources_are_storages,
+    b2_mints_a_key_per_storage,
 );
 
 /// A memory figure of this process from /proc (`VmRSS`: now, `VmHWM`:

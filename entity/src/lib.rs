@@ -5,6 +5,7 @@
 pub mod ai_usage;
 pub mod api_keys;
 pub mod audit_events;
+pub mod blob_key_revocations;
 pub mod config_entries;
 pub mod deployment_events;
 pub mod deployments;
@@ -31,6 +32,7 @@ pub mod prelude {
     pub use super::ai_usage::Entity as AiUsage;
     pub use super::api_keys::Entity as ApiKeys;
     pub use super::audit_events::Entity as AuditEvents;
+    pub use super::blob_key_revocations::Entity as BlobKeyRevocations;
     pub use super::config_entries::Entity as ConfigEntries;
     pub use super::deployment_events::Entity as DeploymentEvents;
     pub use super::deployments::Entity as Deployments;

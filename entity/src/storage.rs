@@ -24,6 +24,14 @@ pub struct Model {
     #[sea_orm(default_value = true)]
     pub public: bool,
     pub revoked_at: Option<DateTimeUtc>,
+    /// Who issued its key: `s3` (the control plane's endpoint) or `b2`
+    /// (added by m20261205_000001).
+    #[sea_orm(default_value = "s3")]
+    pub provider: String,
+    /// The S3 endpoint its key works at (`BLOB_ENDPOINT`); empty for rows
+    /// made before m20261205_000001 (the server's own endpoint).
+    #[sea_orm(default_value = "")]
+    pub endpoint: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

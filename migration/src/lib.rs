@@ -11,6 +11,7 @@ mod m20261201_000002_deployment_events;
 mod m20261202_000001_resource_instances;
 mod m20261203_000002_storage;
 mod m20261204_000001_list_order;
+mod m20261205_000001_blob_keys;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000001_resource_instances::Migration),
             Box::new(m20261203_000002_storage::Migration),
             Box::new(m20261204_000001_list_order::Migration),
+            Box::new(m20261205_000001_blob_keys::Migration),
         ]
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod b2;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -39,9 +40,11 @@ const MAX_XML_BODY: usize = 4 * 1024 * 1024;
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
 /// The endpoint's settings (`s3_listen`, `s3_public_url`, `s3_bucket`,
-/// `max_storages_per_organization`).
+/// `max_storages_per_organization`), and the upstream provider's when
+/// keys come from one (`blob_provider = "b2"`, `b2_*`).
 #[derive(Debug, Clone)]
 pub struct BlobConfig {
+    pub upstream: Option<b2::B2Settings>,
     pub listen: SocketAddr,
     /// The base URL clients are given (`BLOB_ENDPOINT`); `http://<bound
     /// address>` when absent.
@@ -54,6 +57,7 @@ pub struct BlobConfig {
 impl BlobConfig {
     /// Checks and completes the settings.
     pub fn new(
+        upstream: Option<b2::B2Settings>,
         listen: Option<SocketAddr>,
         public_url: Option<String>,
         bucket: Option<String>,
@@ -67,28 +71,42 @@ impl BlobConfig {
                 "s3_bucket must be 3-63 lowercase letters, digits or '-', not '{bucket}'"
             )));
         }
-        let public_url = match public_url {
-            Some(u) => {
-                let u = u.trim().trim_end_matches('/').to_string();
-                let ok = u.split_once("://").is_some_and(|(scheme, rest)| {
-                    matches!(scheme, "http" | "https") && !rest.is_empty()
-                });
-                if !ok {
-                    return Err(Error::bad_request(format!(
-                        "s3_public_url must be an http:// or https:// URL, not '{u}'"
-                    )));
-                }
-                Some(u)
+        let public_url = public_url
+            .map(|u| http_url("s3_public_url", &u))
+            .transpose()?;
+        let upstream = match upstream {
+            Some(mut b2) => {
+                b2.api_url = http_url("b2_api_url", &b2.api_url)?;
+                b2.public_url = b2
+                    .public_url
+                    .map(|u| http_url("b2_public_url", &u))
+                    .transpose()?;
+                Some(b2)
             }
             None => None,
         };
         Ok(BlobConfig {
+            upstream,
             listen: listen.unwrap_or_else(|| SocketAddr::from(DEFAULT_LISTEN)),
             public_url,
             bucket,
             max_storages_per_organization,
         })
     }
+}
+
+/// `url` without a trailing `/`, when it is an http(s) URL.
+fn http_url(key: &str, url: &str) -> Result<String> {
+    let u = url.trim().trim_end_matches('/').to_string();
+    let ok = u
+        .split_once("://")
+        .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && !rest.is_empty());
+    if !ok {
+        return Err(Error::bad_request(format!(
+            "{key} must be an http:// or https:// URL, not '{u}'"
+        )));
+    }
+    Ok(u)
 }
 
 /// Binds the endpoint and serves it in the background; returns the bound

@@ -12,9 +12,16 @@
 //! `<org>/<one segment>/` with a segment that names exactly one (project,
 //! environment, name): no prefix is a prefix of another storage's, and a
 //! key confined to its prefix cannot reach another storage's objects.
+//!
+//! The keys come from the control plane's own S3 endpoint (provider `s3`)
+//! or from an [`Upstream`] provider that mints a key per storage, limited
+//! to the storage's prefix of its bucket (provider `b2`). A deleted
+//! storage's upstream key is queued in `blob_key_revocations` in the same
+//! transaction and revoked there until the provider confirms.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
@@ -30,7 +37,9 @@ use super::{Ctx, environments, new_id, now, organizations, parse_id, projects, v
 use crate::auth::Role;
 use crate::error::{Error, Result};
 use crate::secrets::{Keyring, SecretString, random_hex};
-use entity::{env_vars, environments as envs, projects as proj, storage};
+use entity::{
+    blob_key_revocations as revocations, env_vars, environments as envs, projects as proj, storage,
+};
 
 /// Where env vars written by a storage come from (`env_vars.source`; the
 /// storage's id is their `binding_id`).
@@ -38,6 +47,42 @@ pub const SOURCE: &str = "storage";
 
 /// The resource kind that is a storage seen through `/resources`.
 pub const BLOB_KIND: &str = "blob";
+
+/// The provider of keys the control plane's own S3 endpoint checks.
+pub const OWN_PROVIDER: &str = "s3";
+
+/// How long a failed revocation waits before the next attempt, at most.
+const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// The bucket of an upstream provider, as its storages hand it out.
+#[derive(Debug, Clone)]
+pub struct UpstreamBucket {
+    /// The provider's id of the bucket.
+    pub id: String,
+    pub name: String,
+    /// The provider's S3-compatible endpoint (`BLOB_ENDPOINT`).
+    pub endpoint: String,
+    /// Whether the bucket serves its objects to anyone: the provider's
+    /// buckets are public or private as a whole.
+    pub public: bool,
+    /// The base of public URLs: `<public_base>/<prefix>`.
+    pub public_base: String,
+}
+
+/// A blob provider that issues each storage a key of its own, limited to
+/// the storage's prefix of one bucket.
+#[async_trait::async_trait]
+pub trait Upstream: Send + Sync + std::fmt::Debug {
+    /// Its provider name (`b2`).
+    fn name(&self) -> &'static str;
+    /// The bucket storages are prefixes of.
+    async fn bucket(&self) -> Result<UpstreamBucket>;
+    /// A new key named `key_name` for the objects under `prefix`: its id
+    /// and its secret.
+    async fn mint(&self, key_name: &str, prefix: &str) -> Result<(String, SecretString)>;
+    /// Deletes a key; a key the provider does not have is gone already.
+    async fn revoke(&self, key_id: &str) -> Result<()>;
+}
 
 /// The name a storage gets when none is given.
 pub const DEFAULT_NAME: &str = "primary";
@@ -105,6 +150,7 @@ pub struct Storages {
     keyring: std::sync::Arc<Keyring>,
     bucket: String,
     quota: u64,
+    upstream: Option<Arc<dyn Upstream>>,
     configured_url: Option<String>,
     /// The endpoint's base URL, known once its listener is bound.
     endpoint: OnceLock<String>,
@@ -116,6 +162,7 @@ impl std::fmt::Debug for Storages {
         f.debug_struct("Storages")
             .field("bucket", &self.bucket)
             .field("endpoint", &self.endpoint.get())
+            .field("upstream", &self.upstream)
             .finish_non_exhaustive()
     }
 }
@@ -152,6 +199,41 @@ pub fn key_within(prefix: &str, key: &str) -> bool {
         && key.split('/').all(|s| s != ".." && s != ".")
 }
 
+/// Where a new storage goes (see [`Storages::place`]).
+struct Place {
+    provider: &'static str,
+    endpoint: String,
+    bucket: String,
+    public_base: String,
+    public: bool,
+}
+
+/// Revokes an upstream key of a storage that was not made, in the
+/// background, a few times; the key was never shown to anyone, so one
+/// that stays (the provider unreachable throughout) is clutter in the
+/// provider's account, named `slx-<storage id>`, not a way in.
+fn spawn_revocation(upstream: Arc<dyn Upstream>, key_id: String) {
+    tokio::spawn(async move {
+        let mut wait = Duration::from_secs(1);
+        for _ in 0..6 {
+            match upstream.revoke(&key_id).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(
+                    key_id,
+                    error = e.message(),
+                    "revoking an unused blob key failed; retrying"
+                ),
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 4;
+        }
+        tracing::error!(
+            key_id,
+            "an unused blob key could not be revoked at the provider: delete it by hand"
+        );
+    });
+}
+
 fn name_taken(name: &str, env: &str) -> Error {
     Error::Conflict(format!(
         "name: environment '{env}' already has a storage named '{name}'"
@@ -165,21 +247,34 @@ impl Storages {
         bucket: String,
         quota: u64,
         public_url: Option<String>,
+        upstream: Option<Arc<dyn Upstream>>,
     ) -> Storages {
         Storages {
             db,
             keyring,
             bucket,
             quota,
+            upstream,
             configured_url: public_url,
             endpoint: OnceLock::new(),
             bound: OnceLock::new(),
         }
     }
 
-    /// The one bucket every storage is a prefix of.
+    /// The bucket of the control plane's own S3 endpoint.
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// Who issues new storages' keys: `s3` (this server's endpoint) or
+    /// the upstream provider's name.
+    pub fn provider(&self) -> &'static str {
+        self.upstream.as_ref().map_or(OWN_PROVIDER, |u| u.name())
+    }
+
+    /// Whether this server serves the S3 API itself (no upstream).
+    pub fn serves_s3(&self) -> bool {
+        self.upstream.is_none()
     }
 
     /// Records where the S3 endpoint listens: its base URL is
@@ -204,11 +299,13 @@ impl Storages {
     }
 
     fn vars(&self, row: &storage::Model, secret: Option<&str>) -> BTreeMap<String, String> {
-        let endpoint = self.endpoint().unwrap_or_default();
         VARS.iter()
             .map(|var| {
                 let value = match *var {
-                    "ENDPOINT" => endpoint.to_string(),
+                    "ENDPOINT" if row.endpoint.is_empty() => {
+                        self.endpoint().unwrap_or_default().to_string()
+                    }
+                    "ENDPOINT" => row.endpoint.clone(),
                     "BUCKET" => row.bucket.clone(),
                     "PREFIX" => row.prefix.clone(),
                     "KEY_ID" => row.access_key_id.clone(),
@@ -286,11 +383,7 @@ impl Storages {
         id: Uuid,
     ) -> Result<StorageView> {
         let name = name.to_string();
-        let Some(endpoint) = self.endpoint() else {
-            return Err(Error::Unavailable(
-                "the S3 endpoint of this server is not running".into(),
-            ));
-        };
+        let place = self.place(public).await?;
         super::organizations::take_turns(txn, ctx.org_id()).await?;
         let held = storage::Entity::find()
             .join(
@@ -317,20 +410,113 @@ impl Storages {
         }
         let org = organizations::get(txn, ctx.org_id()).await?;
         let prefix = prefix_of(&org.slug, &project.slug, &env.name, &name);
-        let secret = random_hex(20);
+        let (access_key_id, secret) = match &self.upstream {
+            Some(upstream) => upstream.mint(&format!("slx-{id}"), &prefix).await?,
+            None => (
+                format!("SLX{}", random_hex(10).to_ascii_uppercase()),
+                SecretString::new(random_hex(20)),
+            ),
+        };
+        let made = self
+            .insert_in(
+                txn,
+                ctx,
+                project,
+                env,
+                &name,
+                &place,
+                &prefix,
+                id,
+                (&access_key_id, &secret),
+            )
+            .await;
+        if made.is_err()
+            && let Some(upstream) = &self.upstream
+        {
+            // The storage was not made: its key must not outlive it.
+            spawn_revocation(upstream.clone(), access_key_id);
+        }
+        made
+    }
+
+    /// Where new storages go: the bucket, its endpoint, the base of public
+    /// URLs, and whether `public` (the caller's wish) is what it will be.
+    async fn place(&self, public: Option<bool>) -> Result<Place> {
+        match &self.upstream {
+            Some(upstream) => {
+                let bucket = upstream.bucket().await?;
+                if let Some(want) = public
+                    && want != bucket.public
+                {
+                    let (is, other) = if bucket.public {
+                        ("public", "private")
+                    } else {
+                        ("private", "public")
+                    };
+                    return Err(Error::field(
+                        "public",
+                        format!(
+                            "this server's {} bucket '{}' is {is} as a whole: its storages cannot be {other}",
+                            upstream.name(),
+                            bucket.name
+                        ),
+                    ));
+                }
+                Ok(Place {
+                    provider: upstream.name(),
+                    endpoint: bucket.endpoint,
+                    bucket: bucket.name,
+                    public_base: bucket.public_base,
+                    public: bucket.public,
+                })
+            }
+            None => {
+                let Some(endpoint) = self.endpoint() else {
+                    return Err(Error::Unavailable(
+                        "the S3 endpoint of this server is not running".into(),
+                    ));
+                };
+                Ok(Place {
+                    provider: OWN_PROVIDER,
+                    endpoint: endpoint.to_string(),
+                    bucket: self.bucket.clone(),
+                    public_base: format!("{endpoint}/{}", self.bucket),
+                    public: public.unwrap_or(true),
+                })
+            }
+        }
+    }
+
+    /// Writes storage `id` with its key, and its variables.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_in<C: ConnectionTrait>(
+        &self,
+        txn: &C,
+        ctx: &Ctx,
+        project: &proj::Model,
+        env: &envs::Model,
+        name: &str,
+        place: &Place,
+        prefix: &str,
+        id: Uuid,
+        (access_key_id, secret): (&str, &SecretString),
+    ) -> Result<StorageView> {
+        let name = name.to_string();
         let now = now();
         let row = storage::ActiveModel {
             id: Set(id),
             project_id: Set(project.id),
             environment_id: Set(env.id),
             name: Set(name.clone()),
-            bucket: Set(self.bucket.clone()),
-            prefix: Set(prefix.clone()),
-            access_key_id: Set(format!("SLX{}", random_hex(10).to_ascii_uppercase())),
-            secret_ciphertext: Set(self.keyring.seal(&secret)?),
-            public_url: Set(format!("{endpoint}/{}/{prefix}", self.bucket)),
-            public: Set(public.unwrap_or(true)),
+            bucket: Set(place.bucket.clone()),
+            prefix: Set(prefix.to_string()),
+            access_key_id: Set(access_key_id.to_string()),
+            secret_ciphertext: Set(self.keyring.seal(secret.expose())?),
+            public_url: Set(format!("{}/{prefix}", place.public_base)),
+            public: Set(place.public),
             revoked_at: Set(None),
+            provider: Set(place.provider.to_string()),
+            endpoint: Set(place.endpoint.clone()),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -340,7 +526,7 @@ impl Storages {
             Some(SqlErr::UniqueConstraintViolation(_)) => name_taken(&name, &env.name),
             _ => e.into(),
         })?;
-        let view = self.view(row, env.name.clone(), Some(&secret));
+        let view = self.view(row, env.name.clone(), Some(secret.expose()));
         for (key, value) in &view.env_vars {
             let existing = env_vars::Entity::find()
                 .filter(env_vars::Column::EnvironmentId.eq(env.id))
@@ -417,7 +603,81 @@ impl Storages {
         )
         .await?;
         txn.commit().await?;
+        // An upstream key is revoked before the answer (retried later if
+        // the provider cannot be reached now).
+        if let Err(e) = self.sweep().await {
+            tracing::warn!(
+                error = e.message(),
+                "revoking blob keys failed; retrying later"
+            );
+        }
         Ok(true)
+    }
+
+    /// Revokes the queued upstream keys that are due; a failure waits
+    /// longer each time. Returns how many were revoked.
+    pub async fn sweep(&self) -> Result<usize> {
+        let Some(upstream) = &self.upstream else {
+            return Ok(0);
+        };
+        let due = revocations::Entity::find()
+            .filter(revocations::Column::Provider.eq(upstream.name()))
+            .filter(revocations::Column::NotBefore.lte(now()))
+            .order_by_asc(revocations::Column::NotBefore)
+            .limit(100)
+            .all(&self.db)
+            .await?;
+        let mut done = 0;
+        for row in due {
+            match upstream.revoke(&row.access_key_id).await {
+                Ok(()) => {
+                    revocations::Entity::delete_by_id(row.access_key_id.clone())
+                        .exec(&self.db)
+                        .await?;
+                    done += 1;
+                }
+                Err(e) => {
+                    let attempts = row.attempts.saturating_add(1);
+                    let wait =
+                        Duration::from_secs(1u64 << attempts.clamp(0, 9) as u32).min(RETRY_CAP);
+                    tracing::warn!(
+                        key_id = row.access_key_id,
+                        attempts,
+                        error = e.message(),
+                        "revoking a blob key failed; retrying"
+                    );
+                    let mut active = row.into_active_model();
+                    active.attempts = Set(attempts);
+                    active.last_error = Set(Some(e.message().to_string()));
+                    active.not_before =
+                        Set(now() + chrono::TimeDelta::from_std(wait).unwrap_or_default());
+                    active.update(&self.db).await?;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Sweeps the revocation queue every `every` while the server runs
+    /// (deletions of projects and environments queue their keys).
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
+        if self.upstream.is_none() {
+            return;
+        }
+        let storages = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = storages.sweep().await {
+                    tracing::warn!(
+                        error = e.message(),
+                        "the blob key revocation queue could not be read"
+                    );
+                }
+            }
+        });
     }
 
     /// Makes a storage's objects readable by anyone (or not) at its public URL.
@@ -456,6 +716,7 @@ impl Storages {
     pub async fn grant(&self, access_key_id: &str) -> Result<Option<Grant>> {
         let Some(row) = storage::Entity::find()
             .filter(storage::Column::AccessKeyId.eq(access_key_id))
+            .filter(storage::Column::Provider.eq(OWN_PROVIDER))
             .filter(storage::Column::RevokedAt.is_null())
             .one(&self.db)
             .await?
@@ -486,6 +747,7 @@ impl Storages {
             .column(storage::Column::Public)
             .filter(storage::Column::Bucket.eq(bucket))
             .filter(storage::Column::Prefix.is_in(candidates))
+            .filter(storage::Column::Provider.eq(OWN_PROVIDER))
             .filter(storage::Column::RevokedAt.is_null())
             .into_tuple::<bool>()
             .one(&self.db)
@@ -499,6 +761,30 @@ impl Storages {
 pub async fn remove<C: ConnectionTrait>(conn: &C, ids: &[Uuid]) -> Result<()> {
     if ids.is_empty() {
         return Ok(());
+    }
+    // Keys an upstream provider issued are revoked there: queued with the
+    // deletion, so that neither a crash nor an outage loses one.
+    let upstream: Vec<(String, String)> = storage::Entity::find()
+        .select_only()
+        .column(storage::Column::AccessKeyId)
+        .column(storage::Column::Provider)
+        .filter(storage::Column::Id.is_in(ids.iter().copied()))
+        .filter(storage::Column::Provider.ne(OWN_PROVIDER))
+        .into_tuple()
+        .all(conn)
+        .await?;
+    let at = now();
+    for (access_key_id, provider) in upstream {
+        revocations::ActiveModel {
+            access_key_id: Set(access_key_id),
+            provider: Set(provider),
+            not_before: Set(at),
+            attempts: Set(0),
+            last_error: Set(None),
+            created_at: Set(at),
+        }
+        .insert(conn)
+        .await?;
     }
     env_vars::Entity::delete_many()
         .filter(env_vars::Column::Source.eq(SOURCE))

@@ -259,7 +259,23 @@ impl Deployer {
     pub async fn create_resource(&self, ctx: &Ctx, input: NewResource) -> Result<View> {
         ctx.require(Role::Write)?;
         let name = validate::text("name", &input.name, MAX_NAME)?;
-        let provider = providers::find(&input.kind, input.provider.as_deref())?;
+        let mut provider = providers::find(&input.kind, input.provider.as_deref())?;
+        if provider.hosting == Hosting::Storage {
+            // One blob provider serves a server: the one it is set up with.
+            let serving = self.storages.provider();
+            match input.provider.as_deref().map(str::trim) {
+                None | Some("") => provider = providers::of(provider.kind, serving)?,
+                Some(asked) if asked != serving => {
+                    return Err(Error::field(
+                        "provider",
+                        format!(
+                            "this server's blob storage is provider '{serving}' (blob_provider), not '{asked}'"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let config = provider.config(input.config.as_ref(), None)?;
         if provider.hosting.attached() {
             return self

@@ -216,6 +216,29 @@ const fn kv(name: &'static str, default_for_kind: bool) -> Provider {
     }
 }
 
+/// A blob storage provider: a storage of one environment under the
+/// resource's id, its variables written there.
+const fn blob(name: &'static str, default_for_kind: bool, started: &'static str) -> Provider {
+    Provider {
+        kind: "blob",
+        name,
+        default_for_kind,
+        config: &[],
+        text_config: &[],
+        scheme: "s3",
+        url_var: "BLOB{ROLE}_URL",
+        part_vars: &[],
+        admin_user: "",
+        app_user: "",
+        database: "",
+        backups: false,
+        branches: false,
+        started,
+        short: "blob",
+        hosting: Hosting::Storage,
+    }
+}
+
 /// Every provider.
 pub const PROVIDERS: &[Provider] = &[
     Provider {
@@ -293,24 +316,16 @@ pub const PROVIDERS: &[Provider] = &[
         short: "ts",
         hosting: Hosting::Instance,
     },
-    Provider {
-        kind: "blob",
-        name: "s3",
-        default_for_kind: true,
-        config: &[],
-        text_config: &[],
-        scheme: "s3",
-        url_var: "BLOB{ROLE}_URL",
-        part_vars: &[],
-        admin_user: "",
-        app_user: "",
-        database: "",
-        backups: false,
-        branches: false,
-        started: "Blob storage is ready: its S3 credentials are the BLOB_* secret env vars of its environment (they are shown once, in the answer of POST /projects/:id/storage; this storage is also listed there).",
-        short: "blob",
-        hosting: Hosting::Storage,
-    },
+    blob(
+        "s3",
+        true,
+        "Blob storage is ready: its S3 credentials are the BLOB_* secret env vars of its environment (they are shown once, in the answer of POST /projects/:id/storage; this storage is also listed there).",
+    ),
+    blob(
+        "b2",
+        false,
+        "Blob storage is ready: its key is minted by Backblaze B2 for its prefix, and its S3 credentials are the BLOB_* secret env vars of its environment (this storage is also listed by GET /projects/:id/storage).",
+    ),
     Provider {
         kind: "volume",
         name: "ceph-rbd",
@@ -589,14 +604,22 @@ pub fn config_schema(provider: &Provider) -> Value {
 pub fn create_schema() -> Value {
     let mut any = Vec::new();
     for p in PROVIDERS {
-        // A storage or a volume belongs to one environment: it must be named.
-        let (environment, mut required) = if p.hosting.attached() {
+        // Another blob provider than the default is served only by servers
+        // set up with it (`blob_provider`): not a request every server takes.
+        if p.hosting == Hosting::Storage && !p.default_for_kind {
+            continue;
+        }
+        // A storage or a volume belongs to one environment: it must be
+        // named; and it is named after the resource, whose name must hold
+        // a letter or digit.
+        let (environment, name, mut required) = if p.hosting.attached() {
             (
                 serde_json::json!({ "type": "string", "format": "uuid" }),
+                serde_json::json!({ "type": "string", "pattern": "[A-Za-z0-9]" }),
                 vec!["environmentId"],
             )
         } else {
-            (serde_json::json!({}), vec![])
+            (serde_json::json!({}), serde_json::json!({}), vec![])
         };
         if p.text_config.iter().any(|c| c.required) {
             required.push("config");
@@ -608,7 +631,8 @@ pub fn create_schema() -> Value {
                 "kind": { "const": p.kind },
                 "provider": { "const": p.name },
                 "config": config_schema(p),
-                "environmentId": environment
+                "environmentId": environment,
+                "name": name
             },
             "required": with_provider
         }));
@@ -618,7 +642,8 @@ pub fn create_schema() -> Value {
                     "kind": { "const": p.kind },
                     "provider": { "type": "null" },
                     "config": config_schema(p),
-                    "environmentId": environment
+                    "environmentId": environment,
+                    "name": name
                 },
                 "required": required
             }));
@@ -626,7 +651,7 @@ pub fn create_schema() -> Value {
     }
     serde_json::json!({
         "anyOf": any,
-        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey; search: typesense; blob: s3, with environmentId; volume: ceph-rbd, with environmentId and config.mountPath); config takes that provider's settings"
+        "description": "kind and provider go together (database: postgresql, mysql; kv: redis, valkey; search: typesense; blob: s3, or b2 where the server is set up with it, with environmentId; volume: ceph-rbd, with environmentId and config.mountPath); config takes that provider's settings"
     })
 }
 
