@@ -82,7 +82,7 @@ struct Args {
     /// The server's pid: its CPU time and VmRSS are read from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Worker threads of the client's runtime.
+    /// Threads of the client, each a single-threaded runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
     /// Where websockets carry the token: `init` (`connection_init`'s
@@ -136,6 +136,19 @@ impl Histogram {
         let shift = octave + 1;
         let low = (sub + HALF) << shift;
         low as f64 + ((1u64 << shift) as f64 - 1.0) / 2.0
+    }
+
+    /// One histogram of the counts of several.
+    fn merged(parts: &[Histogram]) -> Histogram {
+        let all = Histogram::new();
+        for p in parts {
+            for (a, c) in all.counts.iter().zip(p.counts.iter()) {
+                a.fetch_add(c.load(Relaxed), Relaxed);
+            }
+            all.max.fetch_max(p.max.load(Relaxed), Relaxed);
+            all.sum.fetch_add(p.sum.load(Relaxed), Relaxed);
+        }
+        all
     }
 
     fn record(&self, us: u64) {
@@ -205,7 +218,8 @@ struct Shared {
     host: String,
     token: String,
     c: Counters,
-    hist: Histogram,
+    /// Latencies, one histogram per thread (index [`SHARD`]), merged at the end.
+    hist: Vec<Histogram>,
     /// The window in unix nanoseconds; 0 while not set.
     start_ns: AtomicU64,
     end_ns: AtomicU64,
@@ -228,6 +242,11 @@ impl Shared {
             errors.push((e, 1));
         }
     }
+}
+
+thread_local! {
+    /// Which of `Shared::hist` this thread records into (0: the main thread).
+    static SHARD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn unix_ns() -> u64 {
@@ -339,7 +358,7 @@ impl Sub {
         if end != 0 && t > end {
             return true;
         }
-        sh.hist.record(now.saturating_sub(t) / 1000);
+        sh.hist[SHARD.get()].record(now.saturating_sub(t) / 1000);
         self.count += 1;
         self.first_seq = self.first_seq.min(seq);
         self.max_seq = self.max_seq.max(seq);
@@ -744,11 +763,27 @@ fn machine_ticks() -> (u64, u64) {
 
 fn main() -> Result<(), Error> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
+    // One single-threaded runtime per thread, the subscribers dealt out to
+    // them in turn (as the server deals out its connections): a line's
+    // deliveries wake tasks where their sockets are polled, with no work
+    // stealing between threads. The threads end with the process.
+    let mut workers = Vec::new();
+    for i in 0..args.threads.max(1) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        workers.push(rt.handle().clone());
+        std::thread::Builder::new()
+            .name(format!("load-{i}"))
+            .spawn(move || {
+                SHARD.set(i + 1);
+                rt.block_on(std::future::pending::<()>())
+            })?;
+    }
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(run(args))
+        .block_on(run(args, workers))
 }
 
 async fn wait_live(sh: &Shared, total: usize, timeout: Duration) -> Duration {
@@ -759,7 +794,7 @@ async fn wait_live(sh: &Shared, total: usize, timeout: Duration) -> Duration {
     t0.elapsed()
 }
 
-async fn run(args: Args) -> Result<(), Error> {
+async fn run(args: Args, workers: Vec<tokio::runtime::Handle>) -> Result<(), Error> {
     let host = args
         .base
         .trim_start_matches("http://")
@@ -780,7 +815,7 @@ async fn run(args: Args) -> Result<(), Error> {
             first_seq: AtomicU64::new(u64::MAX),
             ..Counters::default()
         },
-        hist: Histogram::new(),
+        hist: (0..=workers.len()).map(|_| Histogram::new()).collect(),
         start_ns: AtomicU64::new(0),
         end_ns: AtomicU64::new(0),
         connecting: Semaphore::new(args.connect_concurrency.max(1)),
@@ -802,7 +837,8 @@ async fn run(args: Args) -> Result<(), Error> {
     let active_total = args.ws + args.sse;
     let spawn = |tasks: &mut Vec<_>, n: usize, kind: Kind, project: &str, idle: bool| {
         for _ in 0..n {
-            tasks.push(tokio::spawn(subscriber(
+            let worker = &workers[tasks.len() % workers.len()];
+            tasks.push(worker.spawn(subscriber(
                 sh.clone(),
                 kind,
                 project.to_string(),
@@ -877,7 +913,8 @@ async fn run(args: Args) -> Result<(), Error> {
     let live_at_start = c.live_at_start.load(Relaxed);
     let deliveries = c.deliveries.load(Relaxed);
     let expected = live_at_start * lines;
-    let (samples, p) = sh.hist.percentiles(&[0.5, 0.9, 0.99, 0.999]);
+    let hist = Histogram::merged(&sh.hist);
+    let (samples, p) = hist.percentiles(&[0.5, 0.9, 0.99, 0.999]);
     let ms = |us: f64| {
         if us.is_nan() {
             json!(null)
@@ -921,8 +958,8 @@ async fn run(args: Args) -> Result<(), Error> {
         "latency_ms": {
             "samples": samples,
             "p50": ms(p[0]), "p90": ms(p[1]), "p99": ms(p[2]), "p999": ms(p[3]),
-            "max": ms(sh.hist.max.load(Relaxed) as f64),
-            "mean": if samples > 0 { ms(sh.hist.sum.load(Relaxed) as f64 / samples as f64) } else { json!(null) },
+            "max": ms(hist.max.load(Relaxed) as f64),
+            "mean": if samples > 0 { ms(hist.sum.load(Relaxed) as f64 / samples as f64) } else { json!(null) },
         },
         "server_cpu_secs": {
             "connecting": delta(cpu_before, cpu_connected),
