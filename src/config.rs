@@ -66,6 +66,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    db_max_connections: Option<u64>,
     session_secret_file: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     max_request_bytes: Option<usize>,
@@ -256,6 +257,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// Connections of the PostgreSQL store's pool (`db_max_connections`).
+    pub db_max_connections: u32,
     /// HS256 secret for `slx_session` cookies; generated into the data dir when absent.
     pub session_secret: Option<SecretString>,
     /// Master key for encryption at rest; generated into the data dir when absent.
@@ -612,6 +615,13 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir,
             database_url,
+            db_max_connections: u32::try_from(at_least_one(
+                "db_max_connections",
+                "SYLPHX_DB_MAX_CONNECTIONS",
+                file.db_max_connections,
+                u64::from(crate::store::DEFAULT_POOL),
+            )?)
+            .unwrap_or(u32::MAX),
             session_secret,
             master_key,
             previous_master_keys,

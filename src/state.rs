@@ -87,7 +87,8 @@ impl AppState {
     /// Opens the store, loads keys and starts the runtime's client.
     pub async fn new(config: Config) -> Result<AppState> {
         config.ensure_data_dir()?;
-        let (db, statements) = store::connect(&config.database_url).await?;
+        let (db, statements) =
+            store::connect(&config.database_url, config.db_max_connections).await?;
         let keyring = Arc::new(Keyring::load(
             config.master_key.as_ref(),
             &config.previous_master_keys,

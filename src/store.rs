@@ -82,7 +82,11 @@ pub fn spawn_listener(
 }
 
 /// Opens the store and brings its schema up to date.
-pub async fn connect(url: &str) -> Result<(DatabaseConnection, StatementCounter)> {
+/// Connections of a PostgreSQL store's pool when `db_max_connections` is
+/// not set.
+pub const DEFAULT_POOL: u32 = 20;
+
+pub async fn connect(url: &str, pool: u32) -> Result<(DatabaseConnection, StatementCounter)> {
     let mut opts = ConnectOptions::new(url.to_string());
     opts.sqlx_logging(false)
         // While the store is unreachable a request fails fast (503) rather
@@ -106,7 +110,7 @@ pub async fn connect(url: &str) -> Result<(DatabaseConnection, StatementCounter)
         // A connection busy a moment ago is not pinged again before each
         // statement (a round trip per statement under load); one idle for a
         // second is, so a restarted server's dead connections are replaced.
-        opts.max_connections(20)
+        opts.max_connections(pool.max(1))
             .test_before_acquire_if_idle_for(Duration::from_secs(1))
             // Every statement is a short indexed lookup whose plan does not
             // depend on its values: plan each prepared statement once per
@@ -173,7 +177,7 @@ pub fn postgres_without_password(url: &str) -> bool {
 
 /// Runs pending migrations only (the `migrate` subcommand).
 pub async fn migrate(url: &str) -> Result<()> {
-    connect(url).await.map(|_| ())
+    connect(url, DEFAULT_POOL).await.map(|_| ())
 }
 
 #[cfg(test)]

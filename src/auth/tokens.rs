@@ -243,7 +243,9 @@ mod tests {
     async fn callers_missing_the_cache_together_share_one_read() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display());
-        let (db, statements) = crate::store::connect(&url).await.unwrap();
+        let (db, statements) = crate::store::connect(&url, crate::store::DEFAULT_POOL)
+            .await
+            .unwrap();
         let org = crate::domain::organizations::ensure(&db, "acme")
             .await
             .unwrap();
