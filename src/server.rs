@@ -110,6 +110,7 @@ impl App {
             .await?;
         }
         self.storages().spawn_sweeper(BLOB_KEY_SWEEP);
+        self.storages().spawn_upstream_check();
         crate::store::spawn_listener(&deployer.db, deployer.changes.clone());
         let restorer = deployer.clone();
         let queue = deployer.queue.clone();

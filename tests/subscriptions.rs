@@ -1048,8 +1048,12 @@ async fn a_change_announced_on_postgres_wakes_other_servers() {
         eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
         return;
     };
-    let (listening, _) = sylphx::store::connect(&url).await.unwrap();
-    let (announcing, _) = sylphx::store::connect(&url).await.unwrap();
+    let (listening, _) = sylphx::store::connect(&url, sylphx::store::DEFAULT_POOL)
+        .await
+        .unwrap();
+    let (announcing, _) = sylphx::store::connect(&url, sylphx::store::DEFAULT_POOL)
+        .await
+        .unwrap();
     let changes = std::sync::Arc::new(tokio::sync::Notify::new());
     // The listener wakes everyone once it listens.
     let connected = changes.notified();

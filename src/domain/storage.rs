@@ -658,6 +658,31 @@ impl Storages {
         Ok(done)
     }
 
+    /// Looks the upstream provider's bucket up once at start-up, so that a
+    /// wrong key or bucket shows in the log before the first storage is
+    /// asked for (creating one says the same, with a 503).
+    pub fn spawn_upstream_check(self: &Arc<Self>) {
+        let Some(upstream) = self.upstream.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match upstream.bucket().await {
+                Ok(b) => tracing::info!(
+                    provider = upstream.name(),
+                    bucket = b.name,
+                    endpoint = b.endpoint,
+                    public = b.public,
+                    "blob storage keys are minted upstream"
+                ),
+                Err(e) => tracing::warn!(
+                    provider = upstream.name(),
+                    error = e.message(),
+                    "the blob provider cannot be used yet: new storages are refused with 503 until it answers"
+                ),
+            }
+        });
+    }
+
     /// Sweeps the revocation queue every `every` while the server runs
     /// (deletions of projects and environments queue their keys).
     pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
