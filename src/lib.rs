@@ -18,6 +18,7 @@ pub mod rest;
 pub mod runtime;
 pub mod secrets;
 pub mod server;
+pub mod settings;
 pub mod state;
 pub mod store;
 pub mod streams;

@@ -99,7 +99,7 @@ impl Keyring {
             Some(k) => k.clone(),
             None => {
                 let path = data_dir.join("master.key");
-                SecretString::new(crate::config::read_or_create_secret_file(&path, || {
+                SecretString::new(crate::settings::read_or_create_secret_file(&path, || {
                     let mut raw = [0u8; 32];
                     rand::rng().fill_bytes(&mut raw);
                     hex::encode(raw)

@@ -112,7 +112,9 @@ impl AppState {
                 }
                 Arc::new(LocalRuntime::new(local_config(&config), logs.clone()))
             }
-            RuntimeKind::Kubernetes => crate::runtime::connect_kubernetes(&config).await?,
+            RuntimeKind::Kubernetes => {
+                crate::runtime::connect_kubernetes(config.kubeconfig.as_deref()).await?
+            }
         };
         let queue = Queue::new(
             db.clone(),

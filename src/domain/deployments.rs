@@ -23,7 +23,6 @@ use super::{
     services,
 };
 use crate::auth::Role;
-use crate::config::SandboxIds;
 use crate::error::{Error, Result};
 use crate::reconcile::{self, Handler, NewJob, Queue};
 use crate::runtime::{
@@ -32,6 +31,7 @@ use crate::runtime::{
 };
 use crate::runtime::{LiveEnvironments, Teardown};
 use crate::secrets::{Keyring, SecretString};
+use crate::settings::SandboxIds;
 use crate::streams::LogStore;
 use entity::deployment_events as deployment_events_rows;
 use entity::{deployments, environments as envs, jobs, projects as proj, services as svcs};
@@ -78,11 +78,11 @@ pub struct Deployer {
     /// The host name managed data services are reached by from outside.
     pub public_host: String,
     /// Ports of managed data services (local runtime).
-    pub resource_ports: crate::config::PortRange,
+    pub resource_ports: crate::settings::PortRange,
     /// Resources one organisation may have at once.
     pub resource_quota: u64,
     /// Public TCP proxies: their ports and quota.
-    pub tcp_proxy: crate::config::TcpProxyConfig,
+    pub tcp_proxy: crate::settings::TcpProxyConfig,
     /// The resources' sampled counters.
     pub samples: Arc<super::resources::metrics::Samples>,
     /// Blob storages (`kind: blob` resources are storages).

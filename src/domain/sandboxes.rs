@@ -10,8 +10,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::now;
-use crate::config::SandboxIds;
 use crate::error::{Error, Result};
+use crate::settings::SandboxIds;
 use entity::sandbox_users;
 
 /// Owner kind of a project's sandbox user.

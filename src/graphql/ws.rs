@@ -35,8 +35,7 @@ use crate::state::AppState;
 
 /// Time a client has to send `connection_init`.
 pub const INIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest message before `connection_init` is accepted.
-pub const INIT_MESSAGE_BYTES: usize = 64 * 1024;
+pub use crate::settings::INIT_MESSAGE_BYTES;
 /// Operations one connection may run at once.
 pub const MAX_ACTIVE: usize = 100;
 /// How often the credentials are checked again.

@@ -131,7 +131,7 @@ pub fn variable(name: &str) -> Option<Value> {
         "envId" | "serviceId" | "deploymentId" | "resourceId" | "bindingId" | "storageId"
         | "ruleId" | "volId" => uuid(),
         "externalPort" => {
-            let ports = crate::config::TcpProxyConfig::default().ports;
+            let ports = crate::settings::TcpProxyConfig::default().ports;
             json!({
                 "minimum": ports.first, "maximum": ports.last,
                 "description": "A port of the server's `tcp_proxy_ports` (by default the range stated here) that nothing else holds"

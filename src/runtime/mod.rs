@@ -561,7 +561,7 @@ pub trait Runtime: Send + Sync + 'static {
 /// `SYLPHX_K8S_REGISTRY` and `SYLPHX_K8S_KANIKO_IMAGE` override the defaults.
 /// The data service settings come from `KubernetesConfig::read_data_env`.
 pub async fn connect_kubernetes(
-    config: &crate::config::Config,
+    kubeconfig: Option<&std::path::Path>,
 ) -> Result<std::sync::Arc<dyn Runtime>> {
     let mut k8s = kubernetes::KubernetesConfig::default();
     if let Ok(gw) = std::env::var("SYLPHX_K8S_GATEWAY") {
@@ -581,6 +581,6 @@ pub async fn connect_kubernetes(
     }
     k8s.read_data_env();
     Ok(std::sync::Arc::new(
-        kubernetes::KubernetesRuntime::connect(k8s, config.kubeconfig.as_deref()).await?,
+        kubernetes::KubernetesRuntime::connect(k8s, kubeconfig).await?,
     ))
 }

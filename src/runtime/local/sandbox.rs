@@ -30,8 +30,8 @@ use tokio::sync::OnceCell;
 
 use super::cgroups::{Cgroup, Cgroups, Limits};
 use super::host;
-use crate::config::SandboxIds;
 use crate::error::{Error, Result};
+use crate::settings::SandboxIds;
 
 /// Where a tenant's release directory appears inside its sandbox.
 pub const APP_DIR: &str = "/app";

@@ -9,10 +9,10 @@ use sea_orm::sqlx;
 
 use super::redis::{Client, Reply};
 use super::*;
-use crate::config::SandboxIds;
 use crate::runtime::instances::{Credentials, InstanceLimits, Origin};
 use crate::runtime::local::sandbox::SandboxSettings;
 use crate::secrets::{SecretString, random_hex};
+use crate::settings::SandboxIds;
 
 /// Kills every process of the test's uids when the test ends, passed or
 /// failed.
