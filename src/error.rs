@@ -242,3 +242,9 @@ impl From<sea_orm::TransactionError<Error>> for Error {
         }
     }
 }
+
+/// A GraphQL-shaped error body (`{"errors": [{message, extensions: {code}}]}`)
+/// for the GraphQL endpoints, over HTTP and websocket alike.
+pub fn graphql_error(err: &Error) -> Value {
+    json!({ "errors": [{ "message": err.public_message(), "extensions": { "code": err.code() } }] })
+}

@@ -9,7 +9,6 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use serde_json::json;
 
 use super::Core;
 use crate::domain::Ctx;
@@ -29,10 +28,7 @@ pub struct GraphqlState {
     pub core: Core,
 }
 
-/// A GraphQL-shaped error body for the GraphQL endpoints.
-pub fn graphql_error(err: &Error) -> serde_json::Value {
-    json!({ "errors": [{ "message": err.public_message(), "extensions": { "code": err.code() } }] })
-}
+pub use crate::error::graphql_error;
 
 /// `/graphql` (GET and POST; callers authenticated by a layer the caller
 /// adds) and the unauthenticated upgrade at `/graphql/ws`, which
@@ -110,22 +106,6 @@ async fn graphql_http(
         standing.apply(resp.headers_mut());
     }
     resp
-}
-
-/// Reads a token from the `connection_init` payload: `{"authorization": "Bearer …"}` or `{"token": "…"}`.
-pub(super) fn token_from_payload(payload: &serde_json::Value) -> Option<String> {
-    let obj = payload.as_object()?;
-    for (k, v) in obj {
-        let Some(s) = v.as_str() else { continue };
-        match k.to_ascii_lowercase().as_str() {
-            "authorization" => {
-                return Some(s.strip_prefix("Bearer ").unwrap_or(s).trim().to_string());
-            }
-            "token" => return Some(s.trim().to_string()),
-            _ => {}
-        }
-    }
-    None
 }
 
 async fn graphql_ws(

@@ -27,10 +27,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Core;
-use super::http::graphql_error;
 use crate::auth::Principal;
 use crate::domain::Ctx;
 use crate::error::Error;
+use crate::error::graphql_error;
 use crate::state::AppState;
 
 /// Time a client has to send `connection_init`.
@@ -210,7 +210,7 @@ impl Connection {
             };
             match v["type"].as_str() {
                 Some("connection_init") => {
-                    let token = super::http::token_from_payload(&v["payload"]);
+                    let token = token_from_payload(&v["payload"]);
                     let who = match &token {
                         Some(t) => self.app.authenticate_token(t).await,
                         None => self.upgrade.clone().map_err(|_| {
@@ -464,6 +464,22 @@ impl Connection {
         };
         text(json!({ "type": "error", "id": id, "payload": payload }))
     }
+}
+
+/// Reads a token from the `connection_init` payload: `{"authorization": "Bearer …"}` or `{"token": "…"}`.
+fn token_from_payload(payload: &serde_json::Value) -> Option<String> {
+    let obj = payload.as_object()?;
+    for (k, v) in obj {
+        let Some(s) = v.as_str() else { continue };
+        match k.to_ascii_lowercase().as_str() {
+            "authorization" => {
+                return Some(s.strip_prefix("Bearer ").unwrap_or(s).trim().to_string());
+            }
+            "token" => return Some(s.trim().to_string()),
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
