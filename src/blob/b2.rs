@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use reqwest::StatusCode;
-use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, OnceCell};
 
@@ -84,13 +83,6 @@ impl fmt::Debug for B2 {
     }
 }
 
-/// B2's error answer.
-#[derive(Deserialize, Default)]
-struct Failure {
-    #[serde(default)]
-    code: String,
-}
-
 fn unreachable(e: reqwest::Error) -> Error {
     // reqwest's text names the URL, never a header: no secret in it.
     Error::Unavailable(format!(
@@ -99,10 +91,19 @@ fn unreachable(e: reqwest::Error) -> Error {
     ))
 }
 
-fn refused(call: &str, status: StatusCode, code: &str) -> Error {
+/// B2's answer to `call` when it is a success; its error `code` otherwise.
+fn succeeded(call: &str, (status, body): (StatusCode, Value)) -> Result<Value> {
+    if status.is_success() {
+        return Ok(body);
+    }
+    Err(refused(call, status, &body))
+}
+
+fn refused(call: &str, status: StatusCode, body: &Value) -> Error {
     Error::Unavailable(format!(
-        "the blob provider (B2) refused {call}: {} {code}",
-        status.as_u16()
+        "the blob provider (B2) refused {call}: {} {}",
+        status.as_u16(),
+        body["code"].as_str().unwrap_or_default()
     ))
 }
 
@@ -143,15 +144,8 @@ impl B2 {
             .await
             .map_err(unreachable)?;
         let status = answer.status();
-        if !status.is_success() {
-            let failure: Failure = answer.json().await.unwrap_or_default();
-            return Err(refused(
-                "this server's key (b2_key_id)",
-                status,
-                &failure.code,
-            ));
-        }
-        let body: Value = answer.json().await.map_err(unreachable)?;
+        let body = answer.json().await.unwrap_or(Value::Null);
+        let body = succeeded("this server's key (b2_key_id)", (status, body))?;
         let api = &body["apiInfo"]["storageApi"];
         let text = |v: &Value, what: &str| {
             v.as_str().map(str::to_string).ok_or_else(|| {
@@ -206,16 +200,13 @@ impl B2 {
 
     async fn find_bucket(&self) -> Result<UpstreamBucket> {
         let name = &self.settings.bucket;
-        let (status, body) = self
+        let answer = self
             .call(
                 "list_buckets",
                 |account| json!({ "accountId": account, "bucketName": name }),
             )
             .await?;
-        if !status.is_success() {
-            let code = body["code"].as_str().unwrap_or_default();
-            return Err(refused("b2_list_buckets", status, code));
-        }
+        let body = succeeded("b2_list_buckets", answer)?;
         let found = body["buckets"]
             .as_array()
             .into_iter()
@@ -257,7 +248,7 @@ impl Upstream for B2 {
 
     async fn mint(&self, key_name: &str, prefix: &str) -> Result<(String, SecretString)> {
         let bucket = self.bucket().await?;
-        let (status, body) = self
+        let answer = self
             .call("create_key", |account| {
                 json!({
                     "accountId": account,
@@ -268,10 +259,7 @@ impl Upstream for B2 {
                 })
             })
             .await?;
-        if !status.is_success() {
-            let code = body["code"].as_str().unwrap_or_default();
-            return Err(refused("b2_create_key", status, code));
-        }
+        let body = succeeded("b2_create_key", answer)?;
         match (
             body["applicationKeyId"].as_str(),
             body["applicationKey"].as_str(),
@@ -294,8 +282,7 @@ impl Upstream for B2 {
         {
             return Ok(());
         }
-        let code = body["code"].as_str().unwrap_or_default();
-        Err(refused("b2_delete_key", status, code))
+        Err(refused("b2_delete_key", status, &body))
     }
 }
 

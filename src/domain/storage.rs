@@ -603,12 +603,18 @@ impl Storages {
         )
         .await?;
         txn.commit().await?;
-        // An upstream key is revoked before the answer (retried later if
-        // the provider cannot be reached now).
-        if let Err(e) = self.sweep().await {
+        // Its upstream key is revoked before the answer (by the sweep later
+        // if the provider cannot be reached now); other queued keys are
+        // the sweep's.
+        if let Some(upstream) = &self.upstream
+            && row.provider == upstream.name()
+            && let Err(e) = self
+                .revoke_queued(upstream.as_ref(), row.access_key_id)
+                .await
+        {
             tracing::warn!(
                 error = e.message(),
-                "revoking blob keys failed; retrying later"
+                "revoking a blob key failed; the sweep retries"
             );
         }
         Ok(true)
@@ -629,33 +635,52 @@ impl Storages {
             .await?;
         let mut done = 0;
         for row in due {
-            match upstream.revoke(&row.access_key_id).await {
-                Ok(()) => {
-                    revocations::Entity::delete_by_id(row.access_key_id.clone())
-                        .exec(&self.db)
-                        .await?;
-                    done += 1;
-                }
-                Err(e) => {
-                    let attempts = row.attempts.saturating_add(1);
-                    let wait =
-                        Duration::from_secs(1u64 << attempts.clamp(0, 9) as u32).min(RETRY_CAP);
-                    tracing::warn!(
-                        key_id = row.access_key_id,
-                        attempts,
-                        error = e.message(),
-                        "revoking a blob key failed; retrying"
-                    );
-                    let mut active = row.into_active_model();
-                    active.attempts = Set(attempts);
-                    active.last_error = Set(Some(e.message().to_string()));
-                    active.not_before =
-                        Set(now() + chrono::TimeDelta::from_std(wait).unwrap_or_default());
-                    active.update(&self.db).await?;
-                }
+            if self.settle(upstream.as_ref(), row).await? {
+                done += 1;
             }
         }
         Ok(done)
+    }
+
+    /// Revokes the queued key `key_id` now, if it is still queued.
+    async fn revoke_queued(&self, upstream: &dyn Upstream, key_id: String) -> Result<()> {
+        if let Some(row) = revocations::Entity::find_by_id(key_id)
+            .one(&self.db)
+            .await?
+        {
+            self.settle(upstream, row).await?;
+        }
+        Ok(())
+    }
+
+    /// Revokes one queued key: its row goes once the provider confirms;
+    /// a failure is recorded and waits longer each time. True when revoked.
+    async fn settle(&self, upstream: &dyn Upstream, row: revocations::Model) -> Result<bool> {
+        match upstream.revoke(&row.access_key_id).await {
+            Ok(()) => {
+                revocations::Entity::delete_by_id(row.access_key_id)
+                    .exec(&self.db)
+                    .await?;
+                Ok(true)
+            }
+            Err(e) => {
+                let attempts = row.attempts.saturating_add(1);
+                let wait = Duration::from_secs(1u64 << attempts.clamp(0, 9) as u32).min(RETRY_CAP);
+                tracing::warn!(
+                    key_id = row.access_key_id,
+                    attempts,
+                    error = e.message(),
+                    "revoking a blob key failed; retrying"
+                );
+                let mut active = row.into_active_model();
+                active.attempts = Set(attempts);
+                active.last_error = Set(Some(e.message().to_string()));
+                active.not_before =
+                    Set(now() + chrono::TimeDelta::from_std(wait).unwrap_or_default());
+                active.update(&self.db).await?;
+                Ok(false)
+            }
+        }
     }
 
     /// Looks the upstream provider's bucket up once at start-up, so that a
