@@ -14,6 +14,9 @@
 #   BASE_BIN   an earlier build for the REST list comparison (optional)
 #   DURATION REPEAT WARMUP PRIME   passed to the harness (10s, 3, 3s, 10s)
 #   REST_SECS  length of each REST list run (10)
+#   AB_BIN     another sylphx build, measured on the GraphQL query in each
+#              round right after BIN, on its own database of the cluster
+#              (two builds compared in one run)
 #   LIMITS     1: also measure a second instance with rate limits on (limits
 #              so high that no request is refused), to show what counting
 #              costs; the main instance runs with SYLPHX_RATE_LIMITS=off
@@ -70,7 +73,10 @@ start() {
       >"$STATE/$name/sylphx.toml"
     config=(--config "$STATE/$name/sylphx.toml")
   fi
-  SYLPHX_RATE_LIMITS=$limits "$bin" serve "${config[@]}" --listen "127.0.0.1:$port" --apps-listen "127.0.0.1:$((port + 1))" \
+  # Each its own S3 endpoint (builds that have one).
+  local s3=()
+  "$bin" serve --help 2>/dev/null | grep -q -- --s3-listen && s3=(--s3-listen "127.0.0.1:$((port + 2))")
+  SYLPHX_RATE_LIMITS=$limits "$bin" serve "${config[@]}" --listen "127.0.0.1:$port" --apps-listen "127.0.0.1:$((port + 1))" "${s3[@]}" \
     --data-dir "$STATE/$name/data" \
     --database-url "postgres://postgres@127.0.0.1:$PG_PORT/$db" >"$OUT/$name.log" 2>&1 &
   PID[$name]=$!
@@ -89,6 +95,9 @@ SERVERS=(sylphx)
 if [[ -n "$BASE_BIN" ]]; then
   start base "$BASE_BIN" 25180
   SERVERS+=(base)
+fi
+if [[ -n "${AB_BIN:-}" ]]; then
+  start ab "$AB_BIN" 25380
 fi
 if [[ "${LIMITS:-0}" == 1 ]]; then
   start limits "$BIN" 25280 on
@@ -137,6 +146,11 @@ for round in $(seq 1 "$ROUNDS"); do
   RESULTS_DIR="$OUT/r$round-sylphx" GRAPHQL_URL="${URL[sylphx]}/graphql" SERVER_PID="${PID[sylphx]}" \
     SERVER_NAME="sylphx $(git -C "$ROOT" rev-parse --short HEAD)" PG_URL="${DB[sylphx]}" \
     GQL_AUTH="Bearer ${TOKEN[sylphx]}" GQL_QUERY="$QUERY" "$HARNESS/bench.sh"
+  if [[ -n "${PID[ab]:-}" ]]; then
+    RESULTS_DIR="$OUT/r$round-ab" GRAPHQL_URL="${URL[ab]}/graphql" SERVER_PID="${PID[ab]}" \
+      SERVER_NAME="sylphx $AB_BIN" PG_URL="${DB[ab]}" \
+      GQL_AUTH="Bearer ${TOKEN[ab]}" GQL_QUERY="$QUERY" "$HARNESS/bench.sh"
+  fi
   if [[ -n "${PID[limits]:-}" ]]; then
     RESULTS_DIR="$OUT/r$round-limits" GRAPHQL_URL="${URL[limits]}/graphql" SERVER_PID="${PID[limits]}" \
       SERVER_NAME="sylphx, rate limits on" PG_URL="${DB[limits]}" \

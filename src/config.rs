@@ -150,7 +150,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
-    /// Connections of the PostgreSQL store's pool (`db_max_connections`).
+    /// Connections of the PostgreSQL store's pool (`db_max_connections`),
+    /// and as many more for the list pages' reads.
     pub db_max_connections: u32,
     /// HS256 secret for `slx_session` cookies; generated into the data dir when absent.
     pub session_secret: Option<SecretString>,

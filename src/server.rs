@@ -65,6 +65,7 @@ impl App {
         let ai = Arc::new(Gateway::new(&state.config().ai, state.db().clone())?);
         let graphql = graphql::build(graphql::Shared {
             db: state.db().clone(),
+            reads: state.reads().clone(),
             keyring: state.deployer().keyring.clone(),
             deployer: state.deployer().clone(),
             ai: ai.clone(),

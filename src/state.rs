@@ -53,6 +53,7 @@ struct Inner {
     tokens: TokenAuthenticator,
     sessions: SessionKeys,
     statements: StatementCounter,
+    reads: store::Reads,
     rate_limits: RateLimiter,
     streams: Streams,
     storages: Arc<crate::domain::storage::Storages>,
@@ -89,6 +90,7 @@ impl AppState {
         config.ensure_data_dir()?;
         let (db, statements) =
             store::connect(&config.database_url, config.db_max_connections).await?;
+        let reads = store::Reads::new(&db, config.db_max_connections, statements.clone());
         let keyring = Arc::new(Keyring::load(
             config.master_key.as_ref(),
             &config.previous_master_keys,
@@ -161,6 +163,7 @@ impl AppState {
             tokens: TokenAuthenticator::default(),
             sessions: SessionKeys::new(&session_secret)?,
             statements,
+            reads,
             rate_limits,
             streams: Streams::default(),
             storages,
@@ -198,6 +201,10 @@ impl AppState {
     }
     pub fn db(&self) -> &DatabaseConnection {
         &self.0.db
+    }
+    /// The list pages' reads (see `store::Reads`).
+    pub fn reads(&self) -> &store::Reads {
+        &self.0.reads
     }
     pub fn config(&self) -> &Config {
         &self.0.config

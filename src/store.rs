@@ -11,6 +11,9 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 
 use crate::error::{Error, Result};
 
+mod reads;
+pub use reads::Reads;
+
 /// Counts SQL statements sent to the store; tests use it to prove that a
 /// nested query costs a constant number of statements.
 #[derive(Debug, Default, Clone)]

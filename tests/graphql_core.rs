@@ -523,3 +523,89 @@ backend_tests!(
     rest_list_of_a_thousand_projects,
     fields_come_in_selection_order,
 );
+
+/// The backend that runs the list reads' statements on PostgreSQL.
+async fn backend_pid(reads: &sylphx::store::Reads) -> i32 {
+    let row = reads
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT pg_backend_pid()",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index(0).unwrap()
+}
+
+/// A list read whose request goes away mid-statement (a client that hangs
+/// up) must not hand its connection, statement still running, to the next
+/// request; a statement the store refuses leaves its connection usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_reads_never_reuse_an_unfinished_connection() {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
+        return;
+    };
+    let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    let counter = sylphx::store::StatementCounter::default();
+    // One connection, so every read takes the same one if it can.
+    let reads = sylphx::store::Reads::new(&db, 1, counter.clone());
+    let first = backend_pid(&reads).await;
+    assert_eq!(
+        backend_pid(&reads).await,
+        first,
+        "a finished read keeps its connection"
+    );
+
+    let refused = reads
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT 1 / (random() < 2)::int - 1 / 0",
+        ))
+        .await;
+    let err = refused.expect_err("division by zero");
+    assert!(err.to_string().contains("division by zero"), "{err}");
+    assert_eq!(
+        backend_pid(&reads).await,
+        first,
+        "a refused statement keeps its connection"
+    );
+
+    // Abandoned while the store still works on it.
+    let slow = reads.query_all_raw(Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT pg_sleep(30)",
+    ));
+    let sleeping = async {
+        // Until the backend is seen running the statement.
+        loop {
+            let running: Option<i64> = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    sea_orm::DbBackend::Postgres,
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE 'SELECT pg_sleep%' AND state = 'active'",
+                    [first.into()],
+                ))
+                .await
+                .unwrap()
+                .and_then(|r| r.try_get_by_index(0).ok());
+            if running == Some(1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = slow => panic!("the sleep cannot finish first"),
+        _ = sleeping => {}
+    }
+    // The next read runs at once, on another connection, and gets its own rows.
+    let next = backend_pid(&reads).await;
+    assert_ne!(next, first, "an abandoned read's connection was reused");
+    assert_eq!(backend_pid(&reads).await, next);
+    // Every read counts as a statement of the store.
+    assert_eq!(counter.get(), 6);
+    // The abandoned backend would sleep on: end it.
+    db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
+        .await
+        .unwrap();
+}

@@ -20,7 +20,6 @@ use async_graphql_value::{ConstValue, Value as AstValue};
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use lru::LruCache;
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
 use super::AppSchema;
@@ -206,7 +205,7 @@ impl Core {
     pub async fn execute_direct(
         &self,
         request: &Request,
-        db: &DatabaseConnection,
+        db: &crate::store::Reads,
         ctx: &Ctx,
     ) -> Option<Vec<u8>> {
         let d = self.validated(request)?;

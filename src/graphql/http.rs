@@ -85,7 +85,7 @@ async fn graphql_http(
             return resp;
         }
     };
-    let mut resp = match s.core.execute_direct(&req, s.app.db(), &ctx).await {
+    let mut resp = match s.core.execute_direct(&req, s.app.reads(), &ctx).await {
         Some(body) => (
             [(
                 header::CONTENT_TYPE,

@@ -76,6 +76,8 @@ pub const MAX_COMPLEXITY: usize = 50_000;
 /// What the resolvers share.
 pub struct Shared {
     pub db: DatabaseConnection,
+    /// The list pages' reads.
+    pub reads: crate::store::Reads,
     pub keyring: Arc<Keyring>,
     pub deployer: crate::domain::deployments::Deployer,
     pub ai: Arc<crate::ai::Gateway>,
@@ -92,6 +94,7 @@ pub fn build(shared: Shared) -> Core {
             Subscription::default(),
         )
         .data(shared.db.clone())
+        .data(shared.reads.clone())
         .data(shared.keyring.clone())
         .data(shared.deployer.clone())
         .data(shared.ai.clone())

@@ -7,14 +7,14 @@ use async_graphql::parser::types::{
     SelectionSet,
 };
 use async_graphql::{Context, Lookahead, Name, Positioned, SelectionField};
-use sea_orm::DatabaseConnection;
 use uuid::Uuid;
 
+use super::domain_ctx;
 use super::types::{Prefetched, Project};
-use super::{db, domain_ctx};
 use crate::domain::Ctx;
 use crate::domain::listing::{self, Children, Columns, add_columns};
 use crate::error::Result;
+use crate::store::Reads;
 use entity::{environments, projects, services};
 
 /// The columns behind each field of a type; `None` for a field this table
@@ -126,7 +126,7 @@ pub async fn projects(
         services: wanted("services").map(|f| columns(&f, service_column)),
     };
     let rows = listing::page(
-        db(ctx),
+        ctx.data_unchecked::<Reads>(),
         domain_ctx(ctx)?,
         after,
         limit,
@@ -372,7 +372,7 @@ impl ListPlan {
 
     async fn rows(
         &self,
-        db: &DatabaseConnection,
+        db: &Reads,
         ctx: &Ctx,
         after: Option<Uuid>,
         limit: Option<u64>,
@@ -393,7 +393,7 @@ impl ListPlan {
 
     /// Every project of the caller's organisation, as the JSON array of
     /// the `nodes` selection.
-    pub async fn write_all(&self, db: &DatabaseConnection, ctx: &Ctx) -> Result<Vec<u8>> {
+    pub async fn write_all(&self, db: &Reads, ctx: &Ctx) -> Result<Vec<u8>> {
         let rows = self.rows(db, ctx, None, None).await?;
         let nodes = self.connection.iter().find(|f| f.name == "nodes");
         let fields = nodes.map(|f| &f.sub[..]).unwrap_or_default();
@@ -405,7 +405,7 @@ impl ListPlan {
     /// One page (`first` after `after`) as the JSON of the connection.
     pub async fn write_page(
         &self,
-        db: &DatabaseConnection,
+        db: &Reads,
         ctx: &Ctx,
         first: u64,
         after: Option<Uuid>,

@@ -459,7 +459,7 @@ async fn answer(
         // Every node, read in one pass: written straight from the rows when
         // the route's selection allows, else by the executor.
         if let Some(plan) = &s.rest.lists[call.index] {
-            return match plan.write_all(s.app.db(), &ctx).await {
+            return match plan.write_all(s.app.reads(), &ctx).await {
                 Ok(body) => json_bytes(status, body),
                 Err(e) => e.into_response(),
             };
