@@ -69,6 +69,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     db_max_connections: Option<u64>,
+    db_read_connections: Option<u64>,
     session_secret_file: Option<PathBuf>,
     master_key_file: Option<PathBuf>,
     max_request_bytes: Option<usize>,
@@ -150,9 +151,10 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
-    /// Connections of the PostgreSQL store's pool (`db_max_connections`),
-    /// and as many more for the list pages' reads.
+    /// Connections of the PostgreSQL store's pool (`db_max_connections`).
     pub db_max_connections: u32,
+    /// Connections of the list pages' reads (`db_read_connections`).
+    pub db_read_connections: u32,
     /// HS256 secret for `slx_session` cookies; generated into the data dir when absent.
     pub session_secret: Option<SecretString>,
     /// Master key for encryption at rest; generated into the data dir when absent.
@@ -514,6 +516,13 @@ impl Config {
                 "SYLPHX_DB_MAX_CONNECTIONS",
                 file.db_max_connections,
                 u64::from(crate::store::DEFAULT_POOL),
+            )?)
+            .unwrap_or(u32::MAX),
+            db_read_connections: u32::try_from(at_least_one(
+                "db_read_connections",
+                "SYLPHX_DB_READ_CONNECTIONS",
+                file.db_read_connections,
+                u64::from(crate::store::DEFAULT_READS),
             )?)
             .unwrap_or(u32::MAX),
             session_secret,

@@ -169,20 +169,25 @@ async fn rate_limits_can_be_turned_off() {
 
 #[test]
 fn serve_refuses_an_empty_store_pool() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = binary::run(
-        &["serve", "--listen", "127.0.0.1:0"],
-        &[
-            ("SYLPHX_DATA_DIR", dir.path().to_str().unwrap()),
-            ("SYLPHX_DB_MAX_CONNECTIONS", "0"),
-        ],
-    );
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("db_max_connections (SYLPHX_DB_MAX_CONNECTIONS) must be at least 1"),
-        "{stderr}"
-    );
+    for (var, key) in [
+        ("SYLPHX_DB_MAX_CONNECTIONS", "db_max_connections"),
+        ("SYLPHX_DB_READ_CONNECTIONS", "db_read_connections"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = binary::run(
+            &["serve", "--listen", "127.0.0.1:0"],
+            &[
+                ("SYLPHX_DATA_DIR", dir.path().to_str().unwrap()),
+                (var, "0"),
+            ],
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{key} ({var}) must be at least 1")),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]
