@@ -56,33 +56,29 @@ print(f"- c=32 requests/s: {show(ratios['rps32'])}  (goal ≥ 3)")
 print(f"- c=32 p99: {show(ratios['p99_32'])}  (goal ≤ 0.33)")
 print(f"- c=1 p50: {show(ratios['p50_1'])}  (goal ≤ 0.5)")
 
-if any(out.glob("r*-ab")):
-    print("\n# Two builds (BIN and AB_BIN), same data, same round\n")
-    print("| round | build | conc | req/s | p50 ms | p99 ms | errors | server CPU µs/req | postgres CPU µs/req |")
+
+def side_by_side(title, column, pairs):
+    """A table of the sylphx instance and another one (folder suffix), round by round."""
+    if not any(out.glob(f"r*-{pairs[1][1]}")):
+        return
+    print(f"\n# {title}\n")
+    print(f"| round | {column} | conc | req/s | p50 ms | p99 ms | errors | server CPU µs/req | postgres CPU µs/req |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rounds:
-        for label, folder in (("BIN", f"r{r}-sylphx"), ("AB_BIN", f"r{r}-ab")):
-            if not (out / folder).exists():
+        for label, suffix in pairs:
+            if not (out / f"r{r}-{suffix}").exists():
                 continue
-            data, _ = rows(out / folder)
+            data, _ = rows(out / f"r{r}-{suffix}")
             for c in sorted(data):
                 d = data[c]
                 print(f"| {r} | {label} | {c} | {d['rps']} | {d['p50']} | {d['p99']} | "
                       f"{d['errors']} | {d['srv_us']} | {d['pg_us']} |")
 
-if any(out.glob("r*-limits")):
-    print("\n# Rate limits on and off (same binary, same data, same round)\n")
-    print("| round | rate limits | conc | req/s | p50 ms | p99 ms | errors | server CPU µs/req |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rounds:
-        for label, folder in (("off", f"r{r}-sylphx"), ("on", f"r{r}-limits")):
-            if not (out / folder).exists():
-                continue
-            data, _ = rows(out / folder)
-            for c in sorted(data):
-                d = data[c]
-                print(f"| {r} | {label} | {c} | {d['rps']} | {d['p50']} | {d['p99']} | "
-                      f"{d['errors']} | {d['srv_us']} |")
+
+side_by_side("Two builds (BIN and AB_BIN), same data, same round", "build",
+             (("BIN", "sylphx"), ("AB_BIN", "ab")))
+side_by_side("Rate limits on and off (same binary, same data, same round)", "rate limits",
+             (("off", "sylphx"), ("on", "limits")))
 
 rest = out / "rest.tsv"
 if rest.exists():
