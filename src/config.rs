@@ -242,6 +242,13 @@ fn at_least_one(key: &str, var: &str, from_file: Option<u64>, default: u64) -> R
     }
 }
 
+/// A number of store connections, as [`at_least_one`] reads it (more than
+/// `u32::MAX` is as many as that).
+fn store_connections(key: &str, var: &str, from_file: Option<u64>, default: u32) -> Result<u32> {
+    let n = at_least_one(key, var, from_file, u64::from(default))?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// The log history bounds: each from its variable, else the file, else
 /// the default; all must be at least 1.
 fn log_history(file: &FileConfig) -> Result<crate::streams::HistoryLimits> {
@@ -511,20 +518,18 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             data_dir,
             database_url,
-            db_max_connections: u32::try_from(at_least_one(
+            db_max_connections: store_connections(
                 "db_max_connections",
                 "SYLPHX_DB_MAX_CONNECTIONS",
                 file.db_max_connections,
-                u64::from(crate::store::DEFAULT_POOL),
-            )?)
-            .unwrap_or(u32::MAX),
-            db_read_connections: u32::try_from(at_least_one(
+                crate::store::DEFAULT_POOL,
+            )?,
+            db_read_connections: store_connections(
                 "db_read_connections",
                 "SYLPHX_DB_READ_CONNECTIONS",
                 file.db_read_connections,
-                u64::from(crate::store::DEFAULT_READS),
-            )?)
-            .unwrap_or(u32::MAX),
+                crate::store::DEFAULT_READS,
+            )?,
             session_secret,
             master_key,
             previous_master_keys,

@@ -14,6 +14,12 @@ use crate::error::{Error, Result};
 /// (`max_websocket_message_bytes` is never below it).
 pub const INIT_MESSAGE_BYTES: usize = 64 * 1024;
 
+/// `first-last` as two numbers (spaces around each allowed).
+fn first_last<T: std::str::FromStr>(text: &str) -> Option<(T, T)> {
+    let (a, b) = text.trim().split_once('-')?;
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+}
+
 /// The ids of the local runtime's sandboxes: `first-last` in the config.
 /// `first` is the sandboxes' shared group (it may only traverse the data
 /// directory); every project gets one uid (and gid) of the rest.
@@ -37,11 +43,7 @@ impl SandboxIds {
                 "sandbox_ids must be 'first-last' with 1000 <= first < last < 4294967294, not '{text}'"
             ))
         };
-        let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
-        let (first, last): (u32, u32) = (
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        );
+        let (first, last): (u32, u32) = first_last(text).ok_or_else(bad)?;
         let nobody = 65534;
         if first < 1000 || first >= last || last >= u32::MAX - 1 || (first..=last).contains(&nobody)
         {
@@ -77,11 +79,7 @@ impl PortRange {
                 "{key} must be 'first-last' with 1024 <= first <= last, not '{text}'"
             ))
         };
-        let (a, b) = text.trim().split_once('-').ok_or_else(bad)?;
-        let (first, last): (u16, u16) = (
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        );
+        let (first, last): (u16, u16) = first_last(text).ok_or_else(bad)?;
         if first < 1024 || first > last {
             return Err(bad());
         }

@@ -23,6 +23,11 @@ impl StatementCounter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Counts one statement.
+    fn count(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The longest a statement may run on PostgreSQL (migrations included).
@@ -136,10 +141,8 @@ pub async fn connect(url: &str, pool: u32) -> Result<(DatabaseConnection, Statem
         .await
         .map_err(|e| Error::Unavailable(format!("cannot open the state store: {e}")))?;
     let counter = StatementCounter::default();
-    let c = counter.0.clone();
-    db.set_metric_callback(move |_| {
-        c.fetch_add(1, Ordering::Relaxed);
-    });
+    let c = counter.clone();
+    db.set_metric_callback(move |_| c.count());
     Migrator::up(&db, None)
         .await
         .map_err(|e| Error::internal(format!("migration failed: {e}")))?;

@@ -14,7 +14,6 @@
 //! Every read is counted with the store's statements. On SQLite (one
 //! connection, no such check) the reads go through the general pool.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,16 +86,13 @@ impl Reads {
         let Some(pg) = &self.pg else {
             return self.db.query_all_raw(stmt).await;
         };
-        self.counter.0.fetch_add(1, Ordering::Relaxed);
-        let _permit = tokio::time::timeout(ACQUIRE_TIMEOUT, pg.permits.acquire())
-            .await
-            .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?
+        self.counter.count();
+        let _permit = within(pg.permits.acquire())
+            .await?
             .expect("the semaphore is never closed");
         // Dropped before the rows are in (the request went away), the
         // lease closes its connection.
-        let mut lease = tokio::time::timeout(ACQUIRE_TIMEOUT, pg.take())
-            .await
-            .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))??;
+        let mut lease = within(pg.take()).await??;
         let conn = lease.conn.as_mut().expect("just taken");
         let values = stmt.values.unwrap_or(sea_orm::Values(Vec::new()));
         let query = sqlx::query_with(
@@ -134,6 +130,13 @@ impl Lease<'_> {
             idle.push(Idle { conn, since: now });
         }
     }
+}
+
+/// `step`, unless it takes longer than [`ACQUIRE_TIMEOUT`].
+async fn within<T>(step: impl std::future::Future<Output = T>) -> Result<T, DbErr> {
+    tokio::time::timeout(ACQUIRE_TIMEOUT, step)
+        .await
+        .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))
 }
 
 fn query_err(e: sqlx::Error) -> DbErr {
