@@ -153,7 +153,8 @@ pub struct Config {
     pub database_url: String,
     /// Connections of the PostgreSQL store's pool (`db_max_connections`).
     pub db_max_connections: u32,
-    /// Connections of the list pages' reads (`db_read_connections`).
+    /// Connections of the list pages' reads (`db_read_connections`), split
+    /// among the HTTP threads.
     pub db_read_connections: u32,
     /// HS256 secret for `slx_session` cookies; generated into the data dir when absent.
     pub session_secret: Option<SecretString>,

@@ -213,7 +213,10 @@ impl Serving {
             let (routes, stopping, limits) = (routes.clone(), stopping.clone(), limits.clone());
             std::thread::Builder::new()
                 .name(format!("sylphx-http-{n}"))
-                .spawn(move || serve_thread(arrivals, routes, limits, stopping, done))
+                .spawn(move || {
+                    HTTP_THREAD.with(|t| t.set(Some(n)));
+                    serve_thread(arrivals, routes, limits, stopping, done)
+                })
                 .map_err(|e| fail("cannot start an HTTP thread", e))?;
             serving.threads.push(finished);
             handles.push(Thread {
@@ -295,6 +298,15 @@ async fn accept(
         let Ok(tcp) = tcp.into_std() else { continue };
         let _ = thread.handoff.send(Handoff { tcp, peer, permit });
     }
+}
+
+thread_local! {
+    static HTTP_THREAD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Which HTTP thread (0, 1, …) the calling thread is, if it is one.
+pub fn http_thread() -> Option<usize> {
+    HTTP_THREAD.with(std::cell::Cell::get)
 }
 
 /// One HTTP thread: serves the connections handed to it on a

@@ -90,7 +90,12 @@ impl AppState {
         config.ensure_data_dir()?;
         let (db, statements) =
             store::connect(&config.database_url, config.db_max_connections).await?;
-        let reads = store::Reads::new(&db, config.db_read_connections, statements.clone());
+        let reads = store::Reads::new(
+            &db,
+            config.db_read_connections,
+            (config.http_threads, crate::listen::http_thread),
+            statements.clone(),
+        );
         let keyring = Arc::new(Keyring::load(
             config.master_key.as_ref(),
             &config.previous_master_keys,

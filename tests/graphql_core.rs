@@ -549,7 +549,7 @@ async fn list_reads_never_reuse_an_unfinished_connection() {
     let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
     let counter = sylphx::store::StatementCounter::default();
     // One connection, so every read takes the same one if it can.
-    let reads = sylphx::store::Reads::new(&db, 1, counter.clone());
+    let reads = sylphx::store::Reads::new(&db, 1, (1, || None), counter.clone());
     let first = backend_pid(&reads).await;
     assert_eq!(
         backend_pid(&reads).await,
@@ -608,4 +608,121 @@ async fn list_reads_never_reuse_an_unfinished_connection() {
     db.execute_unprepared(&format!("SELECT pg_terminate_backend({first})"))
         .await
         .unwrap();
+}
+
+thread_local! {
+    /// The HTTP thread a test thread stands for.
+    static TEST_HTTP_THREAD: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `n` list reads at once on a thread of its own standing for HTTP
+/// thread `index`; each waits for a shared advisory lock on `key`, then
+/// answers with its backend. First a read that waits for nothing, whose
+/// backend goes to `first` before the others start.
+fn reads_on_thread(
+    reads: sylphx::store::Reads,
+    index: usize,
+    key: i64,
+    n: usize,
+    first: Option<std::sync::mpsc::Sender<i32>>,
+) -> std::thread::JoinHandle<Vec<i32>> {
+    std::thread::spawn(move || {
+        TEST_HTTP_THREAD.with(|t| t.set(Some(index)));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut pids = Vec::new();
+            if let Some(first) = first {
+                let pid = backend_pid(&reads).await;
+                first.send(pid).unwrap();
+                pids.push(pid);
+            }
+            let sql = format!(
+                "SELECT pg_backend_pid() FROM (SELECT pg_advisory_xact_lock_shared({key})) l"
+            );
+            let waiting = (0..n).map(|_| {
+                reads.query_one_raw(Statement::from_string(sea_orm::DbBackend::Postgres, &sql))
+            });
+            for row in futures_util::future::join_all(waiting).await {
+                pids.push(row.unwrap().unwrap().try_get_by_index(0).unwrap());
+            }
+            pids
+        })
+    })
+}
+
+/// Reads waiting for advisory lock `key`.
+async fn waiting_for(db: &sea_orm::DatabaseConnection, key: i64) -> i64 {
+    db.query_one_raw(Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = $1 AND NOT granted",
+        [key.into()],
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get_by_index(0)
+    .unwrap()
+}
+
+/// The read connections are split among the HTTP threads: together never
+/// more than the setting, each thread keeping to its own, so a thread
+/// whose reads all wait does not hold up another thread's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_reads_keep_each_http_thread_to_its_connections() {
+    let Some(Backend::Postgres(url)) = Backend::postgres() else {
+        eprintln!("skipped: SYLPHX_TEST_DATABASE_URL is not set");
+        return;
+    };
+    use sea_orm::TransactionTrait;
+    let db = sea_orm::Database::connect(url.as_str()).await.unwrap();
+    // Three connections for two threads: two for thread 0, one for thread 1.
+    let reads = sylphx::store::Reads::new(
+        &db,
+        3,
+        (2, || TEST_HTTP_THREAD.with(std::cell::Cell::get)),
+        sylphx::store::StatementCounter::default(),
+    );
+    let key = i64::from(rand::random::<u16>()) + 1_000_000;
+    let lock = db.begin().await.unwrap();
+    lock.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({key})"))
+        .await
+        .unwrap();
+
+    // Thread 0: three reads, two of them in the store at once.
+    let zero = reads_on_thread(reads.clone(), 0, key, 3, None);
+    while waiting_for(&db, key).await < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Thread 1 reads while every connection of thread 0 waits...
+    let (first, answered) = std::sync::mpsc::channel();
+    let one = reads_on_thread(reads.clone(), 1, key, 2, Some(first));
+    let first = tokio::task::spawn_blocking(move || answered.recv().unwrap())
+        .await
+        .unwrap();
+    // ...then has two waiting reads of its own, one in the store.
+    while waiting_for(&db, key).await < 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        waiting_for(&db, key).await,
+        3,
+        "never more than the setting"
+    );
+    lock.commit().await.unwrap();
+
+    let zero: std::collections::BTreeSet<i32> = zero.join().unwrap().into_iter().collect();
+    let one: std::collections::BTreeSet<i32> = one.join().unwrap().into_iter().collect();
+    assert_eq!(
+        zero.len(),
+        2,
+        "thread 0 reads through two connections: {zero:?}"
+    );
+    assert_eq!(one, [first].into(), "thread 1 keeps its one connection");
+    assert!(
+        zero.is_disjoint(&one),
+        "{zero:?} and {one:?} share a connection"
+    );
 }

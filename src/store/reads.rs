@@ -11,9 +11,16 @@
 //! checked before use, as the general pool's are; one idle for ten minutes
 //! is closed.
 //!
+//! The connections are split among the HTTP threads: each thread reads
+//! through its own share (its own permits, its own idle connections, opened
+//! on its own runtime), so a read's turn, its connection and its answer
+//! never wait on another thread's event loop. A read from any other
+//! thread takes the shares in turn.
+//!
 //! Every read is counted with the store's statements. On SQLite (one
 //! connection, no such check) the reads go through the general pool.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +60,16 @@ impl std::fmt::Debug for Reads {
 
 struct PgReads {
     options: Arc<PgConnectOptions>,
+    /// One per HTTP thread (fewer if there are fewer connections).
+    shares: Vec<Share>,
+    /// Which HTTP thread the calling thread is, if it is one.
+    thread: fn() -> Option<usize>,
+    /// The next share for a read from a thread without one.
+    turn: AtomicUsize,
+}
+
+/// Some of the connections, for the reads of one thread.
+struct Share {
     /// One permit per read under way, so at most as many connections.
     permits: Semaphore,
     /// The most recently used last.
@@ -66,13 +83,27 @@ struct Idle {
 
 impl Reads {
     /// Reads through `db`'s store with up to `connections` connections of
-    /// their own on PostgreSQL.
-    pub fn new(db: &DatabaseConnection, connections: u32, counter: StatementCounter) -> Reads {
+    /// their own on PostgreSQL, split among `threads` HTTP threads;
+    /// `thread` tells which of them the calling thread is.
+    pub fn new(
+        db: &DatabaseConnection,
+        connections: u32,
+        (threads, thread): (usize, fn() -> Option<usize>),
+        counter: StatementCounter,
+    ) -> Reads {
         let pg = (db.get_database_backend() == DbBackend::Postgres).then(|| {
+            let connections = connections.max(1) as usize;
+            let n = threads.clamp(1, connections);
             Arc::new(PgReads {
                 options: db.get_postgres_connection_pool().connect_options(),
-                permits: Semaphore::new(connections.max(1) as usize),
-                idle: Mutex::default(),
+                shares: (0..n)
+                    .map(|i| Share {
+                        permits: Semaphore::new(connections / n + usize::from(i < connections % n)),
+                        idle: Mutex::default(),
+                    })
+                    .collect(),
+                thread,
+                turn: AtomicUsize::new(0),
             })
         });
         Reads {
@@ -87,12 +118,13 @@ impl Reads {
             return self.db.query_all_raw(stmt).await;
         };
         self.counter.count();
-        let _permit = within(pg.permits.acquire())
+        let share = pg.share();
+        let _permit = within(share.permits.acquire())
             .await?
             .expect("the semaphore is never closed");
         // Dropped before the rows are in (the request went away), the
         // lease closes its connection.
-        let mut lease = within(pg.take()).await??;
+        let mut lease = within(share.take(&pg.options)).await??;
         let conn = lease.conn.as_mut().expect("just taken");
         let values = stmt.values.unwrap_or(sea_orm::Values(Vec::new()));
         let query = sqlx::query_with(
@@ -116,7 +148,7 @@ impl Reads {
 
 /// A connection taken for one read: unless given back, it is closed.
 struct Lease<'a> {
-    pg: &'a PgReads,
+    share: &'a Share,
     conn: Option<PgConnection>,
 }
 
@@ -124,7 +156,7 @@ impl Lease<'_> {
     fn give_back(mut self) {
         if let Some(conn) = self.conn.take() {
             let now = Instant::now();
-            let mut idle = self.pg.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = self.share.idle.lock().unwrap_or_else(|e| e.into_inner());
             // The least recently used first: close those idle too long.
             idle.retain(|i| now.duration_since(i.since) < CLOSE_IF_IDLE_FOR);
             idle.push(Idle { conn, since: now });
@@ -144,9 +176,17 @@ fn query_err(e: sqlx::Error) -> DbErr {
 }
 
 impl PgReads {
+    /// The calling HTTP thread's share; shares in turn for other threads.
+    fn share(&self) -> &Share {
+        let i = (self.thread)().unwrap_or_else(|| self.turn.fetch_add(1, Ordering::Relaxed));
+        &self.shares[i % self.shares.len()]
+    }
+}
+
+impl Share {
     /// A connection for a read that holds a permit: the most recently used
     /// idle one (checked if it waited a second), else a new one.
-    async fn take(&self) -> Result<Lease<'_>, DbErr> {
+    async fn take(&self, options: &PgConnectOptions) -> Result<Lease<'_>, DbErr> {
         loop {
             let next = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let Some(Idle { mut conn, since }) = next else {
@@ -156,18 +196,17 @@ impl PgReads {
             if since < CHECK_IF_IDLE_FOR || (since < CLOSE_IF_IDLE_FOR && conn.ping().await.is_ok())
             {
                 return Ok(Lease {
-                    pg: self,
+                    share: self,
                     conn: Some(conn),
                 });
             }
         }
-        let conn = self
-            .options
+        let conn = options
             .connect()
             .await
             .map_err(|e| DbErr::Conn(RuntimeErr::SqlxError(e.into())))?;
         Ok(Lease {
-            pg: self,
+            share: self,
             conn: Some(conn),
         })
     }
