@@ -512,6 +512,15 @@ impl Config {
                     .collect()
             })
             .unwrap_or_default();
+        let http_threads = match env_u64("SYLPHX_HTTP_THREADS")?.or(file.http_threads) {
+            Some(0) => {
+                return Err(Error::bad_request(
+                    "http_threads (SYLPHX_HTTP_THREADS) must be at least 1",
+                ));
+            }
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(1024),
+            None => std::thread::available_parallelism().map_or(1, usize::from),
+        };
         Config {
             listen: args
                 .listen
@@ -529,7 +538,8 @@ impl Config {
                 "db_read_connections",
                 "SYLPHX_DB_READ_CONNECTIONS",
                 file.db_read_connections,
-                crate::store::DEFAULT_READS,
+                crate::store::READS_PER_HTTP_THREAD
+                    .saturating_mul(u32::try_from(http_threads).unwrap_or(u32::MAX)),
             )?,
             session_secret,
             master_key,
@@ -570,15 +580,7 @@ impl Config {
                 Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(64),
                 None => 4,
             },
-            http_threads: match env_u64("SYLPHX_HTTP_THREADS")?.or(file.http_threads) {
-                Some(0) => {
-                    return Err(Error::bad_request(
-                        "http_threads (SYLPHX_HTTP_THREADS) must be at least 1",
-                    ));
-                }
-                Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(1024),
-                None => std::thread::available_parallelism().map_or(1, usize::from),
-            },
+            http_threads,
             connections,
             allowed_origins,
             rate_limits,

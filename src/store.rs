@@ -93,11 +93,13 @@ pub fn spawn_listener(
 /// Connections of a PostgreSQL store's pool when `db_max_connections` is
 /// not set.
 pub const DEFAULT_POOL: u32 = 20;
-/// Connections of the list pages' reads when `db_read_connections` is not
-/// set. A list statement costs the store a fraction of a millisecond of
-/// CPU: more of them at once than it has cores only wait inside it, one
-/// backend behind another, and lengthen the slowest answers.
-pub const DEFAULT_READS: u32 = 8;
+/// Connections of the list pages' reads per HTTP thread when
+/// `db_read_connections` is not set: one statement in the store while the
+/// thread writes the answer of another. A list statement costs the store
+/// a fraction of a millisecond of CPU: more of them at once only wait
+/// inside it, one backend behind another, and lengthen the slowest
+/// answers.
+pub const READS_PER_HTTP_THREAD: u32 = 2;
 
 pub async fn connect(url: &str, pool: u32) -> Result<(DatabaseConnection, StatementCounter)> {
     let mut opts = ConnectOptions::new(url.to_string());

@@ -167,6 +167,29 @@ async fn rate_limits_can_be_turned_off() {
     }
 }
 
+/// The list reads' connections: two per HTTP thread unless set.
+#[test]
+fn read_connections_default_to_two_per_http_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let load = |toml: &str| {
+        let path = dir.path().join("sylphx.toml");
+        std::fs::write(&path, toml).unwrap();
+        sylphx::config::Config::load(&sylphx::config::ServeArgs {
+            store: sylphx::config::StoreArgs {
+                data_dir: Some(dir.path().join("data")),
+                config: Some(path),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let three = load("http_threads = 3\n");
+    assert_eq!((three.http_threads, three.db_read_connections), (3, 6));
+    let set = load("http_threads = 3\ndb_read_connections = 5\n");
+    assert_eq!(set.db_read_connections, 5);
+}
+
 #[test]
 fn serve_refuses_an_empty_store_pool() {
     for (var, key) in [
