@@ -22,8 +22,25 @@ def rows(folder):
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == len(COLS) and cells[1].isdigit():
             found[int(cells[1])] = dict(zip(COLS, cells))
-    sql = re.search(r"SQL statements executed for one GraphQL request: (\d+)", text)
-    return found, sql.group(1) if sql else "?"
+    return found, statements(folder)
+
+
+# Statements the idle sylphx instances run in the background on the same
+# cluster (their job workers claiming work, the reconciler's scan of
+# resources by status): they land in the log beside the request's own.
+BACKGROUND = re.compile(
+    r"UPDATE jobs SET status = 'running'|FROM \"resources\" WHERE \"resources\".\"status\" = ")
+
+
+def statements(folder):
+    """The statements one request ran (bench.sh logs every statement of the
+    cluster for one request), background ones left out."""
+    log = folder / "sql-one-request.log"
+    if not log.exists():
+        return "?"
+    lines = [line for line in log.read_text().splitlines()
+             if re.search(r"LOG:  (statement|execute)", line)]
+    return str(sum(1 for line in lines if not BACKGROUND.search(line)))
 
 
 rounds = sorted({int(p.name.split("-")[0][1:]) for p in out.glob("r*-postgraphile")})
