@@ -89,6 +89,9 @@ start() {
   done
   TOKEN[$name]=$(cat "$STATE/$name/data/admin-token")
   python3 "$HARNESS/seed-sylphx.py" "${URL[$name]}" "${TOKEN[$name]}" 1000
+  # Statistics for the rows just written (autovacuum would take up to a
+  # minute; until then the list statement is planned for a handful of rows).
+  psql -X -q "${DB[$name]}" -c analyze
 }
 start sylphx "$BIN" 25080
 SERVERS=(sylphx)
